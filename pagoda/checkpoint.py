@@ -1,0 +1,172 @@
+"""Training states (atomic, resumable, keep-last-K) and network exports (plain state_dict + JSON sidecar).
+
+A training state is everything needed to continue a run bit-exactly; an export is the one thing the next
+stage, the sampler and the evaluator take: `<name>.pt` (a state_dict) beside `<name>.json` (what to build).
+Every load uses weights_only=True and map_location="cpu".
+"""
+
+import glob
+import json
+import os
+import re
+import tempfile
+
+import torch
+
+STATE_PATTERN = re.compile(r"state_(\d{7,})\.pt$")
+
+
+def atomic_save(obj, path):
+    """torch.save into a temp file in the same folder, fsync, then os.replace: a crash never leaves a
+    half-written file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(text, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def torch_load(path):
+    """The one way pagoda reads tensors from disk."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class CheckpointManager:
+    """`<run_dir>/checkpoints/state_<step>.pt` files; saves are atomic, only the newest `keep` are kept."""
+
+    def __init__(self, run_dir, *, keep=3):
+        self.folder = os.path.join(run_dir, "checkpoints")
+        self.keep = keep
+
+    def path(self, step):
+        return os.path.join(self.folder, f"state_{step:07d}.pt")
+
+    def states(self):
+        """Saved states as (step, path), newest first."""
+        found = []
+        for p in glob.glob(os.path.join(self.folder, "state_*.pt")):
+            m = STATE_PATTERN.search(p)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found, reverse=True)
+
+    def save(self, step, state):
+        atomic_save(state, self.path(step))
+        for _, old in self.states()[self.keep:]:
+            os.remove(old)
+
+    def load_latest(self, log=print):
+        """The newest state that loads; unreadable (e.g. truncated) files are reported and passed over."""
+        for step, path in self.states():
+            try:
+                return torch_load(path)
+            except Exception as exc:  # a truncated zip raises RuntimeError; be liberal, never resume from it
+                log(f"warning: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
+        return None
+
+
+# -- exports -----------------------------------------------------------------------------------------------
+def sidecar_path(path):
+    return os.path.splitext(path)[0] + ".json"
+
+
+def export_network(state_dict, sidecar, path):
+    """Write a plain state_dict and its architecture sidecar (JSON) next to it, both atomically."""
+    atomic_save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, path)
+    atomic_write_text(json.dumps(sidecar, indent=1, sort_keys=True), sidecar_path(path))
+
+
+def read_sidecar(path):
+    side = sidecar_path(path)
+    if not os.path.exists(side):
+        return None
+    with open(side) as f:
+        return json.load(f)
+
+
+def load_state_dict_strict(module, state_dict, *, source):
+    """Strict load whose error lists what is missing and unexpected (and shape mismatches), naming the file."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source} does not match the architecture being built "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} shape mismatches).\n"
+            f"  missing keys: {_head(missing)}\n  unexpected keys: {_head(unexpected)}\n"
+            f"  shape mismatches: {_head(shapes)}")
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def _head(items, n=12):
+    if not items:
+        return "none"
+    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def capture_rng():
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return _rng_to_tensors(state)
+
+
+def restore_rng(state):
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_python_state(state["python"]))
+    np.random.set_state(_to_numpy_state(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+# weights_only loading accepts tensors, lists, dicts and scalars only: store RNG states in those forms.
+def _rng_to_tensors(state):
+    out = dict(state)
+    version, internal, gauss = state["python"]
+    out["python"] = [version, torch.tensor(internal, dtype=torch.int64), gauss]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    out["numpy"] = [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
+    return out
+
+
+def _to_python_state(s):
+    return (s[0], tuple(int(v) for v in s[1].tolist()), s[2])
+
+
+def _to_numpy_state(s):
+    import numpy as np
+
+    return (s[0], s[1].numpy().astype(np.uint32), s[2], s[3], s[4])

@@ -1,0 +1,173 @@
+"""Distributed runtime: one `setup_dist()` for mpiexec, torchrun and plain single-process launches.
+
+mpi4py is imported here only, and only when the process was started by mpiexec, so CPU tools and tests run
+without MPI. Other modules ask this one for rank / world size and never query MPI or env vars themselves.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+
+_MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
+_STATE = {"device": None, "local_rank": 0, "launcher": None}
+
+
+def launcher():
+    """Which launcher started this process: 'torchrun', 'mpiexec' or 'single'."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ:
+        return "torchrun"
+    if any(v in os.environ for v in _MPI_RANK_VARS):
+        return "mpiexec"
+    return "single"
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup_mpi_env():
+    """Fill torch's env:// variables from MPI; rank 0 picks the rendezvous address and broadcasts it."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    if comm.Get_size() > 1:
+        _install_mpi_abort(comm)
+    if comm.Get_rank() == 0:
+        host = "127.0.0.1" if comm.Get_size() == 1 else socket.gethostbyname(socket.getfqdn())
+        addr = (os.environ.get("MASTER_ADDR", host), int(os.environ.get("MASTER_PORT", 0)) or _free_port())
+    else:
+        addr = None
+    addr = comm.bcast(addr, root=0)
+    os.environ.update(MASTER_ADDR=addr[0], MASTER_PORT=str(addr[1]), RANK=str(comm.Get_rank()),
+                      WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(local_rank))
+    return local_rank
+
+
+def _install_mpi_abort(comm):
+    """A rank that dies with an exception aborts the whole MPI job instead of leaving the others in a
+    collective forever (MPI_Abort makes mpiexec kill every rank and exit non-zero)."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def setup_dist(*, backend=None, timeout_minutes=30):
+    """Initialise the process group (idempotent) and pick this process's device.
+
+    Returns the torch.device. Single-process runs create no process group: the collective helpers below
+    fall back to the identity, so library code is the same for 1 or N processes.
+    """
+    if _STATE["device"] is not None:
+        return _STATE["device"]
+    kind = launcher()
+    local_rank = 0
+    if kind == "mpiexec":
+        local_rank = _setup_mpi_env()
+    elif kind == "torchrun":
+        local_rank = int(os.environ["LOCAL_RANK"])
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        import datetime
+
+        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), init_method="env://",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    _STATE.update(device=device, local_rank=local_rank, launcher=kind)
+    return device
+
+
+def dev():
+    """The device chosen by setup_dist (CPU if it was never called)."""
+    return _STATE["device"] or torch.device("cpu")
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main():
+    return get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Rank 0 runs the block first (e.g. building a cache), the others wait and then reuse its result."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def broadcast(tensor, src=0):
+    """In-place broadcast of a tensor from `src` to every rank; returns the tensor."""
+    if dist.is_initialized():
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def broadcast_object(obj, src=0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def sync_params(params):
+    """Make every rank hold rank 0's values (after building or loading a model)."""
+    for p in params:
+        broadcast(p.data)
+
+
+def all_reduce_sum(tensor):
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_cat(tensor):
+    """Concatenate equally-shaped tensors from every rank along dim 0, in rank order."""
+    if not dist.is_initialized():
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out)
+
+
+def all_gather_objects(obj):
+    """A list with every rank's (picklable) object, in rank order."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,119 @@
+"""Flags and configuration: `*_defaults()` groups -> argparse, presets, --dry_run, config.json.
+
+Scripts turn flags into explicit constructor arguments here (`args_to_dict(args, group.keys())`); no
+argparse namespace goes further into pagoda/. A misspelled flag is an error (no abbreviations either).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from . import checkpoint, dist_util
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
+
+
+def _parse_tuple(kind):
+    def parse(v):
+        if isinstance(v, (list, tuple)):
+            return tuple(v)
+        return tuple(kind(x) for x in str(v).replace(" ", "").split(",") if x != "")
+    return parse
+
+
+def add_dict_to_argparser(parser, defaults, group=None):
+    """One `--key` per entry, typed by its default (bools take true/false, tuples take 1,2,3)."""
+    target = parser.add_argument_group(group) if group else parser
+    for key, value in defaults.items():
+        if isinstance(value, bool):
+            kind = str2bool
+        elif isinstance(value, tuple):
+            kind = _parse_tuple(type(value[0]) if value else str)
+        elif value is None:
+            kind = str
+        else:
+            kind = type(value)
+        target.add_argument(f"--{key}", default=value, type=kind, metavar=kind.__name__.upper()
+                            if hasattr(kind, "__name__") else None)
+
+
+def args_to_dict(args, keys):
+    return {k: getattr(args, k) for k in keys}
+
+
+def create_parser(groups, *, description, presets=None):
+    """`groups`: {group title: defaults dict}. Adds --preset (if presets), --dry_run."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    seen = {}
+    for title, defaults in groups.items():
+        for key in defaults:
+            if key in seen:
+                raise ValueError(f"flag --{key} is defined in both {seen[key]!r} and {title!r}")
+            seen[key] = title
+        add_dict_to_argparser(parser, defaults, group=title)
+    if presets:
+        parser.add_argument("--preset", default=None, choices=sorted(presets),
+                            help="named defaults; explicit flags override them")
+    parser.add_argument("--dry_run", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def parse_args(parser, presets=None, argv=None):
+    """Parse with presets: a preset replaces the defaults, flags given explicitly win over both."""
+    argv = sys.argv[1:] if argv is None else argv
+    if presets:
+        pre, _ = parser.parse_known_args(argv)
+        if pre.preset:
+            dests = {a.dest for a in parser._actions}
+            unknown = sorted(k for k in presets[pre.preset] if k not in dests)
+            if unknown:
+                raise ValueError(f"preset {pre.preset!r} sets unknown keys {unknown}")
+            parser.set_defaults(**presets[pre.preset])
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # defaults set by presets bypass `type`: normalise tuples and bools
+        value = getattr(args, action.dest, None)
+        if isinstance(value, list):
+            setattr(args, action.dest, tuple(value))
+    return args
+
+
+def resolved_config(args):
+    config = {k: v for k, v in vars(args).items() if k != "dry_run"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=here, stderr=subprocess.DEVNULL,
+                                       text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def handle_dry_run(args):
+    """`--dry_run`: print the resolved config as JSON and exit 0."""
+    if args.dry_run:
+        print(json.dumps(resolved_config(args), indent=1, sort_keys=True))
+        sys.exit(0)
+
+
+def write_config(run_dir, args, **extra):
+    """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`."""
+    config = resolved_config(args)
+    config.update(extra, git_commit=git_commit(), world_size=dist_util.get_world_size())
+    if dist_util.is_main():
+        checkpoint.atomic_write_text(json.dumps(config, indent=1, sort_keys=True, default=str),
+                                     os.path.join(run_dir, "config.json"))
+    return config

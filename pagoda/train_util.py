@@ -1,0 +1,256 @@
+"""The one training loop. Methods are `Objective`s plugged into it.
+
+TrainLoop owns batching, microbatching with DDP no_sync, optimisers, precision, EMA, the log and save
+cadence, exports and resume. An Objective owns the method: its trained networks ("players"), which player
+updates at a given step (`phases`), and the named per-sample loss terms of a phase (`losses`).
+Each phase draws its own batch from the data stream, so e.g. a discriminator step sees an independent batch.
+"""
+
+import dataclasses
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint, dist_util, logger
+from .amp import MixedPrecision
+from .ema import EMA
+
+
+class Objective:
+    """Interface of a training method (see DESIGN.md, "One loop, many objectives")."""
+
+    players = {}  # name -> nn.Module trained by the loop; frozen networks are plain attributes
+
+    def phases(self, step):
+        """Names of the players updated at `step`, in order; each phase gets its own batch."""
+        raise NotImplementedError
+
+    def losses(self, player, nets, batch, *, step, generator):
+        """Per-sample loss terms for `player`'s update: a dict of (N,) tensors; "loss" is backpropagated.
+        `nets` maps player names to the modules to call (DDP-wrapped when distributed)."""
+        raise NotImplementedError
+
+    def ema_rates(self, player):
+        return ()
+
+    def export_sidecar(self, player):
+        """Architecture sidecar for exporting `player`, or None if it is not exported."""
+        return None
+
+    def state_dict(self):
+        """Extra state that must survive a resume (e.g. frozen random projections)."""
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@dataclasses.dataclass
+class OptimSpec:
+    name: str = "adam"  # adam | adamw | radam
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps of this player
+
+    def create(self, params):
+        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+        if self.name not in classes:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose from {sorted(classes)}")
+        return classes[self.name](params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
+
+    def lr_at(self, opt_step):
+        if self.warmup_steps <= 0:
+            return self.lr
+        return self.lr * min(1.0, (opt_step + 1) / self.warmup_steps)
+
+
+class _Player:
+    """A trained network with its optimiser, precision policy, EMA and (optional) DDP wrapper."""
+
+    def __init__(self, name, module, spec, ema_rates, precision, device):
+        self.name = name
+        self.module = module
+        self.spec = spec
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"player {name!r} has no trainable parameters")
+        self.opt = spec.create(self.params)
+        self.mp = MixedPrecision(precision=precision, device=device)
+        self.ema = EMA(module, rates=ema_rates) if ema_rates else None
+        self.opt_steps = 0
+        self.net = module
+        if dist_util.get_world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DDP(module, device_ids=ids, broadcast_buffers=False)
+
+    def state_dict(self):
+        return {"model": self.module.state_dict(), "opt": self.opt.state_dict(), "scaler": self.mp.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else {}, "opt_steps": self.opt_steps}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.mp.load_state_dict(state["scaler"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_steps = int(state["opt_steps"])
+
+
+class TrainLoop:
+    def __init__(self, *, objective, data, run_dir, global_batch_size, microbatch=0, optim=None,
+                 precision="fp32", total_steps, log_interval=100, save_interval=1000, keep_checkpoints=3,
+                 seed=0, callbacks=(), config=None, title="training"):
+        """
+        data: `data(start_batch) -> iterator` of dict batches of the per-rank size (global_batch_size / world);
+              batch k of the stream must be a pure function of k so that resume is exact.
+        optim: {player: OptimSpec}; microbatch: per-rank microbatch size (0 = the whole per-rank batch).
+        callbacks: objects with `.interval` (steps) and `__call__(loop)`, e.g. preview grids.
+        """
+        world = dist_util.get_world_size()
+        if global_batch_size % world:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the world size {world}")
+        self.batch_size = global_batch_size // world
+        self.microbatch = microbatch or self.batch_size
+        if self.batch_size % self.microbatch:
+            raise ValueError(f"per-rank batch {self.batch_size} is not divisible by microbatch {self.microbatch}")
+        self.objective, self.data, self.run_dir = objective, data, run_dir
+        self.global_batch_size, self.total_steps, self.seed = global_batch_size, total_steps, seed
+        self.log_interval, self.save_interval = log_interval, save_interval
+        self.callbacks, self.config, self.title = list(callbacks), config or {}, title
+        self.device = dist_util.dev()
+        optim = optim or {}
+        self.players = {name: _Player(name, m, optim.get(name, OptimSpec()), objective.ema_rates(name), precision,
+                                      self.device) for name, m in objective.players.items()}
+        self.ckpt = checkpoint.CheckpointManager(run_dir, keep=keep_checkpoints)
+        self.step = 0
+        self.batches_drawn = 0
+        self._resume()
+        self._stream = self.data(self.batches_drawn)
+
+    # -- resume / save ---------------------------------------------------------------------------------
+    def _resume(self):
+        state = self.ckpt.load_latest(log=logger.log)
+        if state is None:
+            return
+        for name, player in self.players.items():
+            player.load_state_dict(state["players"][name])
+        self.objective.load_state_dict(state["objective"])
+        self.step, self.batches_drawn = int(state["step"]), int(state["batches_drawn"])
+        checkpoint.restore_rng(state["rng"])
+        logger.log(f"resumed from step {self.step} ({self.ckpt.path(self.step)})")
+
+    def save(self):
+        if dist_util.is_main():
+            state = {"step": self.step, "batches_drawn": self.batches_drawn,
+                     "players": {n: p.state_dict() for n, p in self.players.items()},
+                     "objective": self.objective.state_dict(), "rng": checkpoint.capture_rng()}
+            self.ckpt.save(self.step, state)
+            self.export()
+        dist_util.barrier()
+
+    def export(self):
+        """Plain state_dict + sidecar of every exported player (EMA weights per rate, else raw weights)."""
+        for name, player in self.players.items():
+            sidecar = self.objective.export_sidecar(name)
+            if sidecar is None:
+                continue
+            sidecar = dict(sidecar, step=self.step)
+            folder = os.path.join(self.run_dir, "exports")
+            if player.ema:
+                for rate in player.ema.rates:
+                    sd = player.ema.averaged_state_dict(player.module, rate)
+                    checkpoint.export_network(sd, dict(sidecar, ema_rate=rate),
+                                              os.path.join(folder, f"{name}_ema{rate:g}.pt"))
+            else:
+                checkpoint.export_network(player.module.state_dict(), sidecar, os.path.join(folder, f"{name}.pt"))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self):
+        self._banner()
+        timer, steps_since_log = time.time(), 0
+        bar = logger.progress(total=self.total_steps, desc=self.title, unit="step")
+        bar.update(self.step)
+        while self.step < self.total_steps:
+            self.run_step()
+            self.step += 1
+            steps_since_log += 1
+            bar.update(1)
+            if self.step % self.log_interval == 0 or self.step == self.total_steps:
+                elapsed = time.time() - timer
+                logger.logkv("step", self.step)
+                logger.logkv("samples", self.step * self.global_batch_size)
+                logger.logkv("sec_per_step", elapsed / steps_since_log)
+                logger.dumpkvs()
+                timer, steps_since_log = time.time(), 0
+            for cb in self.callbacks:
+                if self.step % cb.interval == 0 or self.step == self.total_steps:
+                    cb(self)
+            if self.step % self.save_interval == 0 or self.step == self.total_steps:
+                self.save()
+        bar.close()
+
+    def run_step(self):
+        for phase_index, name in enumerate(self.objective.phases(self.step)):
+            batch = next(self._stream)
+            self.batches_drawn += 1
+            self._update(self.players[name], batch, phase_index)
+
+    def _update(self, player, batch, phase_index):
+        nets = {n: p.net for n, p in self.players.items()}
+        player.opt.zero_grad(set_to_none=True)
+        n = _batch_len(batch)
+        chunks = range(0, n, self.microbatch)
+        for i, start in enumerate(chunks):
+            micro = {k: v[start:start + self.microbatch].to(self.device) for k, v in batch.items()}
+            gen = self._generator(phase_index, i)
+            last = start + self.microbatch >= n
+            sync = player.net.no_sync() if isinstance(player.net, DDP) and not last else _null()
+            with sync:
+                with player.mp.autocast():
+                    terms = self.objective.losses(player.name, nets, micro, step=self.step, generator=gen)
+                loss = terms["loss"].float().mean() * (_batch_len(micro) / n)
+                player.mp.backward(loss)
+            for key, value in terms.items():
+                logger.logkv_mean(f"loss/{player.name}/{key}", value)
+        for group in player.opt.param_groups:
+            group["lr"] = player.spec.lr_at(player.opt_steps)
+        took, grad_norm = player.mp.step(player.opt, player.params)
+        logger.logkv_mean(f"grad_norm/{player.name}", grad_norm)
+        logger.logkv(f"lr/{player.name}", player.opt.param_groups[0]["lr"])
+        if player.mp.scaler:
+            logger.logkv(f"lg_loss_scale/{player.name}", player.mp.log_scale)
+        if took:
+            player.opt_steps += 1
+            if player.ema:
+                player.ema.update(player.module)
+        else:
+            logger.logkv_mean(f"skipped_steps/{player.name}", 1.0)
+            logger.log(f"step {self.step}: non-finite gradients for {player.name}; update skipped")
+
+    def _generator(self, phase_index, micro_index):
+        """Randomness of a (step, phase, microbatch) is a pure function of them: resume is bit-exact."""
+        seed = hash((self.seed, dist_util.get_rank(), self.step, phase_index, micro_index)) % (2**63)
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def _banner(self):
+        counts = {}
+        for name, p in self.players.items():
+            trainable = sum(x.numel() for x in p.params)
+            counts[name] = (trainable, sum(x.numel() for x in p.module.parameters()) - trainable)
+        logger.banner(title=self.title, config=self.config, world_size=dist_util.get_world_size(),
+                      per_rank_batch=self.batch_size, global_batch=self.global_batch_size, param_counts=counts)
+
+
+def _batch_len(batch):
+    return len(next(iter(batch.values())))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

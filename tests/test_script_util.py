@@ -1,0 +1,91 @@
+"""Flags, presets, --dry_run, config.json and strict checkpoint loading errors."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pagoda import checkpoint, script_util
+
+GROUPS = {"model": {"channels": 64, "channel_mult": (1, 2), "use_fp16": False},
+          "train": {"lr": 1e-4, "run_dir": "runs/x"}}
+PRESETS = {"tiny": {"channels": 16, "lr": 1e-3}}
+
+
+def _parse(argv):
+    parser = script_util.create_parser(GROUPS, description="t", presets=PRESETS)
+    return script_util.parse_args(parser, PRESETS, argv)
+
+
+def test_flags_typed_from_defaults():
+    args = _parse(["--channels", "32", "--channel_mult", "1,2,4", "--use_fp16", "true"])
+    assert (args.channels, args.channel_mult, args.use_fp16) == (32, (1, 2, 4), True)
+
+
+def test_preset_sets_defaults_and_explicit_flags_win():
+    args = _parse(["--preset", "tiny", "--lr", "5e-5"])
+    assert (args.channels, args.lr) == (16, 5e-5)
+
+
+def test_misspelled_or_abbreviated_flag_is_an_error(capsys):
+    for bad in (["--chanels", "3"], ["--chan", "3"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_flag_defined_twice_is_an_error():
+    with pytest.raises(ValueError, match="--lr is defined in both 'a' and 'b'"):
+        script_util.create_parser({"a": {"lr": 1}, "b": {"lr": 2}}, description="t")
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    args = _parse(["--preset", "tiny", "--dry_run"])
+    with pytest.raises(SystemExit) as exit_info:
+        script_util.handle_dry_run(args)
+    assert exit_info.value.code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["channels"] == 16 and printed["channel_mult"] == [1, 2] and printed["preset"] == "tiny"
+
+
+def test_config_json_written(tmp_path):
+    args = _parse([])
+    script_util.write_config(str(tmp_path), args, note="hello")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["channels"] == 64 and config["note"] == "hello" and config["world_size"] == 1
+    assert "git_commit" in config
+
+
+def test_strict_load_lists_missing_unexpected_and_shapes(tmp_path):
+    src = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    path = tmp_path / "net.pt"
+    checkpoint.export_network(src.state_dict(), {"kind": "mlp"}, str(path))
+    assert checkpoint.read_sidecar(str(path)) == {"kind": "mlp"}
+    other = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_state_dict_strict(other, checkpoint.torch_load(str(path)), source=str(path))
+    msg = str(err.value)
+    assert "2 missing" in msg and "2.weight, 2.bias" in msg
+    assert "0.weight: file (4, 3) vs model (5, 3)" in msg and str(path) in msg
+    same = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    checkpoint.load_state_dict_strict(same, checkpoint.torch_load(str(path)), source=str(path))
+    assert torch.equal(same[0].weight, src[0].weight)
+
+
+def test_missing_file_error_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        checkpoint.torch_load(str(tmp_path / "nope.pt"))
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = checkpoint.capture_rng()
+    checkpoint.atomic_save({"rng": state}, str(tmp_path / "s.pt"))
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    checkpoint.restore_rng(checkpoint.torch_load(str(tmp_path / "s.pt"))["rng"])
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
