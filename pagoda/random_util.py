@@ -1,0 +1,52 @@
+"""Per-sample randomness: every sample draws its noise and labels from its own seed.
+
+A sample's seed is its global index plus a base seed, so the output files are identical whatever the batch
+size and however many processes share the work (the pattern of EDM's `generate.py` and consistency_models'
+`random_util.py`).
+"""
+
+import torch
+
+
+class StackedRandomGenerator:
+    """One torch.Generator per seed; row i of every draw comes from generator i alone."""
+
+    def __init__(self, device, seeds):
+        seeds = [int(seed) for seed in seeds]
+        if not seeds:
+            raise ValueError("StackedRandomGenerator needs at least one seed")
+        if min(seeds) < 0:
+            raise ValueError(f"seeds must be non-negative, got {min(seeds)}")
+        self.device = torch.device(device)
+        self.seeds = seeds
+        self.generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+
+    def _check_batch(self, size):
+        size = tuple(size)
+        if not size or size[0] != len(self.generators):
+            raise ValueError(f"size[0] must equal the number of seeds ({len(self.generators)}); got size {size}")
+        return size[1:]
+
+    def randn(self, size, **kwargs):
+        """Standard normal tensor of shape `size`; kwargs go to torch.randn (dtype, layout, ...)."""
+        per_sample = self._check_batch(size)
+        kwargs.setdefault("device", self.device)
+        return torch.stack([torch.randn(per_sample, generator=gen, **kwargs) for gen in self.generators])
+
+    def randn_like(self, x):
+        return self.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device)
+
+    def randint(self, *args, size, **kwargs):
+        """Like torch.randint(low, high, size=...) with row i drawn from generator i."""
+        per_sample = self._check_batch(size)
+        kwargs.setdefault("device", self.device)
+        return torch.stack([torch.randint(*args, size=per_sample, generator=gen, **kwargs) for gen in self.generators])
+
+
+def sample_seeds(num_samples, *, base_seed=0, shard=0, num_shards=1):
+    """Seeds of the samples this shard generates: global indices shard, shard + num_shards, ... plus base_seed."""
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be non-negative, got {num_samples}")
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+    return [base_seed + index for index in range(shard, num_samples, num_shards)]
