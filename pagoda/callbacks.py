@@ -1,0 +1,86 @@
+"""Callbacks run by TrainLoop at their interval: preview sample grids from the EMA weights (rank 0 only).
+
+Previews use fixed per-sample seeds, so grids from different steps show the same latents and labels.
+"""
+
+import os
+
+import torch
+
+from . import dist_util
+from .generator import generate
+from .image_util import save_grid, to_uint8
+from .precond import Denoiser
+from .random_util import StackedRandomGenerator
+from .sampling import heun_sample, karras_sigmas
+
+
+class _Preview:
+    def __init__(self, *, interval, player, num_samples=64, num_classes=None, seed=12345):
+        self.interval = max(1, interval)
+        self.player = player
+        self.num_samples = num_samples
+        self.num_classes = num_classes
+        self.seed = seed
+
+    def __call__(self, loop):
+        if not dist_util.is_main():
+            return
+        player = loop.players[self.player]
+        net = player.module
+        was_training = net.training
+        net.eval()
+        context = player.ema.swapped_in(net, player.ema.rates[-1]) if player.ema else _nullcontext()
+        with context, torch.no_grad():
+            images = self.sample(net, loop.device)
+        net.train(was_training)
+        path = os.path.join(loop.run_dir, "samples", f"{loop.step:07d}.png")
+        save_grid(to_uint8(images), path, scale=max(1, 128 // images.shape[-1]))
+
+    def _inputs(self, device, shape):
+        rng = StackedRandomGenerator(device, [self.seed + i for i in range(self.num_samples)])
+        y = None
+        if self.num_classes:
+            y = torch.arange(self.num_samples, device=device) % self.num_classes
+        return rng, y
+
+
+class TeacherPreview(_Preview):
+    """Deterministic Heun samples of the teacher being trained."""
+
+    def __init__(self, *, interval, num_steps=18, sigma_data=0.5, **kw):
+        super().__init__(interval=interval, player="denoiser", **kw)
+        self.num_steps = num_steps
+        self.sigma_data = sigma_data
+
+    def sample(self, net, device):
+        cfg = net.config
+        shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        rng, y = self._inputs(device, shape)
+        denoiser = Denoiser(net, sigma_data=self.sigma_data)
+        sigmas = karras_sigmas(self.num_steps, device=device)
+        return heun_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y)
+
+
+class GeneratorPreview(_Preview):
+    """One-step samples G(z, y) from fresh prior latents z ~ N(0, sigma_max^2 I)."""
+
+    def __init__(self, *, interval, sigma_max=80.0, sigma_data=0.5, **kw):
+        super().__init__(interval=interval, player="generator", **kw)
+        self.sigma_max = sigma_max
+        self.sigma_data = sigma_data
+
+    def sample(self, net, device):
+        cfg = net.config
+        shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        rng, y = self._inputs(device, shape)
+        z = rng.randn(shape, device=device) * self.sigma_max
+        return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data).float().clamp(-1, 1)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

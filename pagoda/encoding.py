@@ -1,0 +1,92 @@
+"""PF-ODE data-to-noise encoding: every (image, flip) -> its latent z at sigma_max under the frozen teacher.
+
+The work is split into fixed chunks (pagoda/latent_store.py); each process encodes the chunks c with
+c % num_shards == shard. Chunks already complete on disk are skipped, damaged ones are redone.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from . import logger
+from .latent_store import num_chunks
+from .sampling import heun_decode, heun_invert
+
+
+def chunk_items(items, c, chunk_size):
+    return items[c * chunk_size:(c + 1) * chunk_size]
+
+
+def pending_chunks(store, dataset, items, chunk_size, *, shard, num_shards, log=logger.log):
+    """This shard's chunks that still need encoding (missing, damaged, or written for other images)."""
+    todo = []
+    for c in range(shard, num_chunks(len(items), chunk_size), num_shards):
+        part = chunk_items(items, c, chunk_size)
+        reason = store.check_chunk(c, expected_ids=[dataset.ids[i] for i, _ in part],
+                                   expected_flips=[f for _, f in part])
+        if reason is not None:
+            if reason != "missing":
+                log(f"chunk {c}: {reason}; encoding it again")
+            todo.append(c)
+    return todo
+
+
+def _load_batch(dataset, part, device):
+    rows = [dataset.load(i, flip=f) for i, f in part]
+    x = torch.stack([r["x"] for r in rows]).to(device)
+    y = torch.stack([r["y"] for r in rows]).to(device)
+    return x, y
+
+
+@torch.no_grad()
+def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas, batch_size, clamp_denoised=True,
+                  dtype=np.float16, autocast=None, class_cond=True, progress=True):
+    """Encode `chunks` of `items` with the teacher and write them; returns the number of images encoded."""
+    device = next(teacher.parameters()).device
+    bar = logger.progress(total=sum(len(chunk_items(items, c, chunk_size)) for c in chunks), desc="encode",
+                          unit="img") if progress else None
+    done, start = 0, time.time()
+    for c in chunks:
+        part = chunk_items(items, c, chunk_size)
+        latents = []
+        for b in range(0, len(part), batch_size):
+            x, y = _load_batch(dataset, part[b:b + batch_size], device)
+            with autocast() if autocast else _null():
+                z = heun_invert(teacher, x, sigmas, y if class_cond else None, clamp_denoised=clamp_denoised)
+            latents.append(z.float().cpu().numpy().astype(dtype))
+            done += len(x)
+            if bar:
+                bar.update(len(x))
+                bar.set_postfix(img_per_s=f"{done / (time.time() - start):.1f}")
+        store.write_chunk(c, np.concatenate(latents), ids=[dataset.ids[i] for i, _ in part],
+                          flips=[f for _, f in part], indices=[i for i, _ in part])
+    if bar:
+        bar.close()
+    return done
+
+
+def psnr(a, b, data_range=2.0):
+    """Per-sample PSNR in dB between images in [-1, 1]."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def verify_round_trip(teacher, dataset, store, index, keys, *, sigmas, clamp_denoised=True, class_cond=True):
+    """Decode stored latents back with the teacher; per-sample PSNR against the original images."""
+    device = next(teacher.parameters()).device
+    x, y = _load_batch(dataset, keys, device)
+    z = torch.stack([torch.from_numpy(np.array(store.open_chunk(index[(dataset.ids[i], f)][0])
+                                               [index[(dataset.ids[i], f)][1]])) for i, f in keys])
+    x_hat = heun_decode(teacher, z.float().to(device), sigmas, y if class_cond else None,
+                        clamp_denoised=clamp_denoised)
+    return psnr(x_hat.clamp(-1, 1), x)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,127 @@
+"""The one-step generator G(z, y) and its progressive growth to 2x output resolution.
+
+Parameterisation (official PaGoDA, pagoda-method.md 3.1): G(z, y) = F(c_in(sigma_max) * z, sigma_max, y), the raw
+backbone output, with no c_skip / c_out. A generator initialised from the teacher's backbone therefore starts at
+about 2x the teacher's one-step estimate of x0 (c_out(80) ~ 0.5); training removes that factor in a few steps.
+The trained network is the backbone (a UNetModel), so exports are plain ADM state dicts that load into (and
+from) the released PaGoDA checkpoints.
+"""
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .unet import UNetModel
+
+
+class Generator(nn.Module):
+    """Wraps a backbone F into the one-step map z -> x (latent at the teacher's resolution)."""
+
+    def __init__(self, backbone, *, sigma_max=80.0, sigma_data=0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.sigma_max = float(sigma_max)
+        self.sigma_data = float(sigma_data)
+
+    @property
+    def c_in(self):
+        return 1.0 / math.sqrt(self.sigma_max**2 + self.sigma_data**2)
+
+    @property
+    def latent_size(self):
+        return self.backbone.config["image_size"]
+
+    @property
+    def output_size(self):
+        return self.backbone.config["output_size"] or self.latent_size
+
+    def forward(self, z, y=None):
+        return generate(self.backbone, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data)
+
+    @torch.no_grad()
+    def sample(self, z, y=None):
+        """Images in [-1, 1] (the output is clamped only when sampling, not in training)."""
+        return self(z, y).float().clamp(-1, 1)
+
+    def sidecar(self):
+        return generator_sidecar(self.backbone, sigma_max=self.sigma_max, sigma_data=self.sigma_data)
+
+
+def generate(backbone, z, y=None, *, sigma_max=80.0, sigma_data=0.5):
+    """G(z, y) for any (possibly DDP-wrapped) backbone."""
+    c_in = 1.0 / math.sqrt(sigma_max**2 + sigma_data**2)
+    sigma = torch.full((z.shape[0],), sigma_max, device=z.device, dtype=torch.float32)
+    return backbone(z * c_in, sigma, y)
+
+
+def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5):
+    cfg = backbone.config
+    return {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
+            "latent_size": cfg["image_size"], "output_size": cfg["output_size"] or cfg["image_size"],
+            "num_classes": cfg["num_classes"]}
+
+
+def generator_from_teacher(teacher_backbone, *, sigma_max=80.0, sigma_data=0.5):
+    """A trainable copy of the teacher's backbone (the official stage-2 initialisation)."""
+    backbone = copy.deepcopy(teacher_backbone)
+    backbone.requires_grad_(True)
+    backbone.train()
+    return Generator(backbone, sigma_max=sigma_max, sigma_data=sigma_data)
+
+
+def grown_config(config, factor=2):
+    """The backbone config with the output resolution multiplied by `factor` (a power of two)."""
+    if factor < 2 or factor & (factor - 1):
+        raise ValueError(f"growth factor must be a power of two >= 2, got {factor}")
+    cfg = dict(config)
+    size = cfg["output_size"] or cfg["image_size"]
+    cfg["output_size"] = size * factor
+    # new levels keep the width of the last existing level, so their skips are identities (function-preserving)
+    mult = list(cfg.get("channel_mult_high") or [])
+    last = mult[-1] if mult else 1
+    cfg["channel_mult_high"] = mult + [last] * int(math.log2(factor))
+    return cfg
+
+
+def grow(backbone, *, factor=2, channel_mult_high=None):
+    """A new backbone at `factor`x the output size with every existing weight copied.
+
+    The appended levels (an up-sampling ResBlock and plain ResBlocks, zero-initialised output convolutions,
+    identity skips) start as identities on nearest-up-sampled features, so the grown network starts as
+    the previous generator's features up-sampled and passed through the same output head.
+    Returns (grown_backbone, new_keys).
+    """
+    cfg = grown_config(backbone.config, factor)
+    if channel_mult_high is not None:
+        cfg["channel_mult_high"] = list(channel_mult_high)
+    grown = UNetModel(**cfg)
+    old = backbone.state_dict()
+    new = grown.state_dict()
+    mismatched = [k for k in old if k not in new or new[k].shape != old[k].shape]
+    if mismatched:
+        raise ValueError(f"cannot grow: {len(mismatched)} weights of the previous network have no same-shape "
+                         f"place in the grown one (first: {mismatched[:5]}); channel_mult_high must keep the "
+                         f"existing levels' widths")
+    new.update({k: v.clone() for k, v in old.items()})
+    grown.load_state_dict(new)
+    new_keys = sorted(set(new) - set(old))
+    return grown, new_keys
+
+
+def freeze_for_growth(backbone, *, activate_from):
+    """Train only output_blocks[activate_from:] and the output head (official default: from index 9).
+
+    Returns (trainable, frozen) parameter counts.
+    """
+    num_out = len(backbone.output_blocks)
+    if not 0 <= activate_from < num_out:
+        raise ValueError(f"activate_from must be in [0, {num_out - 1}] for this network, got {activate_from}")
+    backbone.requires_grad_(False)
+    for block in list(backbone.output_blocks)[activate_from:]:
+        block.requires_grad_(True)
+    backbone.out.requires_grad_(True)
+    trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in backbone.parameters() if not p.requires_grad)
+    return trainable, frozen

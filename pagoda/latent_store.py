@@ -1,0 +1,109 @@
+"""On-disk format of the encoder's PF-ODE latents: fixed-size chunks plus a manifest and an index.
+
+The work list is every (image index, flip) pair in a fixed order; chunk c holds items [c*C, (c+1)*C). Chunk
+boundaries do not depend on the number of processes, so 1 or N processes write identical files, and a rerun
+only redoes chunks that are missing or damaged. A chunk is two files written atomically, data first:
+  chunk_<c>.npy   latents z, (n, C, H, W), fp16 or fp32 -- memory-mapped for random access when training
+  chunk_<c>.json  the ids, flips and image indices of its rows, the array shape/dtype and a CRC32 of the data;
+                  its presence marks the chunk complete
+After all chunks: index.npz (id, flip -> chunk, row) and manifest.json (teacher, solver and data settings).
+"""
+
+import json
+import os
+import zlib
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+
+
+def work_items(num_images, flips):
+    """The global (image index, flip) list in its fixed order."""
+    return [(i, f) for i in range(num_images) for f in flips]
+
+
+def num_chunks(num_items, chunk_size):
+    return (num_items + chunk_size - 1) // chunk_size
+
+
+class LatentStore:
+    def __init__(self, folder):
+        self.folder = folder
+
+    def npy_path(self, c):
+        return os.path.join(self.folder, f"chunk_{c:06d}.npy")
+
+    def meta_path(self, c):
+        return os.path.join(self.folder, f"chunk_{c:06d}.json")
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def write_chunk(self, c, z, *, ids, flips, indices):
+        """Write chunk c atomically: the array, then the record that certifies it."""
+        os.makedirs(self.folder, exist_ok=True)
+        z = np.ascontiguousarray(z)
+        tmp = self.npy_path(c) + ".tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, z)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.npy_path(c))
+        meta = {"ids": list(ids), "flips": [bool(v) for v in flips], "indices": [int(i) for i in indices],
+                "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes())}
+        atomic_write_text(json.dumps(meta), self.meta_path(c))
+
+    def check_chunk(self, c, *, expected_ids=None, expected_flips=None):
+        """None if chunk c is complete and intact, else the reason it must be (re)done."""
+        if not os.path.exists(self.meta_path(c)):
+            return "missing"
+        try:
+            with open(self.meta_path(c)) as f:
+                meta = json.load(f)
+            z = np.load(self.npy_path(c), mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"unreadable ({type(exc).__name__}: {exc})"
+        if list(z.shape) != meta["shape"] or str(z.dtype) != meta["dtype"]:
+            return f"array is {tuple(z.shape)} {z.dtype}, record says {tuple(meta['shape'])} {meta['dtype']}"
+        if zlib.crc32(np.ascontiguousarray(z).tobytes()) != meta["crc32"]:
+            return "checksum mismatch (damaged data)"
+        if expected_ids is not None and (meta["ids"] != list(expected_ids) or
+                                         meta["flips"] != [bool(v) for v in expected_flips]):
+            return "written for other images (the dataset or settings changed)"
+        return None
+
+    def write_index(self, chunk_ids):
+        """index.npz: for every row of every chunk its image id, flip, chunk and row."""
+        ids, flips, chunks, rows = [], [], [], []
+        for c in chunk_ids:
+            with open(self.meta_path(c)) as f:
+                meta = json.load(f)
+            ids += meta["ids"]
+            flips += meta["flips"]
+            chunks += [c] * len(meta["ids"])
+            rows += list(range(len(meta["ids"])))
+        path = os.path.join(self.folder, "index.npz")
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, ids=np.array(ids), flips=np.array(flips, dtype=bool), chunks=np.array(chunks, np.int64),
+                 rows=np.array(rows, np.int64))
+        os.replace(tmp, path)
+
+    def write_manifest(self, manifest):
+        atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), os.path.join(self.folder, "manifest.json"))
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def manifest(self):
+        path = os.path.join(self.folder, "manifest.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: {self.folder} is not a finished latent folder (run "
+                                    f"scripts/encode.py to completion; rerunning it finishes an interrupted run)")
+        with open(path) as f:
+            return json.load(f)
+
+    def index(self):
+        """{(id, flip): (chunk, row)}."""
+        data = np.load(os.path.join(self.folder, "index.npz"))
+        return {(str(i), bool(f)): (int(c), int(r))
+                for i, f, c, r in zip(data["ids"], data["flips"], data["chunks"], data["rows"])}
+
+    def open_chunk(self, c):
+        return np.load(self.npy_path(c), mmap_mode="r")

@@ -1,0 +1,78 @@
+"""Build networks from export files: our exports (state_dict + JSON sidecar) and the released checkpoints.
+
+Released files (the EDM ImageNet-64 teacher `edm_imagenet64_ema.pt`, PaGoDA generators) have no sidecar; their
+architecture is recognised from the state-dict layout, which the compat fixtures pin down.
+"""
+
+import os
+
+import torch
+
+from . import checkpoint
+from .generator import Generator
+from .precond import Denoiser
+from .unet import UNetModel, imagenet64_config
+
+RELEASED = {f"imagenet64_out{s}": (lambda s=s: imagenet64_config(output_size=s)) for s in (64, 128, 256)}
+
+
+def _layout(state_dict):
+    return [(k, tuple(v.shape)) for k, v in state_dict.items()]
+
+
+def infer_released_config(state_dict, *, source):
+    """The constructor config of a released checkpoint, recognised by its exact key/shape layout."""
+    want = sorted(_layout(state_dict))
+    for name, make in RELEASED.items():
+        cfg = make()
+        with torch.device("meta"):
+            candidate = UNetModel(**cfg)
+        if sorted(_layout(candidate.state_dict())) == want:
+            return cfg
+    raise ValueError(f"{source} has no architecture sidecar ({checkpoint.sidecar_path(source)}) and its state dict "
+                     f"matches none of the released layouts {sorted(RELEASED)}; export it with pagoda or write "
+                     f"the sidecar")
+
+
+def load_backbone(path, *, expect_kind):
+    """(backbone UNetModel, sidecar) from an export or a released file; strict load."""
+    if not os.path.exists(path):
+        hint = (" The released EDM ImageNet-64 teacher is `edm_imagenet64_ema.pt` from the openai/consistency_models "
+                "release; a pagoda teacher export is `<run_dir>/exports/denoiser_ema<rate>.pt`."
+                if expect_kind == "denoiser" else
+                " A pagoda generator export is `<run_dir>/exports/generator_ema<rate>.pt`.")
+        raise FileNotFoundError(f"{expect_kind} checkpoint not found: {path}.{hint}")
+    state_dict = checkpoint.torch_load(path)
+    if isinstance(state_dict, dict) and "players" in state_dict:
+        raise ValueError(f"{path} is a training state, not an export; use the files in <run_dir>/exports/")
+    sidecar = checkpoint.read_sidecar(path)
+    if sidecar is None:
+        sidecar = {"kind": expect_kind, "unet": infer_released_config(state_dict, source=path)}
+    elif sidecar.get("kind") != expect_kind:
+        raise ValueError(f"{path} is a {sidecar.get('kind')!r} export, but a {expect_kind!r} is needed here")
+    backbone = UNetModel(**sidecar["unet"])
+    checkpoint.load_state_dict_strict(backbone, state_dict, source=path)
+    return backbone, sidecar
+
+
+def load_teacher(path, *, device="cpu"):
+    """A frozen EDM denoiser D(x, sigma, y) in eval mode."""
+    backbone, side = load_backbone(path, expect_kind="denoiser")
+    denoiser = Denoiser(backbone, sigma_data=side.get("sigma_data", 0.5), sigma_min=side.get("sigma_min", 0.002),
+                        sigma_max=side.get("sigma_max", 80.0))
+    denoiser.null_class = side.get("null_class")
+    return denoiser.requires_grad_(False).eval().to(device)
+
+
+def load_generator(path, *, device="cpu"):
+    """A one-step generator (stage 2, or grown by stage 3) in eval mode."""
+    backbone, side = load_backbone(path, expect_kind="generator")
+    gen = Generator(backbone, sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5))
+    return gen.eval().to(device)
+
+
+def load_generator_or_teacher_backbone(path):
+    """For initialising stage 2 (from a teacher) or stage 3 (from a generator): (backbone, sidecar)."""
+    side = checkpoint.read_sidecar(path) if os.path.exists(path) else None
+    kind = side.get("kind") if side else "denoiser"
+    return load_backbone(path, expect_kind=kind)

@@ -1,0 +1,173 @@
+"""The PF-ODE encoder job and the latent-pair dataset."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pagoda import checkpoint
+from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.latent_store import LatentStore
+from pagoda.model_io import load_teacher
+from pagoda.objectives import teacher_sidecar
+from pagoda.pair_datasets import PairDataset
+from pagoda.sampling import heun_invert, karras_sigmas
+from pagoda.unet import UNetModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENCODE = os.path.join(REPO, "scripts", "encode.py")
+TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+            num_head_channels=32, num_classes=4)
+
+
+def _teacher(tmp_path):
+    torch.manual_seed(0)
+    net = UNetModel(**TINY)
+    for p in net.parameters():  # zero-initialised output layers would make the teacher trivial
+        p.data.normal_(0, 0.05) if p.ndim > 1 else None
+    path = str(tmp_path / "teacher.pt")
+    checkpoint.export_network(net.state_dict(), teacher_sidecar(net), path)
+    return path
+
+
+def _dataset(tmp_path, n=12, size=12):
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+    path = str(tmp_path / "data.npz")
+    np.savez(path, arr_0=images, arr_1=np.arange(n) % 4)
+    return path
+
+
+def _encode(out_dir, teacher, data, *extra, nproc=1, check=True, wait=True):
+    cmd = [sys.executable, ENCODE, "--teacher", teacher, "--data_dir", data, "--out_dir", str(out_dir),
+           "--num_steps", "6", "--chunk_size", "4", "--batch_size", "2", *extra]
+    if nproc > 1:
+        cmd = [shutil.which("mpiexec", path=os.path.dirname(sys.executable)), "-n", str(nproc), *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=check)
+
+
+def _chunks(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if name.startswith("chunk_")}
+
+
+@pytest.fixture
+def job(tmp_path):
+    return _teacher(tmp_path), _dataset(tmp_path)
+
+
+def test_encode_writes_every_item_once_with_manifest(tmp_path, job):
+    teacher, data = job
+    out = _encode(tmp_path / "z", teacher, data, "--verify", "4")
+    store = LatentStore(str(tmp_path / "z"))
+    manifest = store.manifest()
+    assert manifest["num_images"] == 12 and manifest["flips"] == [0, 1] and manifest["num_chunks"] == 6
+    index = store.index()
+    assert len(index) == 24 and {f for _, f in index} == {False, True}
+    assert "reconstruction PSNR" in out.stdout
+    assert store.open_chunk(0).dtype == np.float16
+
+
+def test_latents_are_the_teacher_inversion_of_their_image(tmp_path, job):
+    teacher_path, data = job
+    _encode(tmp_path / "z", teacher_path, data, "--storage", "fp32")
+    teacher = load_teacher(teacher_path)
+    images = ImageDataset(open_source(data), image_size=8)
+    pairs = PairDataset(str(tmp_path / "z"), image_size=8)
+    sigmas = karras_sigmas(6)
+    for i, flip in [(0, False), (5, True), (11, False)]:
+        item = pairs.load(i, flip=flip)
+        ref = images.load(i, flip=flip)
+        assert torch.equal(item["x"], ref["x"]) and item["y"] == ref["y"]
+        z = heun_invert(teacher, ref["x"][None], sigmas, ref["y"][None])[0]
+        torch.testing.assert_close(item["z"], z, rtol=1e-3, atol=1e-3)  # batch-size rounding only
+    # the flipped latent belongs to the flipped image, not to the unflipped one
+    assert not torch.allclose(pairs.load(5, flip=True)["z"], pairs.load(5, flip=False)["z"])
+
+
+def test_pairs_at_a_higher_image_resolution(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data)
+    pairs = PairDataset(str(tmp_path / "z"), image_size=16)
+    item = pairs.load(3, flip=True)
+    assert item["x"].shape == (3, 16, 16) and item["z"].shape == (3, 8, 8)
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_write_identical_latents(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "one", teacher, data)
+    _encode(tmp_path / "two", teacher, data, nproc=2)
+    assert _chunks(tmp_path / "one") == _chunks(tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_killed_run_then_rerun_gives_exactly_the_complete_set(tmp_path, job):
+    teacher, data = job
+    data = _dataset(tmp_path, n=40)
+    _encode(tmp_path / "ref", teacher, data)
+    proc = _encode(tmp_path / "crash", teacher, data, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(tmp_path / "crash" / "chunk_000001.json"):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not os.path.exists(tmp_path / "crash" / "manifest.json"), "the job finished before it was killed"
+    done_before = [n for n in os.listdir(tmp_path / "crash") if n.endswith(".json")]
+    _encode(tmp_path / "crash", teacher, data)
+    assert _chunks(tmp_path / "ref") == _chunks(tmp_path / "crash")
+    assert len(done_before) < 20
+
+
+def test_truncated_chunk_is_detected_and_redone(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data)
+    reference = _chunks(tmp_path / "z")
+    store = LatentStore(str(tmp_path / "z"))
+    path = store.npy_path(2)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 10)
+    assert store.check_chunk(2).startswith("unreadable")
+    out = _encode(tmp_path / "z", teacher, data)
+    assert "chunk 2: unreadable" in out.stdout
+    assert _chunks(tmp_path / "z") == reference
+
+
+def test_flipped_bytes_fail_the_checksum(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data)
+    store = LatentStore(str(tmp_path / "z"))
+    path = store.npy_path(1)
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    assert store.check_chunk(1) == "checksum mismatch (damaged data)"
+
+
+def test_missing_latent_names_the_image(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data, "--flips", "0")
+    pairs = PairDataset(str(tmp_path / "z"), image_size=8)
+    assert not pairs.random_flip
+    assert not pairs.load(0, flip=True)["x"].equal(ImageDataset(open_source(data), image_size=8).load(0, flip=True)["x"])
+    with pytest.raises(KeyError, match="no flipped latent for image 'data/000003'"):
+        pairs.latent("data/000003", True)
+
+
+def test_unfinished_latent_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a finished latent folder"):
+        PairDataset(str(tmp_path), image_size=8)
+
+
+def test_wrong_teacher_file_errors(tmp_path, job):
+    _, data = job
+    out = _encode(tmp_path / "z", str(tmp_path / "absent.pt"), data, check=False)
+    assert out.returncode != 0 and "denoiser checkpoint not found" in out.stderr
