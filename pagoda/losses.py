@@ -1,6 +1,9 @@
 """Loss terms as small classes: each returns a per-sample loss of shape (N,) unless stated otherwise."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from .nn import append_dims, mean_flat
 
@@ -35,3 +38,126 @@ class EDMLoss:
         denoised = denoiser(x_sigma, sigma, y)
         per_sample = mean_flat((denoised.float() - x.float()) ** 2)
         return {"loss": weight * per_sample, "mse": per_sample, "sigma": sigma.detach()}
+
+
+class ReconstructionLoss:
+    """PaGoDA's feature distance (LPIPS without learned weights): for each level of each feature network,
+    phi_hat = phi / (||phi||_2 over channels + 1e-10); sum over channels of (phi_hat(A(x_hat)) - phi_hat(A(x)))^2,
+    mean over H, W; summed over levels and networks. A is a DiffAugment whose parameters are shared by x_hat
+    and x. The target x is data: its features are computed without a graph.
+    """
+
+    def __init__(self, *, feature_networks, augment=None):
+        networks = feature_networks.values() if isinstance(feature_networks, dict) else feature_networks
+        self.feature_networks = list(networks)
+        if not self.feature_networks:
+            raise ValueError("ReconstructionLoss needs at least one feature network")
+        self.augment = augment
+        self.eps = 1e-10
+
+    def normalize(self, phi):
+        phi = phi.float()
+        return phi / (phi.square().sum(dim=1, keepdim=True).sqrt() + self.eps)
+
+    def __call__(self, x_hat, x, generator=None):
+        if x_hat.shape != x.shape:
+            raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
+        if self.augment is not None:
+            x_hat, x = self.augment(x_hat, x, generator=generator)
+        loss = x_hat.new_zeros(x_hat.shape[0], dtype=torch.float32)
+        for net in self.feature_networks:
+            with torch.no_grad():
+                targets = net(x)
+            for phi_hat, phi in zip(net(x_hat), targets):
+                distance = (self.normalize(phi_hat) - self.normalize(phi)).square().sum(dim=1)
+                loss = loss + distance.mean(dim=(1, 2))
+        return loss
+
+
+class PixelLoss:
+    """Mean squared error per sample."""
+
+    def __call__(self, x_hat, x, generator=None):
+        return mean_flat((x_hat.float() - x.float()) ** 2)
+
+
+class PseudoHuberLoss:
+    """Pseudo-Huber distance sqrt(||x_hat - x||^2 + c^2) - c per sample, c = 0.00054 sqrt(dims) (iCT, Song &
+    Dhariwal 2023), dims = C * H * W."""
+
+    def __init__(self, *, c_scale=0.00054):
+        self.c_scale = c_scale
+
+    def __call__(self, x_hat, x, generator=None):
+        c = self.c_scale * math.sqrt(x[0].numel())
+        squared = (x_hat.float() - x.float()).square().flatten(1).sum(dim=1)
+        return (squared + c**2).sqrt() - c
+
+
+def _per_sample(fn, logits):
+    """fn(logits) averaged per sample over its patches, then over the heads -> (N,). `logits` is one tensor or
+    a list of per-head tensors, each of shape (N, ...)."""
+    heads = [logits] if torch.is_tensor(logits) else list(logits)
+    return torch.stack([fn(l.float()).reshape(l.shape[0], -1).mean(dim=1) for l in heads]).mean(dim=0)
+
+
+def _check_pair(logits_real, logits_fake):
+    n_real = (logits_real if torch.is_tensor(logits_real) else logits_real[0]).shape[0]
+    n_fake = (logits_fake if torch.is_tensor(logits_fake) else logits_fake[0]).shape[0]
+    if n_real != n_fake:
+        raise ValueError(f"per-sample D losses need equal real and fake batches, got {n_real} and {n_fake}")
+
+
+def hinge_d_loss(logits_real, logits_fake):
+    """Hinge discriminator loss per sample: relu(1 - D(real)) + relu(1 + D(fake)), patch- then head-averaged."""
+    _check_pair(logits_real, logits_fake)
+    return _per_sample(lambda l: F.relu(1 - l), logits_real) + _per_sample(lambda l: F.relu(1 + l), logits_fake)
+
+
+def hinge_g_loss(logits_fake):
+    """Hinge generator loss per sample: -D(fake), patch- then head-averaged."""
+    return _per_sample(torch.neg, logits_fake)
+
+
+def nonsaturating_d_loss(logits_real, logits_fake):
+    """Non-saturating (logistic) discriminator loss per sample: softplus(-D(real)) + softplus(D(fake))."""
+    _check_pair(logits_real, logits_fake)
+    return _per_sample(lambda l: F.softplus(-l), logits_real) + _per_sample(F.softplus, logits_fake)
+
+
+def nonsaturating_g_loss(logits_fake):
+    """Non-saturating generator loss per sample: softplus(-D(fake))."""
+    return _per_sample(lambda l: F.softplus(-l), logits_fake)
+
+
+def r1_penalty(real_images, logits):
+    """R1 (Mescheder et al. 2018): ||grad_x sum D(x)||^2 per sample, with a graph so it can be minimised.
+    `real_images` must require grad and `logits` must be computed from them with features that have a graph
+    (not ProjectedDiscriminator.extract). For lazy R1, the caller applies it every k steps scaled by k."""
+    if not real_images.requires_grad:
+        raise ValueError("r1_penalty needs real_images.requires_grad_(True) before D is evaluated on them")
+    heads = [logits] if torch.is_tensor(logits) else list(logits)
+    total = sum(l.float().sum() for l in heads)
+    (grad,) = torch.autograd.grad(total, real_images, create_graph=True)
+    return grad.float().square().flatten(1).sum(dim=1)
+
+
+def _grad_norm(loss, weight):
+    if not loss.requires_grad:
+        return weight.new_zeros((), dtype=torch.float32)
+    (grad,) = torch.autograd.grad(loss.mean(), weight, retain_graph=True, allow_unused=True)
+    return weight.new_zeros((), dtype=torch.float32) if grad is None else grad.float().norm()
+
+
+def adaptive_weight(rec_loss, gan_loss, last_layer_weight, *, max_ratio=1e4, clip=(0.01, 10.0), eps=1e-4):
+    """VQGAN-style balance (Esser et al. 2021, eq. 7): clip(clamp(||d rec/dW|| / (||d gan/dW|| + eps), 0,
+    max_ratio), *clip), detached, with W the generator's last layer. Per-sample losses are averaged first (the
+    objective minimises their mean). Returns 1.0 when rec_loss has no gradient on W (e.g. it is all zeros).
+    Graphs are retained so both losses can still be backpropagated. `clip=None` skips the clip."""
+    rec_norm = _grad_norm(rec_loss, last_layer_weight)
+    gan_norm = _grad_norm(gan_loss, last_layer_weight)
+    weight = (rec_norm / (gan_norm + eps)).clamp(0.0, max_ratio)
+    if clip is not None:
+        weight = weight.clamp(*clip)
+    # torch.where rather than an `if` on the norm: no device-to-host sync on the accelerator.
+    return torch.where(rec_norm == 0, torch.ones_like(weight), weight).detach()

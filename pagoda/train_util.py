@@ -24,11 +24,12 @@ class Objective:
     players = {}  # name -> nn.Module trained by the loop; frozen networks are plain attributes
 
     def phases(self, step):
-        """Names of the players updated at `step`, in order; each phase gets its own batch."""
+        """The phases of `step`, in order; each updates one player and gets its own batch. A phase is a player
+        name, optionally with a sub-name after a colon ("generator:gan") when one player updates twice."""
         raise NotImplementedError
 
-    def losses(self, player, nets, batch, *, step, generator):
-        """Per-sample loss terms for `player`'s update: a dict of (N,) tensors; "loss" is backpropagated.
+    def losses(self, phase, nets, batch, *, step, generator):
+        """Per-sample loss terms of `phase`: a dict of (N,) tensors; "loss" is backpropagated.
         `nets` maps player names to the modules to call (DDP-wrapped when distributed)."""
         raise NotImplementedError
 
@@ -193,12 +194,12 @@ class TrainLoop:
         bar.close()
 
     def run_step(self):
-        for phase_index, name in enumerate(self.objective.phases(self.step)):
+        for phase_index, phase in enumerate(self.objective.phases(self.step)):
             batch = next(self._stream)
             self.batches_drawn += 1
-            self._update(self.players[name], batch, phase_index)
+            self._update(self.players[phase.partition(":")[0]], phase, batch, phase_index)
 
-    def _update(self, player, batch, phase_index):
+    def _update(self, player, phase, batch, phase_index):
         nets = {n: p.net for n, p in self.players.items()}
         player.opt.zero_grad(set_to_none=True)
         n = _batch_len(batch)
@@ -210,11 +211,11 @@ class TrainLoop:
             sync = player.net.no_sync() if isinstance(player.net, DDP) and not last else _null()
             with sync:
                 with player.mp.autocast():
-                    terms = self.objective.losses(player.name, nets, micro, step=self.step, generator=gen)
+                    terms = self.objective.losses(phase, nets, micro, step=self.step, generator=gen)
                 loss = terms["loss"].float().mean() * (_batch_len(micro) / n)
                 player.mp.backward(loss)
             for key, value in terms.items():
-                logger.logkv_mean(f"loss/{player.name}/{key}", value)
+                logger.logkv_mean(f"loss/{phase.replace(':', '_')}/{key}", value)
         for group in player.opt.param_groups:
             group["lr"] = player.spec.lr_at(player.opt_steps)
         took, grad_norm = player.mp.step(player.opt, player.params)

@@ -27,7 +27,7 @@ def _loop(tmp_path, *, microbatch, steps=1, objective=None, **kw):
 def _grads_after_one_update(tmp_path, microbatch):
     loop = _loop(tmp_path / f"mb{microbatch}", microbatch=microbatch)
     player = loop.players["model"]
-    loop._update(player, next(loop._stream), 0)
+    loop._update(player, "model", next(loop._stream), 0)
     return [p.grad.clone() for p in player.params]
 
 

@@ -1,0 +1,165 @@
+"""Feature networks: level shapes, frozenness, seeded random projections, state_dict round trips, timm backbones
+from local weight files (never downloaded) and the missing-weights message."""
+
+import pytest
+import torch
+
+from pagoda.features import FeatureNetwork, create_feature_network
+
+TINY_PROJ = 8
+
+
+def images(n=2, size=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def test_tiny_levels_have_declared_channels_and_decreasing_sizes():
+    net = create_feature_network("tiny", proj_channels=TINY_PROJ)
+    feats = net(images())
+    assert net.channels == [8, 8, 16, 32]
+    assert [f.shape[1] for f in feats] == net.channels
+    # "tiny" resizes every input to 32 px; the projection doubles the backbone's 8/4/2/1 maps.
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    assert all(f.shape[0] == 2 for f in feats)
+    assert net.output_sizes(24) == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_unprojected_network_returns_backbone_levels():
+    net = create_feature_network("tiny", project=False)
+    feats = net(images(size=16))
+    assert net.channels == [8, 16, 32, 64]
+    assert [tuple(f.shape[1:]) for f in feats] == [(8, 8, 8), (16, 4, 4), (32, 2, 2), (64, 1, 1)]
+
+
+def test_random_conv_levels():
+    net = create_feature_network("random_conv", proj_channels=16)
+    feats = net(images(size=32))
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (16, 16, 16), (32, 8, 8), (64, 4, 4)]
+
+
+def test_network_is_frozen_and_stays_in_eval_mode():
+    net = create_feature_network("tiny", proj_channels=TINY_PROJ)
+    assert all(not p.requires_grad for p in net.parameters())
+    net.train()
+    assert not net.training and not any(m.training for m in net.modules())
+    wrapper = torch.nn.Sequential(net)
+    wrapper.train()
+    assert not net.training
+    # Gradients still reach the input (the generator is trained through the frozen network).
+    x = images().requires_grad_(True)
+    sum(f.sum() for f in net(x)).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_same_seed_builds_bit_identical_networks_and_other_seeds_differ():
+    # What every rank does: build from the same seed, independently.
+    a = create_feature_network("tiny", seed=3, proj_channels=TINY_PROJ)
+    b = create_feature_network("tiny", seed=3, proj_channels=TINY_PROJ)
+    c = create_feature_network("tiny", seed=4, proj_channels=TINY_PROJ)
+    sd_a, sd_b, sd_c = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sd_a.keys() == sd_b.keys() == sd_c.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert all(not torch.equal(sd_a[k], sd_c[k]) for k in sd_a if k.endswith("weight"))
+    x = images()
+    assert all(torch.equal(fa, fb) for fa, fb in zip(a(x), b(x)))
+    assert not torch.allclose(a(x)[0], c(x)[0])
+
+
+def test_state_dict_round_trip_restores_projections(tmp_path):
+    saved = create_feature_network("tiny", seed=0, proj_channels=TINY_PROJ)
+    assert any(k.startswith("projection.ccm.") for k in saved.state_dict())
+    assert any(k.startswith("projection.csm.") for k in saved.state_dict())
+    torch.save(saved.state_dict(), tmp_path / "features.pt")
+    restored = create_feature_network("tiny", seed=1, proj_channels=TINY_PROJ)
+    restored.load_state_dict(torch.load(tmp_path / "features.pt", map_location="cpu", weights_only=True))
+    x = images()
+    assert all(torch.equal(f, g) for f, g in zip(saved(x), restored(x)))
+
+
+def test_unknown_name_and_bad_input_raise():
+    with pytest.raises(ValueError, match=r"unknown feature network 'vgg16'; choose one of random_conv, tiny"):
+        create_feature_network("vgg16")
+    net = create_feature_network("tiny", proj_channels=TINY_PROJ)
+    with pytest.raises(ValueError, match=r"tiny expects RGB images of shape \(N, 3, H, W\), got \(2, 1, 16, 16\)"):
+        net(torch.zeros(2, 1, 16, 16))
+
+
+def save_timm_weights(name, path, **kwargs):
+    import timm
+
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state_dict, str(path))
+    else:
+        torch.save({"model": state_dict}, path)
+    return state_dict
+
+
+def check_timm_network(net, saved, backbone_channels):
+    assert isinstance(net, FeatureNetwork)
+    assert net.backbone.channels == backbone_channels
+    assert net.channels == [64, 64, 128, 256]
+    loaded = net.backbone.model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    with torch.no_grad():
+        small = net(images(n=1, size=32))  # < 256: resized to 224, backbone strides 4..32, projected x2
+        large = net(images(n=1, size=256))  # >= 256: native
+    assert [tuple(f.shape[1:]) for f in small] == [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14)]
+    assert [f.shape[-1] for f in large] == [128, 64, 32, 16]
+    # The pretrained weights stay out of state_dict; strict loading still works.
+    keys = list(net.state_dict())
+    assert keys and not any(k.startswith("backbone.model.") for k in keys)
+    net.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_efficientnet_lite0_from_saved_weights(tmp_path):
+    path = tmp_path / "tf_efficientnet_lite0.pth"
+    saved = save_timm_weights("tf_efficientnet_lite0", path)
+    net = create_feature_network("tf_efficientnet_lite0", weights_path=path)
+    check_timm_network(net, saved, [24, 40, 112, 320])
+    assert torch.allclose(net.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+
+
+@pytest.mark.slow
+def test_deit_from_saved_weights(tmp_path):
+    path = tmp_path / "deit.safetensors"
+    saved = save_timm_weights("deit_base_distilled_patch16_224", path)
+    net = create_feature_network("deit_base_distilled_patch16_224", weights_path=path, seed=0)
+    check_timm_network(net, saved, [96, 192, 384, 768])
+    assert torch.allclose(net.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert any(k.startswith("backbone.readout.") for k in net.state_dict())
+
+
+def test_missing_weights_error_names_model_file_and_remedy(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    missing = tmp_path / "absent.pth"
+    with pytest.raises(FileNotFoundError, match=r"'tf_efficientnet_lite0' not found: weights_path=.*absent\.pth"):
+        create_feature_network("tf_efficientnet_lite0", weights_path=missing)
+    with pytest.raises(FileNotFoundError) as info:
+        create_feature_network("deit_base_distilled_patch16_224")
+    message = str(info.value)
+    assert "'deit_base_distilled_patch16_224' not found: no weights_path given and none found" in message
+    assert "model.safetensors of the Hugging Face repo timm/deit_base_distilled_patch16_224.fb_in1k" in message
+    assert "pass its path as weights_path" in message
+
+
+def test_weights_found_in_local_hf_cache_without_download(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf"
+    repo = cache / "models--timm--tf_efficientnet_lite0.in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    saved = save_timm_weights("tf_efficientnet_lite0", repo / "snapshots" / "abc123" / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    net = create_feature_network("tf_efficientnet_lite0")
+    assert torch.equal(net.backbone.model.conv_stem.weight, saved["conv_stem.weight"])
