@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import logger
+from .image_util import psnr
 from .latent_store import num_chunks
 from .sampling import heun_decode, heun_invert
 
@@ -64,12 +65,6 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
     if bar:
         bar.close()
     return done
-
-
-def psnr(a, b, data_range=2.0):
-    """Per-sample PSNR in dB between images in [-1, 1]."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
 
 @torch.no_grad()

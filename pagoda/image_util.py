@@ -19,6 +19,12 @@ def from_uint8(arr):
     return torch.from_numpy(np.asarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def psnr(a, b, data_range=2.0):
+    """Per-sample PSNR in dB between images in [-1, 1]."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+
+
 def make_grid(images, *, ncols=None, pad=1):
     """uint8 NHWC -> one uint8 HWC image, row-major, with `pad` black pixels between tiles."""
     n, h, w, c = images.shape

@@ -142,7 +142,7 @@ def r1_penalty(real_images, logits):
     return grad.float().square().flatten(1).sum(dim=1)
 
 
-def _grad_norm(loss, weight):
+def weight_grad_norm(loss, weight):
     if not loss.requires_grad:
         return weight.new_zeros((), dtype=torch.float32)
     (grad,) = torch.autograd.grad(loss.mean(), weight, retain_graph=True, allow_unused=True)
@@ -154,8 +154,8 @@ def adaptive_weight(rec_loss, gan_loss, last_layer_weight, *, max_ratio=1e4, cli
     max_ratio), *clip), detached, with W the generator's last layer. Per-sample losses are averaged first (the
     objective minimises their mean). Returns 1.0 when rec_loss has no gradient on W (e.g. it is all zeros).
     Graphs are retained so both losses can still be backpropagated. `clip=None` skips the clip."""
-    rec_norm = _grad_norm(rec_loss, last_layer_weight)
-    gan_norm = _grad_norm(gan_loss, last_layer_weight)
+    rec_norm = weight_grad_norm(rec_loss, last_layer_weight)
+    gan_norm = weight_grad_norm(gan_loss, last_layer_weight)
     weight = (rec_norm / (gan_norm + eps)).clamp(0.0, max_ratio)
     if clip is not None:
         weight = weight.clamp(*clip)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pagoda import checkpoint
-from pagoda.encoding import psnr
+from pagoda.image_util import psnr
 from pagoda.generator import (Generator, freeze_for_growth, generator_from_teacher, generator_sidecar, grow,
                               grown_config)
 from pagoda.model_io import load_generator

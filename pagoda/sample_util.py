@@ -1,0 +1,143 @@
+"""Sampling jobs: any number of samples from a teacher (multi-step) or a generator (one step) into ADM npz files.
+
+Sample i has its own seed (base_seed + i) for its noise and, with uniform labels, its label; samples are made
+in fixed chunks (independent of the process count and of which rank makes them) and each chunk is written
+atomically as parts/part_<c>.npz, so the output is identical for 1 or N processes and a rerun only makes the
+missing chunks. The finished file is samples_<N>x<H>x<W>x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels).
+"""
+
+import glob
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import logger
+from .image_util import save_grid, to_uint8
+from .random_util import StackedRandomGenerator
+from .sampling import euler_sample, heun_sample, karras_sigmas, stochastic_sample, classifier_free_guidance
+
+
+def sample_labels(indices, *, num_classes, mode="uniform", base_seed=0, device="cpu"):
+    """Labels of samples `indices`: 'uniform' draws each from its own seed, 'balanced' cycles i % num_classes."""
+    if not num_classes:
+        return None
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    if mode == "balanced":
+        return (idx % num_classes).to(device)
+    if mode != "uniform":
+        raise ValueError(f"label mode must be 'uniform' or 'balanced', got {mode!r}")
+    # a generator seeded apart from the noise seeds, so labels and noise are independent
+    return torch.stack([torch.randint(num_classes, (), generator=torch.Generator().manual_seed(2**40 + base_seed + i))
+                        for i in idx.tolist()]).to(device)
+
+
+class GeneratorSampler:
+    """One network evaluation: x = clamp(G(sigma_max * eps, y), -1, 1)."""
+
+    nfe = 1
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.latent_shape = (3, generator.latent_size, generator.latent_size)
+
+    def __call__(self, rng, y):
+        device = next(self.generator.parameters()).device
+        z = rng.randn((len(rng.seeds),) + self.latent_shape, device=device) * self.generator.sigma_max
+        return self.generator.sample(z, y)
+
+
+class TeacherSampler:
+    """The teacher with a chosen ODE/SDE sampler and step count (EDM algorithm 2)."""
+
+    def __init__(self, denoiser, *, sampler="heun", num_steps=40, rho=7.0, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=float("inf"), s_noise=1.0, guidance_scale=1.0):
+        if sampler not in ("heun", "euler", "stochastic"):
+            raise ValueError(f"sampler must be heun, euler or stochastic, got {sampler!r}")
+        self.denoiser, self.sampler, self.num_steps, self.rho = denoiser, sampler, num_steps, rho
+        self.churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+        self.guidance_scale = guidance_scale
+        size = denoiser.backbone.config["image_size"]
+        self.latent_shape = (denoiser.backbone.config["in_channels"], size, size)
+        self.nfe = 2 * num_steps - 1 if sampler != "euler" else num_steps
+
+    def __call__(self, rng, y):
+        device = next(self.denoiser.parameters()).device
+        sigmas = karras_sigmas(self.num_steps, self.denoiser.sigma_min, self.denoiser.sigma_max, self.rho,
+                               device=device)
+        x = rng.randn((len(rng.seeds),) + self.latent_shape, device=device) * sigmas[0]
+        denoise = self.denoiser
+        if self.guidance_scale != 1.0:
+            null = getattr(self.denoiser, "null_class", None)
+            if null is None:
+                raise ValueError("guidance_scale != 1 needs a teacher trained with label dropout (a null class)")
+            denoise = classifier_free_guidance(self.denoiser, guidance_scale=self.guidance_scale, null_class=null)
+        if self.sampler == "heun":
+            return heun_sample(denoise, x, sigmas, y).clamp(-1, 1)
+        if self.sampler == "euler":
+            return euler_sample(denoise, x, sigmas, y).clamp(-1, 1)
+        return stochastic_sample(denoise, x, sigmas, y, randn_like=rng.randn_like, **self.churn).clamp(-1, 1)
+
+
+def part_path(out_dir, c):
+    return os.path.join(out_dir, "parts", f"part_{c:06d}.npz")
+
+
+def _part_ok(path, expected):
+    try:
+        with np.load(path) as data:
+            return len(data["arr_0"]) == expected and len(data["arr_1"]) == expected
+    except Exception:  # missing, truncated or damaged: make it again
+        return False
+
+
+def run_sampling(sample_fn, *, out_dir, num_samples, num_classes, label_mode="uniform", base_seed=0,
+                 chunk_size=100, batch_size=100, shard=0, num_shards=1, device="cpu"):
+    """Make this shard's missing chunks; returns (number of samples made, seconds)."""
+    chunks = range(shard, -(-num_samples // chunk_size), num_shards)
+    todo = [c for c in chunks if not _part_ok(part_path(out_dir, c), min(chunk_size, num_samples - c * chunk_size))]
+    total = sum(min(chunk_size, num_samples - c * chunk_size) for c in todo)
+    bar, made, start = logger.progress(total=total, desc="sample", unit="img"), 0, time.time()
+    for c in todo:
+        indices = list(range(c * chunk_size, min((c + 1) * chunk_size, num_samples)))
+        images, labels = [], []
+        for b in range(0, len(indices), batch_size):
+            idx = indices[b:b + batch_size]
+            rng = StackedRandomGenerator(device, [base_seed + i for i in idx])
+            y = sample_labels(idx, num_classes=num_classes, mode=label_mode, base_seed=base_seed, device=device)
+            with torch.no_grad():
+                images.append(to_uint8(sample_fn(rng, y)))
+            labels.append(np.zeros(len(idx), np.int64) if y is None else y.cpu().numpy())
+            made += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(img_per_s=f"{made / (time.time() - start):.2f}")
+        _save_npz(part_path(out_dir, c), arr_0=np.concatenate(images), arr_1=np.concatenate(labels))
+    bar.close()
+    return made, time.time() - start
+
+
+def _save_npz(path, **arrays):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def assemble(out_dir, num_samples, chunk_size, *, grid_samples=64):
+    """Concatenate the parts into samples_<N>x<H>x<W>x3.npz plus a PNG grid of the first samples."""
+    parts = [part_path(out_dir, c) for c in range(-(-num_samples // chunk_size))]
+    missing = [p for p in parts if not os.path.exists(p)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} sample parts are missing (first: {missing[0]}); rerun the command")
+    arrays = [np.load(p) for p in parts]
+    images = np.concatenate([a["arr_0"] for a in arrays])
+    labels = np.concatenate([a["arr_1"] for a in arrays])
+    n, h, w, c = images.shape
+    path = os.path.join(out_dir, f"samples_{n}x{h}x{w}x{c}.npz")
+    for stale in glob.glob(os.path.join(out_dir, "samples_*.npz")):
+        if stale != path:
+            os.remove(stale)
+    _save_npz(path, arr_0=images, arr_1=labels)
+    save_grid(images[:grid_samples], os.path.join(out_dir, "grid.png"), scale=max(1, 128 // h))
+    return path

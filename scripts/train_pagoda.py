@@ -1,0 +1,156 @@
+"""PaGoDA stages 2 and 3: distil a one-step generator from the teacher, or grow it to 2x resolution.
+
+    # stage 2: G starts as a copy of the teacher, trained on (latent, image) pairs at the teacher's resolution
+    python scripts/train_pagoda.py --preset mnist16 --init_from runs/teacher/exports/denoiser_ema0.999.pt \
+        --latent_dir runs/latents --run_dir runs/stage2
+    # stage 3: grow the stage-2 generator to 2x, train on the same latents and 2x images
+    python scripts/train_pagoda.py --preset mnist16to32 --init_from runs/stage2/exports/generator_ema0.999.pt \
+        --latent_dir runs/latents --run_dir runs/stage3
+
+Rerunning the same command resumes. Exports: <run_dir>/exports/generator_ema<rate>.pt (+ .json sidecar).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda.callbacks import GeneratorPreview  # noqa: E402
+from pagoda.diffaug import DiffAugment  # noqa: E402
+from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
+from pagoda.features import create_feature_network  # noqa: E402
+from pagoda.generator import freeze_for_growth, grow  # noqa: E402
+from pagoda.image_datasets import infinite_batches  # noqa: E402
+from pagoda.losses import PixelLoss, PseudoHuberLoss, ReconstructionLoss  # noqa: E402
+from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
+from pagoda.objectives import PaGoDAObjective  # noqa: E402
+from pagoda.pair_datasets import PairDataset  # noqa: E402
+from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
+
+GROUPS = {
+    "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True),
+    "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), use_checkpoint=False),
+    "loss": dict(recon_loss="feature", feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
+                 discriminator_weight=0.2, adaptive_weight=True, separate_update=False, gan_loss="hinge",
+                 r1_gamma=0.0, translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0,
+                 sigma_max=80.0, sigma_data=0.5),
+    "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
+                  lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
+                  log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000),
+}
+
+PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
+             num_workers=8, cache_images=False, save_interval=10000, preview_interval=10000)
+PRESETS = {
+    # CPU recipes on the bundled digits (16 px teacher). Short runs need far larger learning rates than the paper's.
+    "mnist16": dict(lr_generator=2e-4, lr_discriminator=1e-3, ema_rates=(0.99,), total_steps=600,
+                    global_batch_size=32, save_interval=200, preview_interval=200, log_interval=50),
+    "mnist16to32": dict(grow_factor=2, activate_from=3, discriminator_weight=1.0, lr_generator=2e-4,
+                        lr_discriminator=1e-3, ema_rates=(0.99,), total_steps=400, global_batch_size=32,
+                        save_interval=200, preview_interval=200, log_interval=50),
+    # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
+    "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
+    "imagenet64to128": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, global_batch_size=256),
+    "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
+                             adaptive_weight=False, global_batch_size=360),
+    "imagenet256to512": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
+                             adaptive_weight=False, global_batch_size=512, channel_mult_high=(1, 1, 0.5),
+                             use_checkpoint=True),
+}
+
+
+def build_generator(args):
+    """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3."""
+    if not args.init_from:
+        raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
+    backbone, side = load_generator_or_teacher_backbone(args.init_from)
+    if args.grow_factor > 1:
+        backbone, new_keys = grow(backbone, factor=args.grow_factor,
+                                  channel_mult_high=args.channel_mult_high or None)
+        logger.log(f"grew {side['kind']} from {args.init_from} to {backbone.config['output_size']} px: "
+                   f"{len(new_keys)} new tensors")
+    if args.use_checkpoint:  # gradient checkpointing is a run setting, not part of the exported architecture
+        for module in backbone.modules():
+            if hasattr(module, "use_checkpoint"):
+                module.use_checkpoint = True
+    backbone.requires_grad_(True).train()
+    if args.activate_from >= 0:
+        trainable, frozen = freeze_for_growth(backbone, activate_from=args.activate_from)
+        logger.log(f"training output_blocks[{args.activate_from}:] + out: {trainable:,} trainable, "
+                   f"{frozen:,} frozen parameters")
+    return backbone
+
+
+def feature_networks(args, seed):
+    weights = list(args.feature_weights) + [None] * len(args.feature_networks)
+    return {name: create_feature_network(name, weights_path=w or None, seed=seed)
+            for name, w in zip(args.feature_networks, weights)}
+
+
+def build_reconstruction(args, augment, device):
+    if args.recon_loss == "pixel":
+        return PixelLoss()
+    if args.recon_loss == "pseudo_huber":
+        return PseudoHuberLoss()
+    if args.recon_loss != "feature":
+        raise ValueError(f"--recon_loss must be feature, pixel or pseudo_huber, got {args.recon_loss!r}")
+    # its own instances, seeded apart from the discriminator's, identical on every rank
+    nets = {k: v.to(device) for k, v in feature_networks(args, args.feature_seed + 1).items()}
+    return ReconstructionLoss(feature_networks=nets, augment=augment)
+
+
+def main(argv=None):
+    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS)
+    args = script_util.parse_args(parser, PRESETS, argv)
+    script_util.handle_dry_run(args)
+    device = dist_util.setup_dist()
+    logger.configure(args.run_dir)
+    backbone = build_generator(args).to(device)
+    dist_util.sync_params(backbone.parameters())
+    image_size = args.image_size or backbone.config["output_size"]
+    if image_size != backbone.config["output_size"]:
+        raise ValueError(f"--image_size {image_size} differs from the generator's output size "
+                         f"{backbone.config['output_size']}")
+    pairs = PairDataset(args.latent_dir, image_size=image_size, data_dir=args.data_dir or None,
+                        shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(), cache=args.cache_images)
+    if pairs.manifest["image_size"] != backbone.config["image_size"]:
+        raise ValueError(f"latents in {args.latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
+                         f"{backbone.config['image_size']} px latents")
+    num_classes = backbone.config["num_classes"]
+    augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
+    discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
+                                           image_size=image_size, num_classes=num_classes,
+                                           channel_scale=args.d_channel_scale).to(device)
+    dist_util.sync_params(discriminator.parameters())
+    objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
+                                reconstruction=build_reconstruction(args, augment, device), augment=augment,
+                                discriminator_weight=args.discriminator_weight, adaptive=args.adaptive_weight,
+                                separate_update=args.separate_update, gan_loss=args.gan_loss,
+                                r1_gamma=args.r1_gamma, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
+                                ema_rates=args.ema_rates)
+    per_rank = args.global_batch_size // dist_util.get_world_size()
+
+    def data(start_batch):
+        for batch in infinite_batches(pairs, batch_size=per_rank, seed=args.seed, start_batch=start_batch,
+                                      num_workers=args.num_workers):
+            yield batch if num_classes else {k: v for k, v in batch.items() if k != "y"}
+
+    config = script_util.write_config(args.run_dir, args, generator=backbone.config, num_pairs=len(pairs))
+    preview = GeneratorPreview(interval=args.preview_interval, num_classes=num_classes, sigma_max=args.sigma_max,
+                               sigma_data=args.sigma_data)
+    optim = {"generator": OptimSpec(name="radam", lr=args.lr_generator),
+             "discriminator": OptimSpec(name="radam", lr=args.lr_discriminator)}
+    stage = "stage 3: grown generator" if args.grow_factor > 1 else "stage 2: one-step generator"
+    loop = TrainLoop(objective=objective, data=data, run_dir=args.run_dir, global_batch_size=args.global_batch_size,
+                     microbatch=args.microbatch, optim=optim, precision=args.precision, total_steps=args.total_steps,
+                     log_interval=args.log_interval, save_interval=args.save_interval,
+                     keep_checkpoints=args.keep_checkpoints, seed=args.seed, callbacks=[preview], config=config,
+                     title=stage)
+    loop.run()
+    logger.log(f"done: generator exports in {os.path.join(args.run_dir, 'exports')}")
+    dist_util.cleanup()
+
+
+if __name__ == "__main__":
+    main()
