@@ -1,0 +1,166 @@
+"""The PaGoDA objective in the training loop: who updates when, what the losses are, and exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from pagoda import logger
+from pagoda.diffaug import DiffAugment
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import create_feature_network
+from pagoda.generator import freeze_for_growth, generate, grow
+from pagoda.losses import ReconstructionLoss, hinge_g_loss
+from pagoda.objectives import PaGoDAObjective
+from pagoda.train_util import OptimSpec, TrainLoop
+from pagoda.unet import UNetModel
+
+SMALL = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+             num_head_channels=32, num_classes=4)
+
+
+def _backbone(seed=0):
+    torch.manual_seed(seed)
+    net = UNetModel(**SMALL)
+    for p in net.parameters():  # ADM zero-inits the output convs: randomise so every weight gets a gradient
+        p.data.normal_(0, 0.3 / math.sqrt(max(1, p[0].numel())))
+    return net
+
+
+def _objective(backbone, *, feature_seed=0, image_size=8, **kw):
+    aug = DiffAugment()
+    disc = ProjectedDiscriminator(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed)},
+                                  image_size=image_size, num_classes=4, channel_scale=0.25)
+    rec = ReconstructionLoss(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed + 1)},
+                             augment=aug)
+    return PaGoDAObjective(generator=backbone, discriminator=disc, reconstruction=rec, augment=aug, **kw)
+
+
+def _data(image_size=8):
+    def stream(start):
+        k = start
+        while True:
+            g = torch.Generator().manual_seed(k)
+            yield {"x": torch.rand(4, 3, image_size, image_size, generator=g) * 2 - 1,
+                   "z": torch.randn(4, 3, 8, 8, generator=g) * 80, "y": torch.randint(0, 4, (4,), generator=g)}
+            k += 1
+    return stream
+
+
+def _loop(objective, run_dir, steps=2, image_size=8):
+    logger.configure(None)
+    return TrainLoop(objective=objective, data=_data(image_size), run_dir=str(run_dir), global_batch_size=4,
+                     optim={"generator": OptimSpec(name="radam", lr=1e-3),
+                            "discriminator": OptimSpec(name="radam", lr=1e-3)},
+                     total_steps=steps, log_interval=100, save_interval=100)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed_params(before, module):
+    return {k for k, v in module.named_parameters() if not torch.equal(before[k], v)}
+
+
+def test_generator_phase_changes_only_the_generator(tmp_path):
+    obj = _objective(_backbone())
+    loop = _loop(obj, tmp_path)
+    g0, d0, d_state = _params(obj.generator), _params(obj.discriminator), _snapshot(obj.discriminator)
+    rec0 = [_snapshot(n) for n in obj.reconstruction.feature_networks]
+    loop.run_step()  # step 0: generator
+    assert obj.phases(0) == ["generator"]
+    assert _changed_params(g0, obj.generator) and not _changed_params(d0, obj.discriminator)
+    assert all(p.grad is None for p in obj.discriminator.parameters())  # D was not even in the graph
+    # D runs in train mode on the fakes, as in the official code: only its BatchNorm running statistics (never
+    # used: D always trains with batch statistics) and spectral-norm power-iteration vectors advance
+    assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked", "_u", "_v"))
+               for k in _changed(d_state, obj.discriminator))
+    assert all(not _changed(s, n) for s, n in zip(rec0, obj.reconstruction.feature_networks))
+
+
+def test_discriminator_phase_changes_only_heads(tmp_path):
+    obj = _objective(_backbone())
+    loop = _loop(obj, tmp_path)
+    loop.step = 1
+    g0, d0 = _snapshot(obj.generator), _params(obj.discriminator)
+    loop.run_step()  # step 1: discriminator
+    changed = _changed_params(d0, obj.discriminator)
+    assert changed and all(k.startswith("heads.") for k in changed)
+    assert not _changed(g0, obj.generator)
+
+
+def test_generator_loss_is_rec_plus_weighted_gan(tmp_path):
+    obj = _objective(_backbone(), discriminator_weight=0.2)
+    gen = torch.Generator().manual_seed(3)
+    batch = next(_data()(0))
+    terms = obj.losses("generator", {"generator": obj.generator}, batch, step=0, generator=gen)
+    lam = terms["adaptive_weight"][0]
+    assert 0.01 <= lam <= 10
+    torch.testing.assert_close(terms["loss"], terms["rec"] + 0.2 * lam * terms["gan"])
+    # the GAN term is on fresh prior latents, not on the encoded ones
+    with torch.no_grad():
+        x_data = generate(obj.generator, batch["z"], batch["y"]).float()
+        g_data = hinge_g_loss(obj.discriminator(x_data, batch["y"]))
+    assert not torch.allclose(g_data, terms["gan"])
+
+
+def test_non_adaptive_weight_is_one(tmp_path):
+    obj = _objective(_backbone(), adaptive=False)
+    terms = obj.losses("generator", {"generator": obj.generator}, next(_data()(0)), step=0,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.all(terms["adaptive_weight"] == 1)
+
+
+def test_separate_update_takes_two_generator_steps(tmp_path):
+    obj = _objective(_backbone(), separate_update=True)
+    assert obj.phases(0) == ["generator:rec", "generator:gan"] and obj.phases(1) == ["discriminator"]
+    loop = _loop(obj, tmp_path)
+    loop.run_step()
+    assert loop.players["generator"].opt_steps == 2 and loop.batches_drawn == 2
+    rec_terms = obj.losses("generator:rec", {"generator": obj.generator}, next(_data()(0)), step=0,
+                           generator=torch.Generator().manual_seed(0))
+    assert set(rec_terms) == {"loss", "rec", "psnr"}
+
+
+def test_resume_restores_discriminator_and_projections(tmp_path):
+    obj = _objective(_backbone())
+    loop = _loop(obj, tmp_path, steps=3)
+    loop.run()
+    saved_d = _snapshot(obj.discriminator)
+    saved_rec = [_snapshot(n) for n in obj.reconstruction.feature_networks]
+    # a fresh process with other random projections and another generator init resumes the saved state
+    other = _objective(_backbone(seed=7), feature_seed=50)
+    resumed = _loop(other, tmp_path, steps=3)
+    assert resumed.step == 3
+    assert not _changed(saved_d, other.discriminator)
+    assert all(not _changed(s, n) for s, n in zip(saved_rec, other.reconstruction.feature_networks))
+    assert not _changed(_snapshot(obj.generator), other.generator)
+
+
+def test_stage3_frozen_weights_are_bit_identical_after_training(tmp_path):
+    grown, _ = grow(_backbone())
+    freeze_for_growth(grown, activate_from=3)
+    frozen = {n: p.detach().clone() for n, p in grown.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in grown.named_parameters() if p.requires_grad}
+    obj = _objective(grown, image_size=16)
+    loop = _loop(obj, tmp_path, steps=3, image_size=16)
+    loop.run()
+    assert frozen and all(torch.equal(frozen[n], p) for n, p in grown.named_parameters() if n in frozen)
+    moved = {n for n, p in grown.named_parameters() if n in trainable and not torch.equal(trainable[n], p)}
+    # the head and the new levels' zero-initialised output convs learn (per-channel biases feeding a GroupNorm
+    # have exactly zero gradient, so not every trainable tensor moves)
+    assert {"out.2.weight", "output_blocks.4.0.out_layers.3.weight", "output_blocks.6.0.out_layers.3.weight"} <= moved
+
+
+def test_unknown_gan_loss():
+    with pytest.raises(ValueError, match="gan_loss must be one of"):
+        _objective(_backbone(), gan_loss="wasserstein")
