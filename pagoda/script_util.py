@@ -24,10 +24,15 @@ def str2bool(v):
 
 
 def _parse_tuple(kind):
+    """'1,2,3' -> (1, 2, 3); '' -> (). String lists keep empty entries so 'a,,c' stays aligned with a
+    companion list (e.g. --feature_weights ,path.pth for the second of two --feature_networks)."""
     def parse(v):
         if isinstance(v, (list, tuple)):
             return tuple(v)
-        return tuple(kind(x) for x in str(v).replace(" ", "").split(",") if x != "")
+        text = str(v).replace(" ", "")
+        if not text:
+            return ()
+        return tuple(kind(x) for x in text.split(",") if x != "" or kind is str)
     return parse
 
 

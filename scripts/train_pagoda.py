@@ -46,7 +46,7 @@ PRESETS = {
     # CPU recipes on the bundled digits (16 px teacher). Short runs need far larger learning rates than the paper's.
     "mnist16": dict(lr_generator=2e-4, lr_discriminator=1e-3, ema_rates=(0.99,), total_steps=600,
                     global_batch_size=32, save_interval=200, preview_interval=200, log_interval=50),
-    "mnist16to32": dict(grow_factor=2, activate_from=3, discriminator_weight=1.0, lr_generator=2e-4,
+    "mnist16to32": dict(grow_factor=2, activate_from=4, discriminator_weight=1.0, lr_generator=2e-4,
                         lr_discriminator=1e-3, ema_rates=(0.99,), total_steps=400, global_batch_size=32,
                         save_interval=200, preview_interval=200, log_interval=50),
     # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
@@ -55,8 +55,7 @@ PRESETS = {
     "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
                              adaptive_weight=False, global_batch_size=360),
     "imagenet256to512": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
-                             adaptive_weight=False, global_batch_size=512, channel_mult_high=(1, 1, 0.5),
-                             use_checkpoint=True),
+                             adaptive_weight=False, global_batch_size=512, use_checkpoint=True),
 }
 
 
@@ -67,7 +66,7 @@ def build_generator(args):
     backbone, side = load_generator_or_teacher_backbone(args.init_from)
     if args.grow_factor > 1:
         backbone, new_keys = grow(backbone, factor=args.grow_factor,
-                                  channel_mult_high=args.channel_mult_high or None)
+                                  channel_mult_high=[float(m) for m in args.channel_mult_high] or None)
         logger.log(f"grew {side['kind']} from {args.init_from} to {backbone.config['output_size']} px: "
                    f"{len(new_keys)} new tensors")
     if args.use_checkpoint:  # gradient checkpointing is a run setting, not part of the exported architecture
@@ -83,6 +82,9 @@ def build_generator(args):
 
 
 def feature_networks(args, seed):
+    if len(args.feature_weights) > len(args.feature_networks):
+        raise ValueError(f"--feature_weights has {len(args.feature_weights)} entries for "
+                         f"{len(args.feature_networks)} --feature_networks")
     weights = list(args.feature_weights) + [None] * len(args.feature_networks)
     return {name: create_feature_network(name, weights_path=w or None, seed=seed)
             for name, w in zip(args.feature_networks, weights)}

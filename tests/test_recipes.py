@@ -1,0 +1,100 @@
+"""Recipes in commands/: each flag once, --dry_run resolves, ImageNet architectures equal the compat layouts."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+import torch
+
+from pagoda.generator import grown_config
+from pagoda.unet import UNetModel, imagenet64_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = os.path.join(REPO, "commands")
+RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
+                 ("stage1", "encode", "stage2", "stage3", "sampling.sh"))
+
+
+def _flags(recipe):
+    text = open(os.path.join(COMMANDS, recipe)).read()
+    groups = re.findall(r'^[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)
+    launch = [line for line in text.splitlines() if line.startswith("launch ")]
+    return re.findall(r"--(\w+)", " ".join(groups + launch))
+
+
+def test_every_stage_has_recipes():
+    names = set(RECIPES)
+    for want in ("stage1_teacher_mnist.sh", "stage1_teacher_imagenet64.sh", "encode_mnist.sh", "encode_imagenet64.sh",
+                 "stage2_mnist.sh", "stage2_imagenet64.sh", "stage3_mnist.sh", "stage3_imagenet64to128.sh",
+                 "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh"):
+        assert want in names
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_no_flag_twice(recipe):
+    flags = _flags(recipe)
+    assert flags, recipe
+    duplicated = sorted({f for f in flags if flags.count(f) > 1})
+    assert not duplicated, f"{recipe} passes {duplicated} more than once"
+
+
+def dry_run(recipe):
+    env = dict(os.environ, PYTHON=sys.executable)
+    out = subprocess.run(["bash", os.path.join(COMMANDS, recipe), "--dry_run"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return {r: dry_run(r) for r in RECIPES}
+
+
+def _layout(path):
+    rows = [l.split(" ", 1) for l in open(path).read().splitlines() if l and not l.startswith("#")]
+    return [(name, tuple(eval(shape))) for name, shape in rows]
+
+
+def _keys(net):
+    return [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+
+
+def test_imagenet_teacher_recipe_builds_the_released_layout(configs, compat_dir):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from train_teacher import build_backbone
+
+    args = Namespace(**configs["stage1_teacher_imagenet64.sh"])
+    assert (args.lr, args.global_batch_size, args.dropout, args.precision) == (2e-4, 4096, 0.1, "fp16")
+    with torch.device("meta"):
+        net = build_backbone(args, num_classes=1000)
+    assert _keys(net) == _layout(compat_dir / "adm_imagenet64_out64_keys.txt")
+
+
+def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir):
+    cfg = imagenet64_config(64)
+    stage2 = configs["stage2_imagenet64.sh"]
+    assert (stage2["lr_generator"], stage2["lr_discriminator"], stage2["discriminator_weight"],
+            stage2["global_batch_size"], stage2["grow_factor"]) == (8e-6, 2e-3, 0.2, 96, 1)
+    for size, recipe in ((128, "stage3_imagenet64to128.sh"), (256, "stage3_imagenet64to256.sh"),
+                         (512, "stage3_imagenet64to512.sh")):
+        args = configs[recipe]
+        assert args["image_size"] == size and args["activate_from"] == 9
+        cfg = grown_config(cfg, args["grow_factor"])
+        with torch.device("meta"):
+            net = UNetModel(**cfg)
+        if size < 512:
+            assert _keys(net) == _layout(compat_dir / f"adm_imagenet64_out{size}_keys.txt")
+        assert net.config["output_size"] == size and net.config["channel_mult_high"] == [1] * {128: 1, 256: 2, 512: 3}[size]
+    assert configs["stage3_imagenet64to128.sh"]["separate_update"] is False
+    assert configs["stage3_imagenet64to256.sh"]["separate_update"] is True
+
+
+def test_encode_recipe_uses_the_official_solver(configs):
+    args = configs["encode_imagenet64.sh"]
+    assert (args["num_steps"], args["sigma_min"], args["sigma_max"], args["rho"], args["clamp_denoised"],
+            args["flips"]) == (40, 0.002, 80.0, 7.0, True, [0, 1])
