@@ -1,0 +1,17 @@
+"""PyTorch port of the ADM evaluator (FID, sFID, Inception Score, precision/recall) and a cheap monitoring distance.
+
+`evaluations.evaluator` (the CLI and `evaluate()`) is not imported here so that `python -m evaluations.evaluator`
+runs without a double import.
+"""
+
+from .inception import FIDInceptionV3, load_inception, random_inception
+from .metrics import (
+    FeatureStats, feature_stats, frechet_distance, frechet_distance_sqrtm, inception_score, load_reference_stats,
+    monitor_fd, precision_recall, save_reference_stats,
+)
+
+__all__ = [
+    "FIDInceptionV3", "load_inception", "random_inception", "FeatureStats", "feature_stats", "frechet_distance",
+    "frechet_distance_sqrtm", "inception_score", "load_reference_stats", "monitor_fd", "precision_recall",
+    "save_reference_stats",
+]
