@@ -17,12 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.common import BUNDLED  # noqa: E402  (the bundled recipe's teacher, commands/stage1_teacher_mnist.sh)
 from pagoda.unet import UNetModel, imagenet64_config  # noqa: E402
 
-BUNDLED = dict(
-    image_size=16, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(2, 4),
-    num_classes=10,
-)
 CONFIGS = {"imagenet64": (imagenet64_config(64), 2), "bundled": (BUNDLED, 32)}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

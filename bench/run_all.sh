@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run every bench/ script and print one table of the ratios they measured (each side by side in one run).
+# Usage: bash bench/run_all.sh [--device cuda]      (full output of each script in bench/results/<name>.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+mkdir -p bench/results
+run() {  # run NAME ARGS...
+  local name=$1; shift
+  echo "[bench] $name" >&2
+  "$PYTHON" "bench/$name.py" "$@" > "bench/results/$name.txt" 2>&1 || echo "RATIO $name: FAILED" >> "bench/results/$name.txt"
+}
+run sampling "$@"
+run encode "$@"
+run fid --num_images 32 --batch 8 "$@"
+run unet_step --configs bundled --iters 3 "$@"
+printf '\n%-32s %12s  %s\n' "measurement" "value" "what"
+printf '%-32s %12s  %s\n' "--------------------------------" "------------" "----"
+grep -h "^RATIO" bench/results/*.txt | sed 's/^RATIO //' | while IFS= read -r line; do
+  name=${line%%:*}; rest=${line#*: }; value=${rest%%  *}; note=${rest#"$value"}
+  printf '%-32s %12s %s\n' "$name" "$value" "$note"
+done
