@@ -1,0 +1,44 @@
+"""The quickstart's --fast mode end to end (CI): every stage runs and the report has every row, finite numbers."""
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ["teacher (Heun)", "stage 2 generator (1 step)", "stage 3 generator (1 step, 2x)",
+          "stage 2 + bicubic 2x (baseline)"]
+STAGES = ["teacher", "encode", "stage2", "stage3", "sampling", "evaluation"]
+
+
+@pytest.mark.slow
+def test_fast_quickstart_report_structure(tmp_path):
+    run = tmp_path / "qs"
+    out = subprocess.run(["bash", os.path.join(REPO, "commands", "quickstart.sh"), "--fast"], cwd=REPO,
+                         env=dict(os.environ, RUN_DIR=str(run)), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert [r["model"] for r in report["rows"]] == MODELS
+    for row in report["rows"]:
+        assert math.isfinite(row["fid"]) and row["fid"] >= 0, row
+        assert row["num_samples"] == 64
+    assert [r["resolution"] for r in report["rows"]] == [16, 16, 32, 32]
+    assert [r["nfe"] for r in report["rows"]] == [11, 1, 1, 1]
+    for row in report["rows"][:3]:
+        assert math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
+    assert set(report["stage_seconds"]) == set(STAGES)
+    assert all(v is not None and v > 0 for v in report["stage_seconds"].values())
+    text = (run / "report.md").read_text()
+    assert all(m in text for m in MODELS) and "| **total** |" in text
+    for name in ("comparison.png", "loss_teacher.png", "loss_stage2.png", "loss_stage3.png"):
+        assert (run / name).stat().st_size > 0
+    assert "| teacher (Heun) |" in out.stdout  # the report is printed at the end
+
+    # a rerun resumes every stage instead of starting over
+    again = subprocess.run(["bash", os.path.join(REPO, "commands", "quickstart.sh"), "--fast"], cwd=REPO,
+                           env=dict(os.environ, RUN_DIR=str(run)), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0
+    assert "resumed from step 40" in again.stdout and "resumed from step 20" in again.stdout
