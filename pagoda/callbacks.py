@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from . import dist_util
+from . import dist_util, logger
 from .generator import generate
 from .image_util import save_grid, to_uint8
 from .precond import Denoiser
@@ -26,6 +26,12 @@ class _Preview:
     def __call__(self, loop):
         if not dist_util.is_main():
             return
+        images = self.ema_samples(loop)
+        path = os.path.join(loop.run_dir, "samples", f"{loop.step:07d}.png")
+        save_grid(to_uint8(images), path, scale=max(1, 128 // images.shape[-1]))
+
+    def ema_samples(self, loop):
+        """Samples from the player's EMA weights (the last rate), in eval mode; the live weights are restored."""
         player = loop.players[self.player]
         net = player.module
         was_training = net.training
@@ -34,8 +40,7 @@ class _Preview:
         with context, torch.no_grad():
             images = self.sample(net, loop.device)
         net.train(was_training)
-        path = os.path.join(loop.run_dir, "samples", f"{loop.step:07d}.png")
-        save_grid(to_uint8(images), path, scale=max(1, 128 // images.shape[-1]))
+        return images
 
     def _inputs(self, device, shape):
         rng = StackedRandomGenerator(device, [self.seed + i for i in range(self.num_samples)])
@@ -84,3 +89,18 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+class GeneratorMetric(GeneratorPreview):
+    """A cheap monitoring metric on `num_samples` EMA one-step samples (fixed seeds): `metric_fn(images)` returns
+    a dict of floats, logged as monitor/<key>. For tracking a run only; numbers of record come from the evaluator."""
+
+    def __init__(self, *, interval, metric_fn, num_samples=256, **kw):
+        super().__init__(interval=interval, num_samples=num_samples, **kw)
+        self.metric_fn = metric_fn
+
+    def __call__(self, loop):
+        if not dist_util.is_main():
+            return
+        for key, value in self.metric_fn(self.ema_samples(loop)).items():
+            logger.logkv(f"monitor/{key}", value)

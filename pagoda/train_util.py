@@ -179,16 +179,16 @@ class TrainLoop:
             self.step += 1
             steps_since_log += 1
             bar.update(1)
+            elapsed = time.time() - timer  # training time only: callbacks (previews, metrics) are not counted
+            for cb in self.callbacks:  # before the log, so what they log lands in this step's row
+                if self.step % cb.interval == 0 or self.step == self.total_steps:
+                    cb(self)
             if self.step % self.log_interval == 0 or self.step == self.total_steps:
-                elapsed = time.time() - timer
                 logger.logkv("step", self.step)
                 logger.logkv("samples", self.step * self.global_batch_size)
                 logger.logkv("sec_per_step", elapsed / steps_since_log)
                 logger.dumpkvs()
                 timer, steps_since_log = time.time(), 0
-            for cb in self.callbacks:
-                if self.step % cb.interval == 0 or self.step == self.total_steps:
-                    cb(self)
             if self.step % self.save_interval == 0 or self.step == self.total_steps:
                 self.save()
         bar.close()

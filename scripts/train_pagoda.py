@@ -16,7 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import dist_util, logger, script_util  # noqa: E402
-from pagoda.callbacks import GeneratorPreview  # noqa: E402
+import torch  # noqa: E402
+
+from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
 from pagoda.diffaug import DiffAugment  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
 from pagoda.features import create_feature_network  # noqa: E402
@@ -37,7 +39,8 @@ GROUPS = {
                  sigma_max=80.0, sigma_data=0.5),
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
-                  log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000),
+                  log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000,
+                  monitor_interval=0, monitor_samples=256, monitor_network="random_conv"),
 }
 
 PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
@@ -102,6 +105,25 @@ def build_reconstruction(args, augment, device):
     return ReconstructionLoss(feature_networks=nets, augment=augment)
 
 
+def monitor_callbacks(args, pairs, device, num_classes):
+    """--monitor_interval: Frechet distance of pooled features of a frozen pagoda feature network between EMA
+    samples and real images (logged as monitor/fd_<network>; a cheap training signal, not FID)."""
+    if not args.monitor_interval:
+        return []
+    from evaluations.metrics import feature_stats, monitor_fd
+
+    net = create_feature_network(args.monitor_network, seed=12345).to(device)
+
+    def pooled(x):
+        return net(x.to(device))[-1].float().mean(dim=(2, 3)).cpu()
+
+    real = torch.stack([pairs.load(i)["x"] for i in range(min(len(pairs), args.monitor_samples))])
+    real_stats = feature_stats(real, pooled)
+    return [GeneratorMetric(interval=args.monitor_interval, num_samples=args.monitor_samples, num_classes=num_classes,
+                            sigma_max=args.sigma_max, sigma_data=args.sigma_data,
+                            metric_fn=lambda fake: monitor_fd(real_stats, fake, pooled, name=args.monitor_network))]
+
+
 def main(argv=None):
     parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS)
     args = script_util.parse_args(parser, PRESETS, argv)
@@ -147,7 +169,8 @@ def main(argv=None):
     loop = TrainLoop(objective=objective, data=data, run_dir=args.run_dir, global_batch_size=args.global_batch_size,
                      microbatch=args.microbatch, optim=optim, precision=args.precision, total_steps=args.total_steps,
                      log_interval=args.log_interval, save_interval=args.save_interval,
-                     keep_checkpoints=args.keep_checkpoints, seed=args.seed, callbacks=[preview], config=config,
+                     keep_checkpoints=args.keep_checkpoints, seed=args.seed,
+                     callbacks=[preview] + monitor_callbacks(args, pairs, device, num_classes), config=config,
                      title=stage)
     loop.run()
     logger.log(f"done: generator exports in {os.path.join(args.run_dir, 'exports')}")

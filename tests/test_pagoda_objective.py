@@ -164,3 +164,24 @@ def test_stage3_frozen_weights_are_bit_identical_after_training(tmp_path):
 def test_unknown_gan_loss():
     with pytest.raises(ValueError, match="gan_loss must be one of"):
         _objective(_backbone(), gan_loss="wasserstein")
+
+
+def test_monitor_metric_is_logged_in_the_same_row(tmp_path):
+    import csv
+
+    from pagoda.callbacks import GeneratorMetric
+
+    seen = []
+
+    def metric_fn(images):
+        seen.append(images.shape)
+        return {"fd_toy": float(images.mean())}
+
+    obj = _objective(_backbone())
+    logger.configure(str(tmp_path))
+    loop = TrainLoop(objective=obj, data=_data(), run_dir=str(tmp_path), global_batch_size=4, total_steps=2,
+                     log_interval=2, save_interval=100,
+                     callbacks=[GeneratorMetric(interval=2, metric_fn=metric_fn, num_samples=6, num_classes=4)])
+    loop.run()
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert seen == [(6, 3, 8, 8)] and rows[-1]["step"] == "2" and rows[-1]["monitor/fd_toy"] != ""
