@@ -174,7 +174,7 @@ def test_monitor_metric_is_logged_in_the_same_row(tmp_path):
     seen = []
 
     def metric_fn(images):
-        seen.append(images.shape)
+        seen.append(tuple(images.shape))
         return {"fd_toy": float(images.mean())}
 
     obj = _objective(_backbone())
