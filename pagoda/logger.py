@@ -28,7 +28,7 @@ class Logger:
 
     # -- key/value -----------------------------------------------------------------------------------
     def logkv(self, key, value):
-        self.values[key] = float(value)
+        self.values[key] = value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
     def logkv_mean(self, key, value, count=1):
         if isinstance(value, torch.Tensor):
