@@ -19,13 +19,13 @@ def chunk_items(items, c, chunk_size):
     return items[c * chunk_size:(c + 1) * chunk_size]
 
 
-def pending_chunks(store, dataset, items, chunk_size, *, shard, num_shards, log=logger.log):
-    """This shard's chunks that still need encoding (missing, damaged, or written for other images)."""
+def pending_chunks(store, dataset, items, chunk_size, *, shard, num_shards, settings=None, log=logger.log):
+    """This shard's chunks that still need encoding (missing, damaged, or written for other images/settings)."""
     todo = []
     for c in range(shard, num_chunks(len(items), chunk_size), num_shards):
         part = chunk_items(items, c, chunk_size)
         reason = store.check_chunk(c, expected_ids=[dataset.ids[i] for i, _ in part],
-                                   expected_flips=[f for _, f in part])
+                                   expected_flips=[f for _, f in part], expected_settings=settings)
         if reason is not None:
             if reason != "missing":
                 log(f"chunk {c}: {reason}; encoding it again")
@@ -42,7 +42,7 @@ def _load_batch(dataset, part, device):
 
 @torch.no_grad()
 def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas, batch_size, clamp_denoised=True,
-                  dtype=np.float16, autocast=None, class_cond=True, progress=True):
+                  dtype=np.float16, autocast=None, class_cond=True, progress=True, settings=None):
     """Encode `chunks` of `items` with the teacher and write them; returns the number of images encoded."""
     device = next(teacher.parameters()).device
     bar = logger.progress(total=sum(len(chunk_items(items, c, chunk_size)) for c in chunks), desc="encode",
@@ -61,7 +61,7 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
                 bar.update(len(x))
                 bar.set_postfix(img_per_s=f"{done / (time.time() - start):.1f}")
         store.write_chunk(c, np.concatenate(latents), ids=[dataset.ids[i] for i, _ in part],
-                          flips=[f for _, f in part], indices=[i for i, _ in part])
+                          flips=[f for _, f in part], indices=[i for i, _ in part], settings=settings)
     if bar:
         bar.close()
     return done

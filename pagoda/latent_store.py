@@ -38,8 +38,9 @@ class LatentStore:
         return os.path.join(self.folder, f"chunk_{c:06d}.json")
 
     # -- writing ---------------------------------------------------------------------------------------
-    def write_chunk(self, c, z, *, ids, flips, indices):
-        """Write chunk c atomically: the array, then the record that certifies it."""
+    def write_chunk(self, c, z, *, ids, flips, indices, settings=None):
+        """Write chunk c atomically: the array, then the record that certifies it. `settings` (teacher, solver,
+        storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents."""
         os.makedirs(self.folder, exist_ok=True)
         z = np.ascontiguousarray(z)
         tmp = self.npy_path(c) + ".tmp"
@@ -49,10 +50,11 @@ class LatentStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.npy_path(c))
         meta = {"ids": list(ids), "flips": [bool(v) for v in flips], "indices": [int(i) for i in indices],
-                "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes())}
+                "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes()),
+                "settings": settings or {}}
         atomic_write_text(json.dumps(meta), self.meta_path(c))
 
-    def check_chunk(self, c, *, expected_ids=None, expected_flips=None):
+    def check_chunk(self, c, *, expected_ids=None, expected_flips=None, expected_settings=None):
         """None if chunk c is complete and intact, else the reason it must be (re)done."""
         if not os.path.exists(self.meta_path(c)):
             return "missing"
@@ -68,7 +70,11 @@ class LatentStore:
             return "checksum mismatch (damaged data)"
         if expected_ids is not None and (meta["ids"] != list(expected_ids) or
                                          meta["flips"] != [bool(v) for v in expected_flips]):
-            return "written for other images (the dataset or settings changed)"
+            return "written for other images (the dataset changed)"
+        if expected_settings is not None and meta.get("settings") != expected_settings:
+            changed = sorted(k for k in set(expected_settings) | set(meta.get("settings", {}))
+                             if expected_settings.get(k) != meta.get("settings", {}).get(k))
+            return f"written with other settings ({', '.join(changed)})"
         return None
 
     def write_index(self, chunk_ids):

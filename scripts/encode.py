@@ -43,6 +43,15 @@ def manifest(args, teacher_side_image_size, num_images, chunks):
             "format": "pagoda-latents-v1"}
 
 
+def encoding_settings(args, teacher):
+    """What determines a latent besides its image: a chunk made with other settings is redone, not reused."""
+    stat = os.stat(args.teacher)
+    return {"teacher": os.path.abspath(args.teacher), "teacher_bytes": stat.st_size, "num_steps": args.num_steps,
+            "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
+            "clamp_denoised": args.clamp_denoised, "storage": args.storage, "precision": args.precision,
+            "teacher_image_size": teacher.backbone.config["image_size"]}
+
+
 def main(argv=None):
     parser = script_util.create_parser(GROUPS, description=__doc__)
     args = script_util.parse_args(parser, None, argv)
@@ -62,7 +71,8 @@ def main(argv=None):
     items = work_items(n, [bool(f) for f in args.flips])
     store = LatentStore(args.out_dir)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
-    todo = pending_chunks(store, dataset, items, args.chunk_size, shard=rank, num_shards=world)
+    settings = encoding_settings(args, teacher)
+    todo = pending_chunks(store, dataset, items, args.chunk_size, shard=rank, num_shards=world, settings=settings)
     logger.log(f"encoding {len(items)} (image, flip) items in {num_chunks(len(items), args.chunk_size)} chunks; "
                f"rank {rank}: {len(todo)} chunks to do")
     sigmas = karras_sigmas(args.num_steps, args.sigma_min, args.sigma_max, args.rho, device=device)
@@ -71,7 +81,7 @@ def main(argv=None):
     done = encode_chunks(teacher, dataset, store, items, todo, chunk_size=args.chunk_size, sigmas=sigmas,
                          batch_size=args.batch_size, clamp_denoised=args.clamp_denoised,
                          dtype=np.float16 if args.storage == "fp16" else np.float32, autocast=mp.autocast,
-                         class_cond=teacher.backbone.config["num_classes"] is not None)
+                         class_cond=teacher.backbone.config["num_classes"] is not None, settings=settings)
     elapsed = time.time() - start
     if done:
         logger.log(f"rank {rank}: encoded {done} images in {elapsed:.1f}s ({done / elapsed:.2f} img/s, "
@@ -85,7 +95,8 @@ def main(argv=None):
 
 def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
     chunks = num_chunks(len(items), args.chunk_size)
-    bad = [c for c in range(chunks) if store.check_chunk(c) is not None]
+    settings = encoding_settings(args, teacher)
+    bad = [c for c in range(chunks) if store.check_chunk(c, expected_settings=settings) is not None]
     if bad:
         raise RuntimeError(f"chunks {bad[:10]} are incomplete after encoding; rerun the same command")
     store.write_index(range(chunks))

@@ -171,3 +171,14 @@ def test_wrong_teacher_file_errors(tmp_path, job):
     _, data = job
     out = _encode(tmp_path / "z", str(tmp_path / "absent.pt"), data, check=False)
     assert out.returncode != 0 and "denoiser checkpoint not found" in out.stderr
+
+
+def test_other_solver_settings_redo_the_chunks(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data)
+    first = _chunks(tmp_path / "z")
+    out = _encode(tmp_path / "z", teacher, data, "--num_steps", "4")
+    assert "written with other settings (num_steps)" in out.stdout
+    second = _chunks(tmp_path / "z")
+    assert second["chunk_000000.npy"] != first["chunk_000000.npy"]
+    assert LatentStore(str(tmp_path / "z")).manifest()["num_steps"] == 4
