@@ -171,3 +171,17 @@ def all_gather_objects(obj):
 def cleanup():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_same_across_ranks(module, *, what):
+    """Raise unless every rank holds the same parameters and buffers in `module` (e.g. frozen random projections,
+    which the official code drew differently on every GPU). Compares a cheap per-tensor checksum."""
+    if not dist.is_initialized():
+        return
+    sums = torch.stack([t.detach().double().sum() for t in module.state_dict().values()
+                        if torch.is_floating_point(t)]) if module.state_dict() else torch.zeros(1, dtype=torch.float64)
+    gathered = all_gather_objects(sums.cpu().tolist())
+    bad = [r for r, s in enumerate(gathered) if s != gathered[0]]
+    if bad:
+        raise RuntimeError(f"{what} differ between rank 0 and ranks {bad}: build them from a fixed seed "
+                           f"(or broadcast them) so every rank computes the same loss")

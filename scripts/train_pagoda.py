@@ -102,6 +102,8 @@ def build_reconstruction(args, augment, device):
         raise ValueError(f"--recon_loss must be feature, pixel or pseudo_huber, got {args.recon_loss!r}")
     # its own instances, seeded apart from the discriminator's, identical on every rank
     nets = {k: v.to(device) for k, v in feature_networks(args, args.feature_seed + 1).items()}
+    for name, net in nets.items():
+        dist_util.check_same_across_ranks(net, what=f"reconstruction feature network {name}")
     return ReconstructionLoss(feature_networks=nets, augment=augment)
 
 
@@ -147,6 +149,7 @@ def main(argv=None):
                                            image_size=image_size, num_classes=num_classes,
                                            channel_scale=args.d_channel_scale).to(device)
     dist_util.sync_params(discriminator.parameters())
+    dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
     objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
                                 reconstruction=build_reconstruction(args, augment, device), augment=augment,
                                 discriminator_weight=args.discriminator_weight, adaptive=args.adaptive_weight,

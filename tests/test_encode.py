@@ -182,3 +182,20 @@ def test_other_solver_settings_redo_the_chunks(tmp_path, job):
     second = _chunks(tmp_path / "z")
     assert second["chunk_000000.npy"] != first["chunk_000000.npy"]
     assert LatentStore(str(tmp_path / "z")).manifest()["num_steps"] == 4
+
+
+@pytest.mark.slow
+def test_stage2_runs_on_two_processes_with_identical_projections(tmp_path, job):
+    """The real PaGoDA objective under DDP (gloo): G and D updates, per-rank batches, the rank-consistency check of
+    the frozen random projections, exports."""
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data)
+    cmd = [shutil.which("mpiexec", path=os.path.dirname(sys.executable)), "-n", "2", sys.executable,
+           os.path.join(REPO, "scripts", "train_pagoda.py"), "--init_from", teacher, "--latent_dir", str(tmp_path / "z"),
+           "--run_dir", str(tmp_path / "run"), "--feature_networks", "tiny", "--global_batch_size", "4",
+           "--total_steps", "4", "--save_interval", "2", "--log_interval", "2", "--preview_interval", "4",
+           "--lr_generator", "1e-3", "--d_channel_scale", "0.25"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "world size 2 | per-rank batch 2 | global batch 4" in out.stdout
+    assert os.path.exists(tmp_path / "run" / "exports" / "generator_ema0.999.pt")

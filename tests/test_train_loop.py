@@ -151,3 +151,22 @@ def test_crashed_rank_ends_the_job(tmp_path):
                           timeout=120)
     assert proc.returncode != 0
     assert "rank 1 dies" in proc.stderr
+
+
+@pytest.mark.slow
+def test_rank_consistency_check_catches_unseeded_projections(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom pagoda import dist_util\n"
+        "from pagoda.features import create_feature_network\n"
+        "dist_util.setup_dist()\n"
+        "seed = 0 if sys.argv[1] == 'same' else dist_util.get_rank()\n"
+        "dist_util.check_same_across_ranks(create_feature_network('tiny', seed=seed), what='projections')\n"
+        "print('consistent')\n" % REPO)
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    same = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script), "same"], capture_output=True, text=True,
+                          timeout=120)
+    assert same.returncode == 0 and same.stdout.count("consistent") == 2
+    differ = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script), "differ"], capture_output=True,
+                            text=True, timeout=120)
+    assert differ.returncode != 0 and "projections differ between rank 0 and ranks [1]" in differ.stderr
