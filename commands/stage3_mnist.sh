@@ -11,7 +11,7 @@ RUN_DIR=${RUN_DIR:-runs/mnist/stage3}
 
 DATA_FLAGS="--latent_dir $LATENTS --image_size 32"
 MODEL_FLAGS="--init_from $GENERATOR --grow_factor 2 --activate_from 4"
-LOSS_FLAGS="--recon_loss feature --feature_networks random_conv --discriminator_weight 1.0 --adaptive_weight true --gan_loss hinge"
+LOSS_FLAGS="--recon_loss pseudo_huber --feature_networks random_conv --discriminator_weight 1.0 --adaptive_weight true --gan_loss hinge"
 TRAIN_FLAGS="--global_batch_size 32 --lr_generator 2e-4 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-400} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"
 
 launch scripts/train_pagoda.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
