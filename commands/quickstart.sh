@@ -21,7 +21,7 @@ if [ "$FAST" = 1 ]; then
   TEACHER_STEPS=40 ENCODE_LIMIT=128 ENCODE_STEPS=6 STAGE2_STEPS=20 STAGE3_STEPS=10 NUM=64 HEUN_STEPS=6
 else
   RUN=${RUN_DIR:-runs/quickstart}
-  TEACHER_STEPS=1200 ENCODE_LIMIT=2000 ENCODE_STEPS=12 STAGE2_STEPS=600 STAGE3_STEPS=400 NUM=300 HEUN_STEPS=18
+  TEACHER_STEPS=1000 ENCODE_LIMIT=2000 ENCODE_STEPS=12 STAGE2_STEPS=500 STAGE3_STEPS=300 NUM=300 HEUN_STEPS=18
 fi
 mkdir -p "$RUN/timings"
 
@@ -67,7 +67,7 @@ timed sampling sample "$GEN3" "$RUN/samples/stage3"
 timed sampling "$PYTHON" scripts/upsample_npz.py --input "$RUN/samples/stage2/samples_${NUM}x16x16x3.npz" \
   --image_size 32 --out_dir "$RUN/samples/stage2_bicubic"
 for size in 16 32; do
-  [ -f "$RUN/ref$size.npz" ] || "$PYTHON" scripts/make_reference.py --image_size $size --num_images 1000 \
+  [ -f "$RUN/ref$size.npz" ] || "$PYTHON" scripts/make_reference.py --image_size $size --num_images $NUM \
     --out "$RUN/ref$size.npz"
 done
 

@@ -13,6 +13,6 @@ RUN_DIR=${RUN_DIR:-runs/mnist/stage2}
 DATA_FLAGS="--latent_dir $LATENTS --image_size 16"
 MODEL_FLAGS="--init_from $TEACHER"
 LOSS_FLAGS="--recon_loss pseudo_huber --feature_networks random_conv --discriminator_weight 0.2 --adaptive_weight true --gan_loss hinge"
-TRAIN_FLAGS="--global_batch_size 32 --lr_generator 2e-4 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-600} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"
+TRAIN_FLAGS="--global_batch_size 32 --lr_generator 2e-4 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-500} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"
 
 launch scripts/train_pagoda.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
