@@ -4,6 +4,7 @@
 # The official "512" recipe trains at 256; this one appends a real 512 level. It keeps 192 channels (so growth stays
 # function-preserving and the output head is reused) and uses gradient checkpointing; by our estimate ~1.3 GB of
 # activations per 512 px image in bf16, i.e. a per-GPU batch of about 32 on an 80 GB GPU (not measured on a GPU yet).
+# As the official 512 setting, a reconstruction discriminator (weight 0.5) separates G(z_data) from reals.
 # In:  $GENERATOR (the 256 px export), $LATENTS, $IMAGENET_TRAIN, backbone weights.  Out: $RUN_DIR/exports.
 # Target: FID 1.80 (paper, NFE 1).
 set -euo pipefail
@@ -17,7 +18,7 @@ RUN_DIR=${RUN_DIR:-runs/imagenet64/stage3_512}
 
 DATA_FLAGS="--latent_dir $LATENTS --data_dir $IMAGENET_TRAIN --image_size 512 --num_workers 8 --cache_images false"
 MODEL_FLAGS="--init_from $GENERATOR --grow_factor 2 --activate_from 9 --use_checkpoint true"
-LOSS_FLAGS="--recon_loss feature --feature_networks deit_base_distilled_patch16_224,tf_efficientnet_lite0 --feature_weights $DEIT_WEIGHTS,$EFFNET_WEIGHTS --discriminator_weight 1.0 --adaptive_weight false --separate_update true --gan_loss hinge"
+LOSS_FLAGS="--recon_loss feature --feature_networks deit_base_distilled_patch16_224,tf_efficientnet_lite0 --feature_weights $DEIT_WEIGHTS,$EFFNET_WEIGHTS --discriminator_weight 1.0 --adaptive_weight false --separate_update true --gan_loss hinge --recon_discriminator true --recon_discriminator_weight 0.5"
 TRAIN_FLAGS="--global_batch_size 512 --lr_generator 8e-6 --lr_discriminator 2e-3 --ema_rates 0.999 --precision bf16 --total_steps 600000 --save_interval 10000 --preview_interval 10000"
 
 launch scripts/train_pagoda.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"

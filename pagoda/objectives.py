@@ -93,17 +93,23 @@ class PaGoDAObjective(Objective):
     adaptive weight at G's last ResBlock conv (or 1). Discriminator phase, on its own batch: the GAN loss on
     reals vs fresh fakes, with the same DiffAugment parameters on both. Steps alternate G, D (`d_every`: one D
     step after every `d_every` G steps). `separate_update` splits the G phase into a reconstruction update and
-    a GAN update (the official 256/512 setting). Stage 3 is this objective with a grown generator and
-    high-resolution images: a config, not a new loop.
+    a GAN update (the official 256/512 setting). An optional `recon_discriminator` (the official 512 setting)
+    separates reconstructions G(z_data) from reals; the generator then adds w_r * lambda_r * L_G(D_r(G(z_data)))
+    with lambda_r the adaptive ratio against L_rec, and D_r updates right after every generator step.
+    Stage 3 is this objective with a grown generator and high-resolution images: a config, not a new loop.
     """
 
     def __init__(self, *, generator, discriminator, reconstruction, augment, discriminator_weight=0.2,
                  adaptive=True, separate_update=False, gan_loss="hinge", r1_gamma=0.0, r1_interval=16,
-                 sigma_max=80.0, sigma_data=0.5, ema_rates=(0.999,)):
+                 recon_discriminator=None, recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5,
+                 ema_rates=(0.999,)):
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
         self.generator, self.discriminator = generator, discriminator
         self.players = {"generator": generator, "discriminator": DiscriminatorPair(discriminator)}
+        self.recon_discriminator, self.w_r = recon_discriminator, recon_discriminator_weight
+        if recon_discriminator is not None:
+            self.players["recon_discriminator"] = DiscriminatorPair(recon_discriminator)
         self.reconstruction, self.augment = reconstruction, augment
         self.w_D, self.adaptive, self.separate_update = discriminator_weight, adaptive, separate_update
         self.g_loss, self.d_loss = GAN_LOSSES[gan_loss]
@@ -116,12 +122,15 @@ class PaGoDAObjective(Objective):
     def phases(self, step):
         if step % 2:
             return ["discriminator"]
-        return ["generator:rec", "generator:gan"] if self.separate_update else ["generator"]
+        g = ["generator:rec", "generator:gan"] if self.separate_update else ["generator"]
+        return g + (["recon_discriminator"] if self.recon_discriminator is not None else [])
 
     # -- losses ----------------------------------------------------------------------------------------
     def losses(self, phase, nets, batch, *, step, generator):
         if phase == "discriminator":
             return self._discriminator_losses(nets, batch, step, generator)
+        if phase == "recon_discriminator":
+            return self._recon_discriminator_losses(nets, batch, generator)
         return self._generator_losses(phase, nets, batch, generator)
 
     def _fresh_latents(self, z_like, generator):
@@ -145,6 +154,13 @@ class PaGoDAObjective(Objective):
             rec = self.reconstruction(x_rec, x, generator=generator)
             terms.update(rec=rec.detach(), psnr=psnr(x_rec.detach().clamp(-1, 1), x))
             loss = loss + rec
+            if self.recon_discriminator is not None:
+                with _no_param_grads(self.recon_discriminator):
+                    (rec_aug,) = self.augment(x_rec, generator=generator)
+                    recon_gan = self.g_loss(self.recon_discriminator(rec_aug, y))
+                lam_r = adaptive_weight(rec, recon_gan, last)
+                terms.update(recon_gan=recon_gan.detach(), recon_adaptive_weight=lam_r.expand(n))
+                loss = loss + self.w_r * lam_r * recon_gan
         if want_gan:
             x_fake = out[-n:]
             with _no_param_grads(self.discriminator):
@@ -185,6 +201,18 @@ class PaGoDAObjective(Objective):
             terms["r1"] = r1.detach()
             terms["loss"] = d_loss + 0.5 * self.r1_gamma * self.r1_interval * r1  # lazy R1, scaled by its interval
         return terms
+
+    def _recon_discriminator_losses(self, nets, batch, generator):
+        """D_r: reals vs the generator's reconstructions of their own latents, shared augmentation."""
+        x, y = batch["x"], batch.get("y")
+        with torch.no_grad():
+            x_rec = self._g(self.generator, batch["z"], y)
+        real_aug, rec_aug = self.augment(x, x_rec, generator=generator)
+        d = self.recon_discriminator
+        logits_real, logits_rec = nets["recon_discriminator"](real_aug, rec_aug, y, d.extract(real_aug),
+                                                              d.extract(rec_aug))
+        d_loss = self.d_loss(logits_real, logits_rec)
+        return {"loss": d_loss, "logits_real": _mean_logit(logits_real), "logits_rec": _mean_logit(logits_rec)}
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def ema_rates(self, player):

@@ -35,7 +35,8 @@ GROUPS = {
     "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), use_checkpoint=False),
     "loss": dict(recon_loss="feature", feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
                  discriminator_weight=0.2, adaptive_weight=True, separate_update=False, gan_loss="hinge",
-                 r1_gamma=0.0, translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0,
+                 r1_gamma=0.0, recon_discriminator=False, recon_discriminator_weight=0.5,
+                 translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0,
                  sigma_max=80.0, sigma_data=0.5),
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
@@ -58,7 +59,8 @@ PRESETS = {
     "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
                              adaptive_weight=False, global_batch_size=360),
     "imagenet256to512": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
-                             adaptive_weight=False, global_batch_size=512, use_checkpoint=True),
+                             adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
+                             recon_discriminator=True),
 }
 
 
@@ -150,11 +152,19 @@ def main(argv=None):
                                            channel_scale=args.d_channel_scale).to(device)
     dist_util.sync_params(discriminator.parameters())
     dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
+    recon_discriminator = None
+    if args.recon_discriminator:  # own heads over the same frozen feature networks (the official 512 setting)
+        recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
+                                                     image_size=image_size, num_classes=num_classes,
+                                                     channel_scale=args.d_channel_scale).to(device)
+        dist_util.sync_params(recon_discriminator.parameters())
     objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
                                 reconstruction=build_reconstruction(args, augment, device), augment=augment,
                                 discriminator_weight=args.discriminator_weight, adaptive=args.adaptive_weight,
                                 separate_update=args.separate_update, gan_loss=args.gan_loss,
-                                r1_gamma=args.r1_gamma, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
+                                r1_gamma=args.r1_gamma, recon_discriminator=recon_discriminator,
+                                recon_discriminator_weight=args.recon_discriminator_weight,
+                                sigma_max=args.sigma_max, sigma_data=args.sigma_data,
                                 ema_rates=args.ema_rates)
     per_rank = args.global_batch_size // dist_util.get_world_size()
 
@@ -167,7 +177,8 @@ def main(argv=None):
     preview = GeneratorPreview(interval=args.preview_interval, num_classes=num_classes, sigma_max=args.sigma_max,
                                sigma_data=args.sigma_data)
     optim = {"generator": OptimSpec(name="radam", lr=args.lr_generator),
-             "discriminator": OptimSpec(name="radam", lr=args.lr_discriminator)}
+             "discriminator": OptimSpec(name="radam", lr=args.lr_discriminator),
+             "recon_discriminator": OptimSpec(name="radam", lr=args.lr_discriminator)}
     stage = "stage 3: grown generator" if args.grow_factor > 1 else "stage 2: one-step generator"
     loop = TrainLoop(objective=objective, data=data, run_dir=args.run_dir, global_batch_size=args.global_batch_size,
                      microbatch=args.microbatch, optim=optim, precision=args.precision, total_steps=args.total_steps,

@@ -185,3 +185,34 @@ def test_monitor_metric_is_logged_in_the_same_row(tmp_path):
     loop.run()
     rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
     assert seen == [(6, 3, 8, 8)] and rows[-1]["step"] == "2" and rows[-1]["monitor/fd_toy"] != ""
+
+
+def _with_recon_d(**kw):
+    obj = _objective(_backbone(), **kw)
+    recon_d = ProjectedDiscriminator(feature_networks=dict(obj.discriminator.feature_networks), image_size=8,
+                                     num_classes=4, channel_scale=0.25)
+    return PaGoDAObjective(generator=obj.generator, discriminator=obj.discriminator,
+                           reconstruction=obj.reconstruction, augment=obj.augment, recon_discriminator=recon_d,
+                           recon_discriminator_weight=0.5, **kw)
+
+
+def test_recon_discriminator_follows_every_generator_step(tmp_path):
+    obj = _with_recon_d()
+    assert obj.phases(0) == ["generator", "recon_discriminator"] and obj.phases(1) == ["discriminator"]
+    assert _with_recon_d(separate_update=True).phases(0) == ["generator:rec", "generator:gan", "recon_discriminator"]
+    loop = _loop(obj, tmp_path)
+    r0, d0 = _params(obj.recon_discriminator), _params(obj.discriminator)
+    loop.run_step()
+    changed = _changed_params(r0, obj.recon_discriminator)
+    assert changed and all(k.startswith("heads.") for k in changed)
+    assert not _changed_params(d0, obj.discriminator)  # the GAN discriminator waits for its own step
+    # the two discriminators share the frozen feature networks
+    assert obj.recon_discriminator.feature_networks["tiny"] is obj.discriminator.feature_networks["tiny"]
+
+
+def test_generator_loss_adds_the_weighted_recon_gan_term():
+    obj = _with_recon_d(discriminator_weight=0.2)
+    terms = obj.losses("generator", {"generator": obj.generator}, next(_data()(0)), step=0,
+                       generator=torch.Generator().manual_seed(1))
+    lam, lam_r = terms["adaptive_weight"][0], terms["recon_adaptive_weight"][0]
+    torch.testing.assert_close(terms["loss"], terms["rec"] + 0.2 * lam * terms["gan"] + 0.5 * lam_r * terms["recon_gan"])
