@@ -17,7 +17,9 @@ from .sampling import heun_sample, karras_sigmas
 
 class _Preview:
     def __init__(self, *, interval, player, num_samples=64, num_classes=None, seed=12345):
-        self.interval = max(1, interval)
+        if interval < 0:
+            raise ValueError(f"a preview interval is a number of steps >= 0 (0: never), got {interval}")
+        self.interval = interval
         self.player = player
         self.num_samples = num_samples
         self.num_classes = num_classes

@@ -108,7 +108,7 @@ class TrainLoop:
         data: `data(start_batch) -> iterator` of dict batches of the per-rank size (global_batch_size / world);
               batch k of the stream must be a pure function of k so that resume is exact.
         optim: {player: OptimSpec}; microbatch: per-rank microbatch size (0 = the whole per-rank batch).
-        callbacks: objects with `.interval` (steps) and `__call__(loop)`, e.g. preview grids.
+        callbacks: objects with `.interval` (steps; 0 = never) and `__call__(loop)`, e.g. preview grids.
         """
         world = dist_util.get_world_size()
         if global_batch_size % world:
@@ -181,7 +181,7 @@ class TrainLoop:
             bar.update(1)
             elapsed = time.time() - timer  # training time only: callbacks (previews, metrics) are not counted
             for cb in self.callbacks:  # before the log, so what they log lands in this step's row
-                if self.step % cb.interval == 0 or self.step == self.total_steps:
+                if cb.interval and (self.step % cb.interval == 0 or self.step == self.total_steps):
                     cb(self)
             if self.step % self.log_interval == 0 or self.step == self.total_steps:
                 logger.logkv("step", self.step)

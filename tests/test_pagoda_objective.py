@@ -1,6 +1,7 @@
 """The PaGoDA objective in the training loop: who updates when, what the losses are, and exact resume."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -185,6 +186,20 @@ def test_monitor_metric_is_logged_in_the_same_row(tmp_path):
     loop.run()
     rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
     assert seen == [(6, 3, 8, 8)] and rows[-1]["step"] == "2" and rows[-1]["monitor/fd_toy"] != ""
+
+
+def test_interval_zero_never_calls_the_callback(tmp_path):
+    from pagoda.callbacks import GeneratorPreview
+
+    calls = []
+    preview = GeneratorPreview(interval=0, num_classes=4, num_samples=2)
+    preview.sample = lambda net, device: calls.append(1)
+    logger.configure(str(tmp_path))
+    TrainLoop(objective=_objective(_backbone()), data=_data(), run_dir=str(tmp_path), global_batch_size=4,
+              total_steps=3, log_interval=3, save_interval=100, callbacks=[preview]).run()
+    assert calls == [] and not os.path.exists(tmp_path / "samples")
+    with pytest.raises(ValueError, match="0: never"):
+        GeneratorPreview(interval=-1, num_classes=4)
 
 
 def _with_recon_d(**kw):
