@@ -158,7 +158,9 @@ def test_batch_equals_per_sample_outputs():
     with torch.no_grad():
         batched = model(x, sigma, y)
         single = torch.cat([model(x[i : i + 1], sigma[i : i + 1], y[i : i + 1]) for i in range(4)])
-    torch.testing.assert_close(batched, single, atol=1e-6, rtol=1e-5)
+    # fp32 conv kernels differ with the batch size (seen: 2e-6 on outputs of magnitude ~0.7); samples leaking into
+    # each other would differ by O(0.1)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
