@@ -7,9 +7,10 @@
 Every image is encoded unflipped and flipped (--flips 0,1) by deterministic Heun from sigma_min up to sigma_max on
 the Karras grid (official: 40 points, 0.002..80, rho 7, denoised clamped to [-1,1]). One launch over N processes;
 the work is split by image index in fixed chunks, so a rerun after a crash finishes what is missing (and redoes a
-damaged chunk) without duplicating any id. --verify N decodes N latents back and reports reconstruction PSNR.
+damaged chunk) without duplicating any id. --verify N decodes N latents back and reports reconstruction PSNR (also in verify.json).
 """
 
+import json
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import MixedPrecision  # noqa: E402
+from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.latent_store import LatentStore, num_chunks, work_items  # noqa: E402
@@ -109,6 +111,8 @@ def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
                                  class_cond=teacher.backbone.config["num_classes"] is not None)
         logger.log(f"verify: decoded {len(keys)} latents; reconstruction PSNR mean {psnr.mean():.2f} dB, "
                    f"min {psnr.min():.2f} dB")
+        result = {"num_decoded": len(keys), "psnr_mean_db": float(psnr.mean()), "psnr_min_db": float(psnr.min())}
+        atomic_write_text(json.dumps(result, indent=1), os.path.join(args.out_dir, "verify.json"))
 
 
 if __name__ == "__main__":

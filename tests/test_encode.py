@@ -1,5 +1,6 @@
 """The PF-ODE encoder job and the latent-pair dataset."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,12 +12,13 @@ import pytest
 import torch
 
 from pagoda import checkpoint
-from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.image_datasets import ImageDataset, infinite_batches, open_source
+from pagoda.image_util import psnr
 from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_teacher
 from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
-from pagoda.sampling import heun_invert, karras_sigmas
+from pagoda.sampling import heun_decode, heun_invert, karras_sigmas
 from pagoda.unet import UNetModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +76,16 @@ def test_encode_writes_every_item_once_with_manifest(tmp_path, job):
     assert len(index) == 24 and {f for _, f in index} == {False, True}
     assert "reconstruction PSNR" in out.stdout
     assert store.open_chunk(0).dtype == np.float16
+    # verify.json holds the round trip of the first 4 (image, flip) items: decode each stored latent back
+    verify = json.loads((tmp_path / "z" / "verify.json").read_text())
+    teacher_net, pairs = load_teacher(teacher), PairDataset(str(tmp_path / "z"), image_size=8)
+    items = [pairs.load(i, flip=f) for i, f in [(0, False), (0, True), (1, False), (1, True)]]
+    x, z, y = (torch.stack([it[k] for it in items]) for k in ("x", "z", "y"))
+    decoded = heun_decode(teacher_net, z, karras_sigmas(6), y, clamp_denoised=True).clamp(-1, 1)
+    expected = psnr(decoded, x)
+    assert verify["num_decoded"] == 4
+    assert verify["psnr_mean_db"] == pytest.approx(expected.mean().item(), abs=1e-3)
+    assert verify["psnr_min_db"] == pytest.approx(expected.min().item(), abs=1e-3)
 
 
 def test_latents_are_the_teacher_inversion_of_their_image(tmp_path, job):
@@ -91,6 +103,24 @@ def test_latents_are_the_teacher_inversion_of_their_image(tmp_path, job):
         torch.testing.assert_close(item["z"], z, rtol=1e-3, atol=1e-3)  # batch-size rounding only
     # the flipped latent belongs to the flipped image, not to the unflipped one
     assert not torch.allclose(pairs.load(5, flip=True)["z"], pairs.load(5, flip=False)["z"])
+
+
+def test_pair_shards_are_disjoint_and_the_stream_keeps_flips_paired(tmp_path, job):
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data, "--storage", "fp32")
+    shards = [set(PairDataset(str(tmp_path / "z"), image_size=8, shard=s, num_shards=2).ids) for s in (0, 1)]
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 12
+    pairs = PairDataset(str(tmp_path / "z"), image_size=8)
+    table = [(pairs.load(i, flip=f), f) for i in range(12) for f in (False, True)]
+    stream = infinite_batches(pairs, batch_size=4, seed=0)
+    flips = []
+    for _ in range(6):  # two epochs
+        batch = next(stream)
+        for x, z in zip(batch["x"], batch["z"]):
+            (item, flip), = [(it, f) for it, f in table if torch.equal(it["x"], x)]
+            assert torch.equal(item["z"], z)  # the latent of the same image and the same flip
+            flips.append(flip)
+    assert 0 < sum(flips) < len(flips)  # both flips are drawn
 
 
 def test_pairs_at_a_higher_image_resolution(tmp_path, job):

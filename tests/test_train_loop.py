@@ -81,9 +81,11 @@ def test_batch_not_divisible_by_world_or_microbatch(tmp_path):
         _loop(tmp_path, microbatch=3)
 
 
-def _run_toy(run_dir, steps, *extra, nproc=1, check=True):
+def _run_toy(run_dir, steps, *extra, nproc=1, check=True, launcher="mpiexec"):
     cmd = [sys.executable, TOY, str(run_dir), str(steps), *extra]
-    if nproc > 1:
+    if nproc > 1 and launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *cmd[1:]]
+    elif nproc > 1:
         mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
         if mpiexec is None:
             pytest.fail("mpiexec not found: install the `mpich` PyPI package (it is in requirements.txt)")
@@ -112,6 +114,15 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path):
     _assert_same_state(_final(tmp_path / "ref"), _final(tmp_path / "crash"), rtol=0, atol=0)
 
 
+def test_only_the_newest_k_states_are_kept(tmp_path):
+    manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+    for step in (3, 6, 9, 12):
+        manager.save(step, {"step": step})
+    assert [s for s, _ in manager.states()] == [12, 9]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["state_0000009.pt", "state_0000012.pt"]  # no temp files
+    assert manager.load_latest()["step"] == 12
+
+
 def test_truncated_checkpoint_is_never_resumed(tmp_path):
     _run_toy(tmp_path, 6)  # states at 3 and 6
     newest = checkpoint.CheckpointManager(str(tmp_path)).path(6)
@@ -124,9 +135,10 @@ def test_truncated_checkpoint_is_never_resumed(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("launcher", ["mpiexec", "torchrun"])
+def test_two_processes_match_one_process(tmp_path, launcher):
     _run_toy(tmp_path / "one", 6, "--clean")
-    out = _run_toy(tmp_path / "two", 6, "--clean", nproc=2)
+    out = _run_toy(tmp_path / "two", 6, "--clean", nproc=2, launcher=launcher)
     _assert_same_state(_final(tmp_path / "one"), _final(tmp_path / "two"), rtol=1e-5, atol=1e-6)
     # the logged loss is the mean over both ranks: identical to the single-process log
     one = open(tmp_path / "one" / "progress.csv").read().splitlines()
@@ -136,6 +148,7 @@ def test_two_processes_match_one_process(tmp_path):
     for r1, r2 in zip(one[1:], two[1:]):
         assert float(r1.split(",")[col]) == pytest.approx(float(r2.split(",")[col]), rel=1e-5)
     assert out.returncode == 0
+    assert "world size 2 | per-rank batch 4 | global batch 8" in open(tmp_path / "two" / "log.txt").read()
 
 
 @pytest.mark.slow
