@@ -10,7 +10,6 @@ from argparse import Namespace
 import pytest
 import torch
 
-from pagoda.generator import grown_config
 from pagoda.unet import UNetModel, imagenet64_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,23 +74,38 @@ def test_imagenet_teacher_recipe_builds_the_released_layout(configs, compat_dir)
     assert _keys(net) == _layout(compat_dir / "adm_imagenet64_out64_keys.txt")
 
 
-def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir):
-    cfg = imagenet64_config(64)
+def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir, monkeypatch):
+    """Each growth recipe's resolved flags go through train_pagoda.build_generator (the script's own code path),
+    with the previous stage's export stood in by a meta-device network of the previous stage's architecture."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import train_pagoda
+
     stage2 = configs["stage2_imagenet64.sh"]
     assert (stage2["lr_generator"], stage2["lr_discriminator"], stage2["discriminator_weight"],
             stage2["global_batch_size"], stage2["grow_factor"]) == (8e-6, 2e-3, 0.2, 96, 1)
+    parent = {"config": imagenet64_config(64)}
+
+    def previous_export(path):
+        with torch.device("meta"):
+            return UNetModel(**parent["config"]), {"kind": "generator"}
+
+    monkeypatch.setattr(train_pagoda, "load_generator_or_teacher_backbone", previous_export)
     for size, recipe in ((128, "stage3_imagenet64to128.sh"), (256, "stage3_imagenet64to256.sh"),
                          (512, "stage3_imagenet64to512.sh")):
-        args = configs[recipe]
-        assert args["image_size"] == size and args["activate_from"] == 9
-        cfg = grown_config(cfg, args["grow_factor"])
+        args = Namespace(**configs[recipe])
+        assert args.image_size == size
         with torch.device("meta"):
-            net = UNetModel(**cfg)
+            net = train_pagoda.build_generator(args)
         if size < 512:
             assert _keys(net) == _layout(compat_dir / f"adm_imagenet64_out{size}_keys.txt")
         assert net.config["output_size"] == size and net.config["channel_mult_high"] == [1] * {128: 1, 256: 2, 512: 3}[size]
+        trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("output_blocks") else "")
+                     for n, p in net.named_parameters() if p.requires_grad}
+        assert trainable == {"out"} | {f"output_blocks.{i}" for i in range(9, len(net.output_blocks))}
+        parent["config"] = net.config
     assert configs["stage3_imagenet64to128.sh"]["separate_update"] is False
     assert configs["stage3_imagenet64to256.sh"]["separate_update"] is True
+    assert configs["stage3_imagenet64to512.sh"]["use_checkpoint"] is True
 
 
 def test_encode_recipe_uses_the_official_solver(configs):
