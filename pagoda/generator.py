@@ -56,6 +56,36 @@ def generate(backbone, z, y=None, *, sigma_max=80.0, sigma_data=0.5):
     return backbone(z * c_in, sigma, y)
 
 
+@torch.no_grad()
+def reconstruction_psnr(backbone, pairs, indices, *, sigma_max=80.0, sigma_data=0.5, batch_size=100,
+                        upsample_to=None):
+    """Per-pair PSNR (dB) of G(z_i, y_i), clamped to [-1, 1], against the image x_i paired with latent z_i.
+
+    `pairs` is a PairDataset (unflipped items are used). With `upsample_to`, G's output is first resized
+    bicubically to that size: the baseline a grown generator has to beat on the same pairs.
+    """
+    from .image_util import psnr
+
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    for start in range(0, len(indices), batch_size):
+        items = [pairs.load(i) for i in indices[start:start + batch_size]]
+        z = torch.stack([it["z"] for it in items]).to(device)
+        x = torch.stack([it["x"] for it in items]).to(device)
+        y = torch.stack([it["y"] for it in items]).to(device) if "y" in items[0] else None
+        if backbone.config["num_classes"] is None:
+            y = None
+        x_hat = generate(backbone, z, y, sigma_max=sigma_max, sigma_data=sigma_data).float().clamp(-1, 1)
+        if upsample_to is not None:
+            x_hat = torch.nn.functional.interpolate(x_hat, size=(upsample_to, upsample_to), mode="bicubic",
+                                                    align_corners=False).clamp(-1, 1)
+        out.append(psnr(x_hat, x).cpu())
+    backbone.train(was_training)
+    return torch.cat(out)
+
+
 def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5):
     cfg = backbone.config
     return {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,

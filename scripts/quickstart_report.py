@@ -22,7 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.evaluator import evaluate  # noqa: E402
 from pagoda import script_util  # noqa: E402
+from pagoda.generator import grow, reconstruction_psnr  # noqa: E402
 from pagoda.image_util import make_grid  # noqa: E402
+from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
+from pagoda.pair_datasets import PairDataset  # noqa: E402
 
 ROWS = [  # (label, samples folder, reference, how it samples)
     ("teacher (Heun)", "samples/teacher", "ref16.npz", "teacher"),
@@ -68,6 +71,39 @@ def measure_rows(run_dir, inception):
     return rows
 
 
+def reconstruction_rows(run_dir, num_pairs=256):
+    """PSNR of G(z_data) against the image paired with z_data (the first `num_pairs` encoded digits), for the
+    stage-2 and stage-3 generators at initialisation (teacher copy / grown stage-2 network) and after training,
+    plus, at stage 3's size, the stage-2 reconstructions up-sampled bicubically."""
+    rows = []
+    for stage in ("stage2", "stage3"):
+        with open(os.path.join(run_dir, stage, "config.json")) as f:
+            cfg = json.load(f)
+        trained_path = _sampling_stats(os.path.join(run_dir, "samples", stage), stage)["model"]
+        trained, _ = load_generator_or_teacher_backbone(trained_path)
+        init, _ = load_generator_or_teacher_backbone(cfg["init_from"])
+        size = trained.config["output_size"]
+        pairs = PairDataset(cfg["latent_dir"], image_size=size)
+        indices = list(range(min(num_pairs, len(pairs))))
+        kw = dict(sigma_max=cfg["sigma_max"], sigma_data=cfg["sigma_data"])
+        row = {"stage": stage, "resolution": size, "num_pairs": len(indices), "bicubic_db": None}
+        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the grown (function-preserving) init
+            row["bicubic_db"] = reconstruction_psnr(init, pairs, indices, upsample_to=size, **kw).mean().item()
+            init, _ = grow(init, factor=cfg["grow_factor"])
+        row["init_db"] = reconstruction_psnr(init, pairs, indices, **kw).mean().item()
+        row["trained_db"] = reconstruction_psnr(trained, pairs, indices, **kw).mean().item()
+        rows.append(row)
+    return rows
+
+
+def encoder_round_trip(run_dir):
+    path = os.path.join(run_dir, "latents", "verify.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _resolution(path):
     with np.load(path) as data:
         return int(data["arr_0"].shape[1])
@@ -96,7 +132,21 @@ def _fmt(v, digits=2):
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def markdown(rows, times, run_dir):
+def reconstruction_markdown(recon, verify):
+    lines = ["", "Reconstruction PSNR (dB) of G(z_data) against the real image paired with z_data "
+             f"({recon[0]['num_pairs']} encoded digits; higher is better):", "",
+             "| generator | resolution | at initialisation | trained | stage 2 + bicubic |", "|---|---|---|---|---|"]
+    names = {"stage2": "stage 2 (init: teacher copy)", "stage3": "stage 3 (init: grown stage 2)"}
+    for r in recon:
+        lines.append(f"| {names[r['stage']]} | {r['resolution']} px | {_fmt(r['init_db'])} | "
+                     f"{_fmt(r['trained_db'])} | {_fmt(r['bicubic_db'])} |")
+    if verify is not None:
+        lines += ["", f"Encoder round trip (decode of {verify['num_decoded']} latents with the teacher): PSNR mean "
+                  f"{verify['psnr_mean_db']:.2f} dB, min {verify['psnr_min_db']:.2f} dB."]
+    return lines
+
+
+def markdown(rows, times, run_dir, recon=(), verify=None):
     n = rows[0]["num_samples"]
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
              f"FID: ADM protocol, PyTorch FID Inception ({rows[0]['inception_weights']}), {n} samples vs "
@@ -108,6 +158,8 @@ def markdown(rows, times, run_dir):
         lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(r['fid'])} | "
                      f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['images_per_s'], 1)} |")
     speedup = _ratio(rows[1]["images_per_s"], rows[0]["images_per_s"])
+    if recon:
+        lines += reconstruction_markdown(recon, verify)
     lines += ["", f"One-step (stage 2) vs teacher sampling speed: {_fmt(speedup, 1)}x.", "",
               "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {s} | {_fmt(t, 0)} |" for s, t in times.items()]
@@ -176,9 +228,10 @@ def main(argv=None):
     script_util.handle_dry_run(args)
     start = time.time()
     rows = measure_rows(args.run_dir, args.inception or None)
+    recon, verify = reconstruction_rows(args.run_dir), encoder_round_trip(args.run_dir)
     _add_time(args.run_dir, "evaluation", time.time() - start)
     times = stage_times(args.run_dir)
-    text, speedup = markdown(rows, times, args.run_dir)
+    text, speedup = markdown(rows, times, args.run_dir, recon, verify)
     comparison_grid(args.run_dir, rows)
     for stage, keys in CURVES.items():
         progress = os.path.join(args.run_dir, stage, "progress.csv")
@@ -187,7 +240,8 @@ def main(argv=None):
     with open(os.path.join(args.run_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.run_dir, "report.json"), "w") as f:
-        json.dump({"rows": rows, "stage_seconds": times, "one_step_speedup": speedup}, f, indent=1)
+        json.dump({"rows": rows, "reconstruction": recon, "encoder_round_trip": verify, "stage_seconds": times,
+                   "one_step_speedup": speedup}, f, indent=1)
     print(text)
 
 

@@ -29,6 +29,13 @@ def test_fast_quickstart_report_structure(tmp_path):
     assert [r["nfe"] for r in report["rows"]] == [11, 1, 1, 1]
     for row in report["rows"][:3]:
         assert math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
+    recon = report["reconstruction"]
+    assert [(r["stage"], r["resolution"], r["num_pairs"]) for r in recon] == [("stage2", 16, 128), ("stage3", 32, 128)]
+    for r in recon:
+        assert all(math.isfinite(r[k]) for k in ("init_db", "trained_db")), r
+    assert recon[0]["bicubic_db"] is None and math.isfinite(recon[1]["bicubic_db"])
+    assert report["encoder_round_trip"]["num_decoded"] == 64
+    assert math.isfinite(report["encoder_round_trip"]["psnr_mean_db"])
     assert set(report["stage_seconds"]) == set(STAGES)
     assert all(v is not None and v > 0 for v in report["stage_seconds"].values())
     text = (run / "report.md").read_text()
