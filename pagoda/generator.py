@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from .image_util import psnr
 from .unet import UNetModel
 
 
@@ -64,8 +65,6 @@ def reconstruction_psnr(backbone, pairs, indices, *, sigma_max=80.0, sigma_data=
     `pairs` is a PairDataset (unflipped items are used). With `upsample_to`, G's output is first resized
     bicubically to that size: the baseline a grown generator has to beat on the same pairs.
     """
-    from .image_util import psnr
-
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
