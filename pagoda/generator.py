@@ -73,9 +73,7 @@ def reconstruction_psnr(backbone, pairs, indices, *, sigma_max=80.0, sigma_data=
         items = [pairs.load(i) for i in indices[start:start + batch_size]]
         z = torch.stack([it["z"] for it in items]).to(device)
         x = torch.stack([it["x"] for it in items]).to(device)
-        y = torch.stack([it["y"] for it in items]).to(device) if "y" in items[0] else None
-        if backbone.config["num_classes"] is None:
-            y = None
+        y = torch.stack([it["y"] for it in items]).to(device) if backbone.config["num_classes"] else None
         x_hat = generate(backbone, z, y, sigma_max=sigma_max, sigma_data=sigma_data).float().clamp(-1, 1)
         if upsample_to is not None:
             x_hat = torch.nn.functional.interpolate(x_hat, size=(upsample_to, upsample_to), mode="bicubic",

@@ -7,7 +7,8 @@
 Every image is encoded unflipped and flipped (--flips 0,1) by deterministic Heun from sigma_min up to sigma_max on
 the Karras grid (official: 40 points, 0.002..80, rho 7, denoised clamped to [-1,1]). One launch over N processes;
 the work is split by image index in fixed chunks, so a rerun after a crash finishes what is missing (and redoes a
-damaged chunk) without duplicating any id. --verify N decodes N latents back and reports reconstruction PSNR (also in verify.json).
+damaged chunk) without duplicating any id. --verify N decodes N latents back and reports reconstruction PSNR (also
+written to verify.json).
 """
 
 import json

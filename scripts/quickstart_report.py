@@ -87,7 +87,7 @@ def reconstruction_rows(run_dir, num_pairs=256):
         indices = list(range(min(num_pairs, len(pairs))))
         kw = dict(sigma_max=cfg["sigma_max"], sigma_data=cfg["sigma_data"])
         row = {"stage": stage, "resolution": size, "num_pairs": len(indices), "bicubic_db": None}
-        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the grown (function-preserving) init
+        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the freshly grown network
             row["bicubic_db"] = reconstruction_psnr(init, pairs, indices, upsample_to=size, **kw).mean().item()
             init, _ = grow(init, factor=cfg["grow_factor"])
         row["init_db"] = reconstruction_psnr(init, pairs, indices, **kw).mean().item()
