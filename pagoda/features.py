@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .unet import timestep_embedding
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -157,6 +159,55 @@ class ViTBackbone(PretrainedBackbone):
         return [readout(m) for readout, m in zip(self.readout, maps)]
 
 
+class TeacherEncoderBackbone(PretrainedBackbone):
+    """The stage-1 teacher's encoder as a feature network (as in latent adversarial diffusion distillation,
+    Sauer et al. 2024): the one network that knows the user's data and needs no download.
+
+    Images get Gaussian noise at `sigma` and go through the teacher's input blocks and middle block at that noise
+    level; the levels are the last encoder map of every resolution plus the middle block. The noise makes the
+    features those the teacher was trained on (it never saw clean inputs at sigma > 0) and hides detail below
+    that noise level, so D judges shapes rather than pixels. Labels: the null class if the teacher has one,
+    else the mean class embedding (feature networks see images only; D's heads are the class-conditional part).
+    """
+
+    def __init__(self, unet, *, sigma=0.5, sigma_data=0.5, null_class=None):
+        super().__init__(unet)
+        if not sigma > 0:
+            raise ValueError(f"the teacher's feature noise level must be positive, got sigma={sigma}")
+        self.sigma = float(sigma)
+        self.c_in = 1.0 / math.sqrt(self.sigma**2 + sigma_data**2)
+        self.null_class = null_class
+        # ADM encoder layout: a stem, then per level num_res_blocks blocks and (except the last) a down-sampler.
+        cfg = unet.config
+        per_level = cfg["num_res_blocks"] + 1
+        self.level_ends = [level * per_level + cfg["num_res_blocks"] for level in range(len(cfg["channel_mult"]))]
+        widths = [cfg["model_channels"] * m for m in cfg["channel_mult"]]
+        self.channels = widths + widths[-1:]
+
+    def _embedding(self, n, device):
+        unet = self.model
+        c_noise = torch.full((n,), 250.0 * math.log(self.sigma), device=device)
+        emb = unet.time_embed(timestep_embedding(c_noise, unet.model_channels))
+        if unet.num_classes is not None:
+            if self.null_class is not None:
+                emb = emb + unet.label_emb(torch.full((n,), self.null_class, device=device, dtype=torch.long))
+            else:
+                emb = emb + unet.label_emb.weight.mean(dim=0)
+        return emb
+
+    def forward(self, x):
+        unet = self.model
+        emb = self._embedding(x.shape[0], x.device).to(x.dtype)
+        h = (x + self.sigma * torch.randn_like(x)) * self.c_in
+        out = []
+        for i, block in enumerate(unet.input_blocks):
+            h = block(h, emb)
+            if i in self.level_ends:
+                out.append(h)
+        out.append(unet.middle_block(h, emb))
+        return out
+
+
 class FeatureNetwork(nn.Module):
     """Frozen feature network: resize + normalise, backbone levels, optional random projection.
 
@@ -206,11 +257,13 @@ RANDOM_NETWORKS = {
     "tiny": (32, (8, 16, 32, 64)),
 }
 TIMM_NETWORKS = ("deit_base_distilled_patch16_224", "tf_efficientnet_lite0")
-FEATURE_NETWORKS = tuple(RANDOM_NETWORKS) + TIMM_NETWORKS
+FEATURE_NETWORKS = tuple(RANDOM_NETWORKS) + TIMM_NETWORKS + ("teacher",)
 
 
-def create_feature_network(name, *, weights_path=None, seed=0, proj_channels=64, project=True):
-    """Build a frozen FeatureNetwork by name (see FEATURE_NETWORKS); all random layers come from `seed`."""
+def create_feature_network(name, *, weights_path=None, seed=0, proj_channels=64, project=True,
+                           teacher_sigma=0.5):
+    """Build a frozen FeatureNetwork by name (see FEATURE_NETWORKS); all random layers come from `seed`.
+    'teacher' reads the stage-1 teacher export at `weights_path` and noises its inputs at `teacher_sigma`."""
     generator = torch.Generator().manual_seed(seed)
     if name in RANDOM_NETWORKS:
         input_size, channels = RANDOM_NETWORKS[name]
@@ -219,6 +272,10 @@ def create_feature_network(name, *, weights_path=None, seed=0, proj_channels=64,
     elif name in TIMM_NETWORKS:
         backbone, mean, std = _timm_backbone(name, weights_path=weights_path, generator=generator)
         input_size, keep_native_from = 224, 256
+    elif name == "teacher":
+        backbone = _teacher_backbone(weights_path, sigma=teacher_sigma)
+        # Images of any size are resized to the teacher's; its features need no further projection.
+        input_size, mean, std, keep_native_from, project = backbone.model.image_size, HALF, HALF, None, False
     else:
         raise ValueError(f"unknown feature network {name!r}; choose one of {', '.join(FEATURE_NETWORKS)}")
     projection = None
@@ -228,6 +285,17 @@ def create_feature_network(name, *, weights_path=None, seed=0, proj_channels=64,
         name=name, backbone=backbone, input_size=input_size, mean=mean, std=std,
         keep_native_from=keep_native_from, projection=projection,
     )
+
+
+def _teacher_backbone(weights_path, *, sigma):
+    from .model_io import load_backbone
+
+    if weights_path is None:
+        raise ValueError("feature network 'teacher' needs the stage-1 teacher export as its weights path "
+                         "(--feature_weights <run_dir>/exports/denoiser_ema<rate>.pt)")
+    unet, side = load_backbone(str(weights_path), expect_kind="denoiser")
+    return TeacherEncoderBackbone(unet.requires_grad_(False), sigma=sigma,
+                                  sigma_data=side.get("sigma_data", 0.5), null_class=side.get("null_class"))
 
 
 def _timm_backbone(name, *, weights_path, generator):

@@ -36,7 +36,7 @@ GROUPS = {
     "loss": dict(recon_loss="feature", feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
                  discriminator_weight=0.2, adaptive_weight=True, separate_update=False, gan_loss="hinge",
                  r1_gamma=0.0, recon_discriminator=False, recon_discriminator_weight=0.5,
-                 translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0,
+                 translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0, teacher_feature_sigma=0.5,
                  sigma_max=80.0, sigma_data=0.5),
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
@@ -92,7 +92,8 @@ def feature_networks(args, seed):
         raise ValueError(f"--feature_weights has {len(args.feature_weights)} entries for "
                          f"{len(args.feature_networks)} --feature_networks")
     weights = list(args.feature_weights) + [None] * len(args.feature_networks)
-    return {name: create_feature_network(name, weights_path=w or None, seed=seed)
+    return {name: create_feature_network(name, weights_path=w or None, seed=seed,
+                                         teacher_sigma=args.teacher_feature_sigma)
             for name, w in zip(args.feature_networks, weights)}
 
 

@@ -163,3 +163,108 @@ def test_weights_found_in_local_hf_cache_without_download(tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     net = create_feature_network("tf_efficientnet_lite0")
     assert torch.equal(net.backbone.model.conv_stem.weight, saved["conv_stem.weight"])
+
+
+# ---- the stage-1 teacher's encoder as a feature network ----
+
+TEACHER_NET = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                   num_head_channels=32, num_classes=3)
+
+
+def _teacher_export(tmp_path, **overrides):
+    from pagoda import checkpoint
+    from pagoda.objectives import teacher_sidecar
+    from pagoda.unet import UNetModel
+
+    torch.manual_seed(0)
+    net = UNetModel(**{**TEACHER_NET, **overrides})
+    path = str(tmp_path / "teacher.pt")
+    checkpoint.export_network(net.state_dict(), teacher_sidecar(net, null_class=overrides.get("num_classes", 3) - 1),
+                              path)
+    return net, path
+
+
+def test_teacher_levels_are_the_teachers_own_encoder_activations(tmp_path):
+    """With the same noise, the levels equal the activations inside the teacher's forward at sigma with the null
+    class: the last encoder block of each resolution, then the middle block."""
+    unet, path = _teacher_export(tmp_path)
+    net = create_feature_network("teacher", weights_path=path)
+    backbone = net.backbone
+    assert backbone.level_ends == [1, 3] and net.channels == [32, 64, 64]
+    captured = {}
+    hooks = [unet.input_blocks[i].register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))
+             for i in (1, 3)]
+    hooks.append(unet.middle_block.register_forward_hook(lambda m, a, o: captured.__setitem__("mid", o)))
+    x = images(n=3, size=8)
+    torch.manual_seed(5)
+    levels = net(x)
+    torch.manual_seed(5)
+    noisy = (x + backbone.sigma * torch.randn_like(x)) * backbone.c_in
+    unet(noisy, backbone.sigma, torch.full((3,), 2))
+    for h in hooks:
+        h.remove()
+    for got, want in zip(levels, [captured[1], captured[3], captured["mid"]]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert [tuple(f.shape[-2:]) for f in levels] == [(8, 8), (4, 4), (4, 4)]
+    # any image size is resized to the teacher's
+    assert net.output_sizes(32) == [(8, 8), (4, 4), (4, 4)]
+
+
+def test_teacher_without_null_class_uses_the_mean_class_embedding(tmp_path):
+    from pagoda import checkpoint
+    from pagoda.objectives import teacher_sidecar
+    from pagoda.unet import UNetModel
+
+    torch.manual_seed(0)
+    unet = UNetModel(**TEACHER_NET)
+    path = str(tmp_path / "teacher.pt")
+    checkpoint.export_network(unet.state_dict(), teacher_sidecar(unet), path)
+    backbone = create_feature_network("teacher", weights_path=path).backbone
+    emb = backbone._embedding(2, "cpu")
+    c_noise = torch.full((2,), 250.0 * torch.tensor(backbone.sigma).log().item())
+    from pagoda.unet import timestep_embedding
+    want = unet.time_embed(timestep_embedding(c_noise, 32)) + unet.label_emb.weight.mean(0)
+    torch.testing.assert_close(emb, want)
+
+
+def test_teacher_features_pass_gradients_but_keep_weights_out_of_state_dict(tmp_path):
+    _, path = _teacher_export(tmp_path)
+    net = create_feature_network("teacher", weights_path=path)
+    assert not any(p.requires_grad for p in net.parameters())
+    assert net.state_dict() == {}  # the teacher comes from its export, not from every D checkpoint
+    x = images(n=2, size=16).requires_grad_(True)
+    sum(f.square().sum() for f in net(x)).backward()
+    assert x.grad.abs().sum() > 0
+    # a discriminator over it saves and restores its heads only
+    from pagoda.discriminator import ProjectedDiscriminator
+
+    d = ProjectedDiscriminator(feature_networks={"teacher": net}, image_size=16, num_classes=3)
+    state = d.state_dict()
+    assert state and not any(k.startswith("feature_networks.") for k in state)
+    d2 = ProjectedDiscriminator(feature_networks={"teacher": create_feature_network("teacher", weights_path=path)},
+                                image_size=16, num_classes=3)
+    d2.load_state_dict(state)
+
+
+def test_teacher_feature_network_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs the stage-1 teacher export"):
+        create_feature_network("teacher")
+    with pytest.raises(FileNotFoundError, match="denoiser checkpoint not found"):
+        create_feature_network("teacher", weights_path=str(tmp_path / "nope.pt"))
+    from pagoda import checkpoint
+    from pagoda.generator import generator_sidecar
+    from pagoda.unet import UNetModel
+
+    unet = UNetModel(**TEACHER_NET)
+    path = str(tmp_path / "gen.pt")
+    checkpoint.export_network(unet.state_dict(), generator_sidecar(unet), path)
+    with pytest.raises(ValueError, match="a 'denoiser' is needed"):
+        create_feature_network("teacher", weights_path=path)
+
+
+def test_teacher_feature_sigma_is_passed_and_validated(tmp_path):
+    _, path = _teacher_export(tmp_path)
+    backbone = create_feature_network("teacher", weights_path=path, teacher_sigma=0.1).backbone
+    assert backbone.sigma == 0.1 and backbone.c_in == pytest.approx(1 / (0.1**2 + 0.5**2) ** 0.5)
+    with pytest.raises(ValueError, match="must be positive, got sigma=0"):
+        create_feature_network("teacher", weights_path=path, teacher_sigma=0)
