@@ -7,6 +7,7 @@ missing chunks. The finished file is samples_<N>x<H>x<W>x3.npz with arr_0 (uint8
 """
 
 import glob
+import json
 import os
 import time
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from . import logger
+from .checkpoint import atomic_write_text
 from .image_util import save_grid, to_uint8
 from .random_util import StackedRandomGenerator
 from .sampling import euler_sample, heun_sample, karras_sigmas, stochastic_sample, classifier_free_guidance
@@ -78,6 +80,37 @@ class TeacherSampler:
         if self.sampler == "euler":
             return euler_sample(denoise, x, sigmas, y).clamp(-1, 1)
         return stochastic_sample(denoise, x, sigmas, y, randn_like=rng.randn_like, **self.churn).clamp(-1, 1)
+
+
+def model_identity(path):
+    """What a sample depends on besides the settings: the model file, by absolute path, size and modification
+    time (a re-export or retrained model changes them; hashing a 1 GB teacher on every rerun would not pay)."""
+    st = os.stat(path)
+    return {"model": os.path.abspath(path), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns}
+
+
+def claim_parts(out_dir, identity):
+    """Keep existing parts only if they were made from the same model and settings; otherwise delete them.
+
+    A rerun after retraining (or with another step count, seed or label mode) would otherwise complete the old
+    samples and report them as the new model's. Parts without a record (older runs) are not trusted either.
+    Call on one process, before sampling. Returns the number of parts deleted.
+    """
+    record = os.path.join(out_dir, "parts", "identity.json")
+    previous = None
+    if os.path.exists(record):
+        with open(record) as f:
+            previous = json.load(f)
+    stale = [] if previous == identity else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
+    if stale:
+        changed = sorted(k for k in identity if (previous or {}).get(k) != identity[k])
+        logger.log(f"{out_dir}: {len(stale)} sample parts were made from another model or settings "
+                   f"({', '.join(changed)} differ); making them again")
+        for path in stale:
+            os.remove(path)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    atomic_write_text(json.dumps(identity, indent=1, sort_keys=True), record)
+    return len(stale)
 
 
 def part_path(out_dir, c):

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pagoda import checkpoint, dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import MixedPrecision  # noqa: E402
 from pagoda.model_io import load_generator, load_teacher  # noqa: E402
-from pagoda.sample_util import GeneratorSampler, TeacherSampler, assemble, run_sampling  # noqa: E402
+from pagoda.sample_util import (GeneratorSampler, TeacherSampler, assemble, claim_parts, model_identity,  # noqa: E402
+                                run_sampling)
 
 GROUPS = {
     "model": dict(model="", kind="auto", precision="fp32"),
@@ -41,6 +42,13 @@ def build_sampler(args, device):
     raise ValueError(f"--kind must be auto, generator or denoiser, got {kind!r}")
 
 
+def sampling_identity(args):
+    """Everything the parts depend on (not num_samples or batch_size: chunks are per-sample seeded)."""
+    settings = {k: getattr(args, k) for group in ("model", "sampler") for k in GROUPS[group] if k != "model"}
+    settings.update(labels=args.labels, seed=args.seed, chunk_size=args.chunk_size)
+    return {**model_identity(args.model), **settings}
+
+
 def main(argv=None):
     parser = script_util.create_parser(GROUPS, description=__doc__)
     args = script_util.parse_args(parser, None, argv)
@@ -60,6 +68,9 @@ def main(argv=None):
         with mp.autocast():
             return sampler(rng, y).float()
 
+    if dist_util.is_main():
+        claim_parts(args.out_dir, sampling_identity(args))
+    dist_util.barrier()
     made, seconds = run_sampling(sample_fn, out_dir=args.out_dir, num_samples=args.num_samples,
                                  num_classes=num_classes, label_mode=args.labels, base_seed=args.seed,
                                  chunk_size=args.chunk_size, batch_size=args.batch_size,

@@ -84,6 +84,34 @@ def test_rerun_completes_missing_and_damaged_parts(tmp_path):
     assert np.array_equal(reference[0], again[0]) and np.array_equal(reference[1], again[1])
 
 
+def test_rerun_after_retraining_or_new_settings_remakes_the_parts(tmp_path):
+    """Parts of another model (same path, re-exported) or other settings are never completed and reported as the
+    new model's samples; the same model and settings keep them."""
+    model = _export(tmp_path, "teacher")
+    _sample(model, tmp_path / "s", "--num_steps", "3")
+    part = tmp_path / "s" / "parts" / "part_000000.npz"
+    kept = os.stat(part).st_mtime_ns
+    _sample(model, tmp_path / "s", "--num_steps", "3")
+    assert os.stat(part).st_mtime_ns == kept
+    first = _load(tmp_path / "s")[0]
+    out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
+    assert "3 sample parts were made from another model or settings (num_steps differ)" in out
+    _sample(model, tmp_path / "fresh4", "--num_steps", "4")
+    assert np.array_equal(_load(tmp_path / "s")[0], _load(tmp_path / "fresh4")[0])
+    assert not np.array_equal(first, _load(tmp_path / "s")[0])
+    # "retrain": a different network exported to the same path
+    torch.manual_seed(1)
+    net = UNetModel(**TINY)
+    for p in net.parameters():
+        if p.ndim > 1:
+            p.data.normal_(0, 0.05)
+    checkpoint.export_network(net.state_dict(), teacher_sidecar(net), model)
+    out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
+    assert "differ" in out and "model_" in out
+    _sample(model, tmp_path / "retrained", "--num_steps", "4")
+    assert np.array_equal(_load(tmp_path / "s")[0], _load(tmp_path / "retrained")[0])
+
+
 def test_labels_uniform_per_seed_and_balanced():
     uniform = sample_labels(range(100), num_classes=10, mode="uniform")
     assert torch.equal(uniform[5:10], sample_labels(range(5, 10), num_classes=10, mode="uniform"))
