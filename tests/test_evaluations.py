@@ -175,6 +175,22 @@ def test_pytorch_fid_and_torchscript_files_give_identical_features(tmp_path):
     assert a["spatial"].shape == (2, 2023)
 
 
+def test_loaded_inception_has_batchnorm_folded_into_its_convs(tmp_path):
+    """load_inception folds each frozen BatchNorm into its conv (a CPU speed-up): the features are the unfolded
+    network's to float rounding, and no BatchNorm layer is left."""
+    reference = random_inception(seed=4)
+    torch.save(reference.state_dict(), tmp_path / inception.PT_FID_FILENAME)
+    fused = load_inception(tmp_path / inception.PT_FID_FILENAME)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    images = _images(2, 9)
+    a, b = reference.eval()(images), fused(images)
+    for key in ("pool", "spatial", "logits"):
+        scale = a[key].abs().max()
+        assert (a[key] - b[key]).abs().max() <= 1e-5 * scale, key
+    fused.fuse_batchnorm()  # idempotent
+    assert torch.equal(fused(images)["pool"], b["pool"])
+
+
 def test_weight_search_order_and_missing_weights_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("PAGODA_INCEPTION", raising=False)
