@@ -103,9 +103,12 @@ def claim_parts(out_dir, identity):
             previous = json.load(f)
     stale = [] if previous == identity else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
     if stale:
-        changed = sorted(k for k in identity if (previous or {}).get(k) != identity[k])
-        logger.log(f"{out_dir}: {len(stale)} sample parts were made from another model or settings "
-                   f"({', '.join(changed)} differ); making them again")
+        if previous is None:
+            why = "have no record of the model and settings that made them"
+        else:
+            changed = sorted(k for k in identity if previous.get(k) != identity[k])
+            why = f"were made from another model or settings ({', '.join(changed)} differ)"
+        logger.log(f"{out_dir}: {len(stale)} sample parts {why}; making them again")
         for path in stale:
             os.remove(path)
     os.makedirs(os.path.dirname(record), exist_ok=True)
@@ -157,6 +160,14 @@ def _save_npz(path, **arrays):
     os.replace(tmp, path)
 
 
+def _same_npz(path, images, labels):
+    try:
+        with np.load(path) as data:
+            return np.array_equal(data["arr_0"], images) and np.array_equal(data["arr_1"], labels)
+    except Exception:  # missing or damaged
+        return False
+
+
 def assemble(out_dir, num_samples, chunk_size, *, grid_samples=64):
     """Concatenate the parts into samples_<N>x<H>x<W>x3.npz plus a PNG grid of the first samples."""
     parts = [part_path(out_dir, c) for c in range(-(-num_samples // chunk_size))]
@@ -171,6 +182,7 @@ def assemble(out_dir, num_samples, chunk_size, *, grid_samples=64):
     for stale in glob.glob(os.path.join(out_dir, "samples_*.npz")):
         if stale != path:
             os.remove(stale)
-    _save_npz(path, arr_0=images, arr_1=labels)
+    if not _same_npz(path, images, labels):  # an unchanged file keeps its mtime: the evaluator's cache stays valid
+        _save_npz(path, arr_0=images, arr_1=labels)
     save_grid(images[:grid_samples], os.path.join(out_dir, "grid.png"), scale=max(1, 128 // h))
     return path

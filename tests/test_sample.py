@@ -91,14 +91,20 @@ def test_rerun_after_retraining_or_new_settings_remakes_the_parts(tmp_path):
     _sample(model, tmp_path / "s", "--num_steps", "3")
     part = tmp_path / "s" / "parts" / "part_000000.npz"
     kept = os.stat(part).st_mtime_ns
+    samples = tmp_path / "s" / "samples_10x8x8x3.npz"
+    assembled = os.stat(samples).st_mtime_ns
     _sample(model, tmp_path / "s", "--num_steps", "3")
     assert os.stat(part).st_mtime_ns == kept
+    assert os.stat(samples).st_mtime_ns == assembled  # unchanged samples are not rewritten (evaluator cache)
     first = _load(tmp_path / "s")[0]
     out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
     assert "3 sample parts were made from another model or settings (num_steps differ)" in out
     _sample(model, tmp_path / "fresh4", "--num_steps", "4")
     assert np.array_equal(_load(tmp_path / "s")[0], _load(tmp_path / "fresh4")[0])
     assert not np.array_equal(first, _load(tmp_path / "s")[0])
+    os.remove(tmp_path / "s" / "parts" / "identity.json")  # parts of an older version, without a record
+    out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
+    assert "3 sample parts have no record of the model and settings that made them" in out
     # "retrain": a different network exported to the same path
     torch.manual_seed(1)
     net = UNetModel(**TINY)
