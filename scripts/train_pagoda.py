@@ -53,7 +53,8 @@ PRESETS = {
                     log_interval=50),
     "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, discriminator_weight=1.0,
                         lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
-                        total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200, log_interval=50),
+                        total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
+                        log_interval=50),
     # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
     "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
     "imagenet64to128": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, global_batch_size=256),
