@@ -91,8 +91,8 @@ class PaGoDAObjective(Objective):
 
     Generator phase: L = L_rec(G(z_data, y), x) + w_D * lambda * L_G(G(z ~ N(0, sigma_max^2), y)), lambda the
     adaptive weight at G's last ResBlock conv (or 1). Discriminator phase, on its own batch: the GAN loss on
-    reals vs fresh fakes, with the same DiffAugment parameters on both. Steps alternate G, D (`d_every`: one D
-    step after every `d_every` G steps). `separate_update` splits the G phase into a reconstruction update and
+    reals vs fresh fakes, with the same DiffAugment parameters on both. Steps alternate: even steps are G phases,
+    odd steps D phases, as in the official loop. `separate_update` splits the G phase into a reconstruction update and
     a GAN update (the official 256/512 setting). An optional `recon_discriminator` (the official 512 setting)
     separates reconstructions G(z_data) from reals; the generator then adds w_r * lambda_r * L_G(D_r(G(z_data)))
     with lambda_r the adaptive ratio against L_rec, and D_r updates right after every generator step.
