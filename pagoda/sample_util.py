@@ -97,10 +97,11 @@ def claim_parts(out_dir, identity):
     Call on one process, before sampling. Returns the number of parts deleted.
     """
     record = os.path.join(out_dir, "parts", "identity.json")
-    previous = None
-    if os.path.exists(record):
+    try:
         with open(record) as f:
             previous = json.load(f)
+    except (OSError, ValueError):  # no record, or a damaged one: the parts cannot be trusted
+        previous = None
     stale = [] if previous == identity else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
     if stale:
         if previous is None:

@@ -105,6 +105,9 @@ def test_rerun_after_retraining_or_new_settings_remakes_the_parts(tmp_path):
     os.remove(tmp_path / "s" / "parts" / "identity.json")  # parts of an older version, without a record
     out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
     assert "3 sample parts have no record of the model and settings that made them" in out
+    (tmp_path / "s" / "parts" / "identity.json").write_text("{ damaged")
+    out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
+    assert "3 sample parts have no record" in out
     # "retrain": a different network exported to the same path
     torch.manual_seed(1)
     net = UNetModel(**TINY)
