@@ -19,8 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .unet import timestep_embedding
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -186,8 +184,7 @@ class TeacherEncoderBackbone(PretrainedBackbone):
 
     def _embedding(self, n, device):
         unet = self.model
-        c_noise = torch.full((n,), 250.0 * math.log(self.sigma), device=device)
-        emb = unet.time_embed(timestep_embedding(c_noise, unet.model_channels))
+        emb = unet.noise_embedding(torch.full((n,), self.sigma, device=device))
         if unet.num_classes is not None:
             if self.null_class is not None:
                 emb = emb + unet.label_emb(torch.full((n,), self.null_class, device=device, dtype=torch.long))

@@ -328,6 +328,12 @@ class UNetModel(nn.Module):
         """Zero-initialised output conv of the last ResBlock, the layer PaGoDA's adaptive GAN weight uses."""
         return self.output_blocks[-1][0].out_layers[3]
 
+    def noise_embedding(self, sigma):
+        """The embedding of noise levels sigma (N,), before the class embedding is added."""
+        # Released-checkpoint convention: c_noise = 1000 * 0.25 * ln(sigma); the tiny offset keeps sigma=0 finite.
+        c_noise = 250.0 * torch.log(sigma + 1e-44)
+        return self.time_embed(timestep_embedding(c_noise, self.model_channels))
+
     def forward(self, x, sigma, y=None):
         """Raw output F for inputs x (already scaled by c_in), noise levels sigma ((N,) or scalar), labels y."""
         self._check_inputs(x, y)
@@ -336,9 +342,7 @@ class UNetModel(nn.Module):
             sigma = sigma.expand(x.shape[0])
         elif tuple(sigma.shape) != (x.shape[0],):
             raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},); got {tuple(sigma.shape)}")
-        # Released-checkpoint convention: c_noise = 1000 * 0.25 * ln(sigma); the tiny offset keeps sigma=0 finite.
-        c_noise = 250.0 * torch.log(sigma + 1e-44)
-        emb = self.time_embed(timestep_embedding(c_noise, self.model_channels))
+        emb = self.noise_embedding(sigma)
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         skips = []

@@ -4,7 +4,12 @@ from local weight files (never downloaded) and the missing-weights message."""
 import pytest
 import torch
 
+from pagoda import checkpoint
+from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import FeatureNetwork, create_feature_network
+from pagoda.generator import generator_sidecar
+from pagoda.objectives import teacher_sidecar
+from pagoda.unet import UNetModel
 
 TINY_PROJ = 8
 
@@ -171,16 +176,11 @@ TEACHER_NET = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res
                    num_head_channels=32, num_classes=3)
 
 
-def _teacher_export(tmp_path, **overrides):
-    from pagoda import checkpoint
-    from pagoda.objectives import teacher_sidecar
-    from pagoda.unet import UNetModel
-
+def _teacher_export(tmp_path, *, null_class=2):
     torch.manual_seed(0)
-    net = UNetModel(**{**TEACHER_NET, **overrides})
+    net = UNetModel(**TEACHER_NET)
     path = str(tmp_path / "teacher.pt")
-    checkpoint.export_network(net.state_dict(), teacher_sidecar(net, null_class=overrides.get("num_classes", 3) - 1),
-                              path)
+    checkpoint.export_network(net.state_dict(), teacher_sidecar(net, null_class=null_class), path)
     return net, path
 
 
@@ -211,20 +211,12 @@ def test_teacher_levels_are_the_teachers_own_encoder_activations(tmp_path):
 
 
 def test_teacher_without_null_class_uses_the_mean_class_embedding(tmp_path):
-    from pagoda import checkpoint
-    from pagoda.objectives import teacher_sidecar
-    from pagoda.unet import UNetModel
-
-    torch.manual_seed(0)
-    unet = UNetModel(**TEACHER_NET)
-    path = str(tmp_path / "teacher.pt")
-    checkpoint.export_network(unet.state_dict(), teacher_sidecar(unet), path)
+    """The embedding is the average over classes of the teacher's own (noise + class) embedding."""
+    unet, path = _teacher_export(tmp_path, null_class=None)
     backbone = create_feature_network("teacher", weights_path=path).backbone
-    emb = backbone._embedding(2, "cpu")
-    c_noise = torch.full((2,), 250.0 * torch.tensor(backbone.sigma).log().item())
-    from pagoda.unet import timestep_embedding
-    want = unet.time_embed(timestep_embedding(c_noise, 32)) + unet.label_emb.weight.mean(0)
-    torch.testing.assert_close(emb, want)
+    sigma = torch.full((3,), backbone.sigma)
+    per_class = unet.noise_embedding(sigma) + unet.label_emb(torch.arange(3))
+    torch.testing.assert_close(backbone._embedding(2, "cpu"), per_class.mean(0).expand(2, -1))
 
 
 def test_teacher_features_pass_gradients_but_keep_weights_out_of_state_dict(tmp_path):
@@ -236,14 +228,13 @@ def test_teacher_features_pass_gradients_but_keep_weights_out_of_state_dict(tmp_
     sum(f.square().sum() for f in net(x)).backward()
     assert x.grad.abs().sum() > 0
     # a discriminator over it saves and restores its heads only
-    from pagoda.discriminator import ProjectedDiscriminator
-
     d = ProjectedDiscriminator(feature_networks={"teacher": net}, image_size=16, num_classes=3)
     state = d.state_dict()
     assert state and not any(k.startswith("feature_networks.") for k in state)
     d2 = ProjectedDiscriminator(feature_networks={"teacher": create_feature_network("teacher", weights_path=path)},
                                 image_size=16, num_classes=3)
     d2.load_state_dict(state)
+    assert all(torch.equal(v, d2.state_dict()[k]) for k, v in state.items())
 
 
 def test_teacher_feature_network_errors(tmp_path):
@@ -251,10 +242,6 @@ def test_teacher_feature_network_errors(tmp_path):
         create_feature_network("teacher")
     with pytest.raises(FileNotFoundError, match="denoiser checkpoint not found"):
         create_feature_network("teacher", weights_path=str(tmp_path / "nope.pt"))
-    from pagoda import checkpoint
-    from pagoda.generator import generator_sidecar
-    from pagoda.unet import UNetModel
-
     unet = UNetModel(**TEACHER_NET)
     path = str(tmp_path / "gen.pt")
     checkpoint.export_network(unet.state_dict(), generator_sidecar(unet), path)
