@@ -12,6 +12,7 @@ import torch
 from . import logger
 from .image_util import psnr
 from .latent_store import num_chunks
+from .random_util import StackedRandomGenerator
 from .sampling import heun_decode, heun_invert
 
 
@@ -33,6 +34,20 @@ def pending_chunks(store, dataset, items, chunk_size, *, shard, num_shards, sett
     return todo
 
 
+def start_state(x, part, start_sigma):
+    """The encoder's starting point: clean x (official), or x + start_sigma * n with n seeded by each item's
+    (image index, flip), so reruns and any process count draw the same noise.
+
+    Clean images are the modes of p_sigma_min, and the PF-ODE takes modes to atypically small latents (on the
+    bundled digits, whose background is exactly -1, per-channel mean -14 and RMS 56 instead of 0 and 80). Starting
+    from a sample of p_start_sigma instead makes the latents of the data a sample of the prior.
+    """
+    if not start_sigma:
+        return x
+    seeds = [2 * int(i) + int(f) for i, f in part]
+    return x + start_sigma * StackedRandomGenerator(x.device, seeds).randn(x.shape, dtype=x.dtype)
+
+
 def _load_batch(dataset, part, device):
     rows = [dataset.load(i, flip=f) for i, f in part]
     x = torch.stack([r["x"] for r in rows]).to(device)
@@ -42,7 +57,7 @@ def _load_batch(dataset, part, device):
 
 @torch.no_grad()
 def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas, batch_size, clamp_denoised=True,
-                  dtype=np.float16, autocast=None, class_cond=True, progress=True, settings=None):
+                  dtype=np.float16, autocast=None, class_cond=True, progress=True, settings=None, start_sigma=0.0):
     """Encode `chunks` of `items` with the teacher and write them; returns the number of images encoded."""
     device = next(teacher.parameters()).device
     bar = logger.progress(total=sum(len(chunk_items(items, c, chunk_size)) for c in chunks), desc="encode",
@@ -53,6 +68,7 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
         latents = []
         for b in range(0, len(part), batch_size):
             x, y = _load_batch(dataset, part[b:b + batch_size], device)
+            x = start_state(x, part[b:b + batch_size], start_sigma)
             with autocast() if autocast else _null():
                 z = heun_invert(teacher, x, sigmas, y if class_cond else None, clamp_denoised=clamp_denoised)
             latents.append(z.float().cpu().numpy().astype(dtype))
@@ -68,14 +84,18 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
 
 
 @torch.no_grad()
-def verify_round_trip(teacher, dataset, store, index, keys, *, sigmas, clamp_denoised=True, class_cond=True):
-    """Decode stored latents back with the teacher; per-sample PSNR against the original images."""
+def verify_round_trip(teacher, dataset, store, index, keys, *, sigmas, clamp_denoised=True, class_cond=True,
+                      start_sigma=0.0):
+    """Decode stored latents back with the teacher; per-sample PSNR against the original images. Latents
+    encoded from noisy images (start_sigma > 0) are decoded to that noise level, then denoised once."""
     device = next(teacher.parameters()).device
     x, y = _load_batch(dataset, keys, device)
     z = torch.stack([torch.from_numpy(np.array(store.open_chunk(index[(dataset.ids[i], f)][0])
                                                [index[(dataset.ids[i], f)][1]])) for i, f in keys])
-    x_hat = heun_decode(teacher, z.float().to(device), sigmas, y if class_cond else None,
-                        clamp_denoised=clamp_denoised)
+    y = y if class_cond else None
+    x_hat = heun_decode(teacher, z.float().to(device), sigmas, y, clamp_denoised=clamp_denoised)
+    if start_sigma:
+        x_hat = teacher(x_hat, torch.full((len(x_hat),), float(sigmas[-2]), device=device), y)
     return psnr(x_hat.clamp(-1, 1), x)
 
 

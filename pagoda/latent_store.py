@@ -14,13 +14,26 @@ import os
 import zlib
 
 import numpy as np
+import torch
 
 from .checkpoint import atomic_write_text
 
 
-def work_items(num_images, flips):
+def image_subset(num_images, limit=0, *, seed=0):
+    """The image indices to encode: all of them, or `limit` of them drawn at random (seeded) and sorted.
+
+    Not the first `limit`: datasets are often stored class by class (the bundled digits, any ImageFolder tree),
+    and their first images are a few classes only.
+    """
+    if not limit or limit >= num_images:
+        return list(range(num_images))
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))[:limit]
+    return sorted(order.tolist())
+
+
+def work_items(indices, flips):
     """The global (image index, flip) list in its fixed order."""
-    return [(i, f) for i in range(num_images) for f in flips]
+    return [(i, f) for i in indices for f in flips]
 
 
 def num_chunks(num_items, chunk_size):
@@ -110,6 +123,10 @@ class LatentStore:
         data = np.load(os.path.join(self.folder, "index.npz"))
         return {(str(i), bool(f)): (int(c), int(r))
                 for i, f, c, r in zip(data["ids"], data["flips"], data["chunks"], data["rows"])}
+
+    def encoded_ids(self):
+        """The set of image ids with at least one latent."""
+        return set(str(i) for i in np.load(os.path.join(self.folder, "index.npz"))["ids"])
 
     def open_chunk(self, c):
         return np.load(self.npy_path(c), mmap_mode="r")

@@ -20,14 +20,14 @@ class PairDataset(torch.utils.data.Dataset):
         self.manifest = self.store.manifest()
         data_dir = data_dir or self.manifest["data_dir"]
         source = open_source(data_dir, on_error=on_error)
-        if len(source) < self.manifest["num_images"]:
+        made_from = self.manifest.get("source_images", self.manifest["num_images"])  # older folders: no key
+        if len(source) < made_from:
             raise ValueError(f"{data_dir} has {len(source)} images but the latents in {latent_dir} were made from "
-                             f"{self.manifest['num_images']}: wrong --data_dir?")
+                             f"a dataset of {made_from}: wrong --data_dir?")
         self.images = ImageDataset(source, image_size=image_size, shard=shard, num_shards=num_shards,
                                    on_error=on_error, cache=cache)
-        n = self.manifest["num_images"]
-        keep = [k for k, i in enumerate(self.images.indices) if i < n]  # the encoder may have used --limit
-        self.positions = keep
+        encoded = self.store.encoded_ids()  # the encoder may have used --limit: a subset of the images
+        self.positions = [k for k, image_id in enumerate(self.images.ids) if image_id in encoded]
         self.flips = [bool(f) for f in self.manifest["flips"]]
         self.random_flip = self.flips == [False, True]
         self._index = None

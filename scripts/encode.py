@@ -7,8 +7,11 @@
 Every image is encoded unflipped and flipped (--flips 0,1) by deterministic Heun from sigma_min up to sigma_max on
 the Karras grid (official: 40 points, 0.002..80, rho 7, denoised clamped to [-1,1]). One launch over N processes;
 the work is split by image index in fixed chunks, so a rerun after a crash finishes what is missing (and redoes a
-damaged chunk) without duplicating any id. --verify N decodes N latents back and reports reconstruction PSNR (also
-written to verify.json).
+damaged chunk) without duplicating any id. --limit N encodes N images drawn at random (seeded, so reruns agree)
+rather than the first N, which in a dataset stored class by class are a few classes only. --start_sigma S (not in
+the official code) climbs from x + S * n instead of clean x at sigma_min, n seeded per (image, flip): clean images
+are modes, and modes flow to atypically small latents (see pagoda/encoding.start_state). --verify N decodes N
+latents back and reports reconstruction PSNR (also written to verify.json).
 """
 
 import json
@@ -25,25 +28,26 @@ from pagoda.amp import MixedPrecision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
-from pagoda.latent_store import LatentStore, num_chunks, work_items  # noqa: E402
+from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
 from pagoda.model_io import load_teacher  # noqa: E402
 from pagoda.sampling import karras_sigmas  # noqa: E402
 
 GROUPS = {
     "data": dict(data_dir="bundled:mnist", image_size=0, flips=(0, 1), on_error="raise", limit=0),
     "teacher": dict(teacher="", num_steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0, clamp_denoised=True,
-                    precision="fp32"),
+                    start_sigma=0.0, precision="fp32"),
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
 }
 
 
-def manifest(args, teacher_side_image_size, num_images, chunks):
+def manifest(args, teacher_side_image_size, num_images, chunks, source_images):
     data_dir = os.path.abspath(args.data_dir) if os.path.exists(args.data_dir) else args.data_dir
     return {"teacher": os.path.abspath(args.teacher), "data_dir": data_dir, "image_size": teacher_side_image_size,
-            "flips": list(args.flips), "num_images": num_images, "num_chunks": chunks, "num_steps": args.num_steps,
+            "flips": list(args.flips), "num_images": num_images, "source_images": source_images,
+            "limit": args.limit, "num_chunks": chunks, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
-            "clamp_denoised": args.clamp_denoised, "storage": args.storage, "chunk_size": args.chunk_size,
-            "format": "pagoda-latents-v1"}
+            "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
+            "chunk_size": args.chunk_size, "format": "pagoda-latents-v1"}
 
 
 def encoding_settings(args, teacher):
@@ -51,8 +55,13 @@ def encoding_settings(args, teacher):
     stat = os.stat(args.teacher)
     return {"teacher": os.path.abspath(args.teacher), "teacher_bytes": stat.st_size, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
-            "clamp_denoised": args.clamp_denoised, "storage": args.storage, "precision": args.precision,
-            "teacher_image_size": teacher.backbone.config["image_size"]}
+            "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
+            "precision": args.precision, "teacher_image_size": teacher.backbone.config["image_size"]}
+
+
+def encoder_sigmas(args, device):
+    """The Karras grid the encoder climbs: from sigma_min (clean data, official) or from --start_sigma."""
+    return karras_sigmas(args.num_steps, args.start_sigma or args.sigma_min, args.sigma_max, args.rho, device=device)
 
 
 def main(argv=None):
@@ -70,21 +79,23 @@ def main(argv=None):
                          f"{teacher.backbone.config['image_size']}")
     dataset = ImageDataset(open_source(args.data_dir, on_error=args.on_error), image_size=image_size,
                            on_error=args.on_error)
-    n = min(len(dataset), args.limit) if args.limit else len(dataset)
-    items = work_items(n, [bool(f) for f in args.flips])
+    indices = image_subset(len(dataset), args.limit)
+    n = len(indices)
+    items = work_items(indices, [bool(f) for f in args.flips])
     store = LatentStore(args.out_dir)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     settings = encoding_settings(args, teacher)
     todo = pending_chunks(store, dataset, items, args.chunk_size, shard=rank, num_shards=world, settings=settings)
     logger.log(f"encoding {len(items)} (image, flip) items in {num_chunks(len(items), args.chunk_size)} chunks; "
                f"rank {rank}: {len(todo)} chunks to do")
-    sigmas = karras_sigmas(args.num_steps, args.sigma_min, args.sigma_max, args.rho, device=device)
+    sigmas = encoder_sigmas(args, device)
     mp = MixedPrecision(precision=args.precision, device=device)
     start = time.time()
     done = encode_chunks(teacher, dataset, store, items, todo, chunk_size=args.chunk_size, sigmas=sigmas,
                          batch_size=args.batch_size, clamp_denoised=args.clamp_denoised,
                          dtype=np.float16 if args.storage == "fp16" else np.float32, autocast=mp.autocast,
-                         class_cond=teacher.backbone.config["num_classes"] is not None, settings=settings)
+                         class_cond=teacher.backbone.config["num_classes"] is not None, settings=settings,
+                         start_sigma=args.start_sigma)
     elapsed = time.time() - start
     if done:
         logger.log(f"rank {rank}: encoded {done} images in {elapsed:.1f}s ({done / elapsed:.2f} img/s, "
@@ -103,13 +114,14 @@ def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
     if bad:
         raise RuntimeError(f"chunks {bad[:10]} are incomplete after encoding; rerun the same command")
     store.write_index(range(chunks))
-    store.write_manifest(manifest(args, image_size, n, chunks))
+    store.write_manifest(manifest(args, image_size, n, chunks, len(dataset)))
     logger.log(f"latents complete: {args.out_dir} ({len(items)} items)")
     if args.verify:
         keys = items[:args.verify]
         psnr = verify_round_trip(teacher, dataset, store, store.index(), keys, sigmas=sigmas,
                                  clamp_denoised=args.clamp_denoised,
-                                 class_cond=teacher.backbone.config["num_classes"] is not None)
+                                 class_cond=teacher.backbone.config["num_classes"] is not None,
+                                 start_sigma=args.start_sigma)
         logger.log(f"verify: decoded {len(keys)} latents; reconstruction PSNR mean {psnr.mean():.2f} dB, "
                    f"min {psnr.min():.2f} dB")
         result = {"num_decoded": len(keys), "psnr_mean_db": float(psnr.mean()), "psnr_min_db": float(psnr.min())}

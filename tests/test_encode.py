@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from pagoda import checkpoint
+from pagoda.encoding import start_state
 from pagoda.image_datasets import ImageDataset, infinite_batches, open_source
 from pagoda.image_util import psnr
-from pagoda.latent_store import LatentStore
+from pagoda.latent_store import LatentStore, image_subset
 from pagoda.model_io import load_teacher
 from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
+from pagoda.random_util import StackedRandomGenerator
 from pagoda.sampling import heun_decode, heun_invert, karras_sigmas
 from pagoda.unet import UNetModel
 
@@ -229,3 +231,73 @@ def test_stage2_runs_on_two_processes_with_identical_projections(tmp_path, job):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world size 2 | per-rank batch 2 | global batch 4" in out.stdout
     assert os.path.exists(tmp_path / "run" / "exports" / "generator_ema0.999.pt")
+
+
+def test_image_subset_is_a_seeded_sorted_draw():
+    assert image_subset(5) == image_subset(5, 0) == image_subset(5, 9) == [0, 1, 2, 3, 4]
+    subset = image_subset(1000, 100)
+    assert subset == sorted(set(subset)) and len(subset) == 100 and subset == image_subset(1000, 100)
+    assert subset != list(range(100)) and subset != image_subset(1000, 100, seed=1)
+    assert max(subset) > 900  # spread over the whole dataset, not its head
+
+
+def test_limit_draws_from_every_class_of_a_class_sorted_dataset(tmp_path, job):
+    """--limit on a dataset stored class by class: the first 6 images would be classes 0 and 1 only."""
+    teacher, _ = job
+    rng = np.random.RandomState(1)
+    data = str(tmp_path / "sorted.npz")
+    np.savez(data, arr_0=rng.randint(0, 256, (12, 12, 12, 3)).astype(np.uint8), arr_1=np.repeat(np.arange(4), 3))
+    _encode(tmp_path / "z", teacher, data, "--limit", "6", "--flips", "0", "--storage", "fp32")
+    manifest = LatentStore(str(tmp_path / "z")).manifest()
+    assert manifest["num_images"] == 6 and manifest["source_images"] == 12 and manifest["limit"] == 6
+    images = ImageDataset(open_source(data), image_size=8)
+    pairs = PairDataset(str(tmp_path / "z"), image_size=8)
+    chosen = image_subset(12, 6)
+    assert pairs.ids == [images.ids[i] for i in chosen] and len(pairs) == 6
+    assert len({images.labels[i] for i in chosen}) >= 3
+    sigmas, net = karras_sigmas(6), load_teacher(teacher)
+    for k, i in enumerate(chosen):  # each kept pair is its own image with its own latent
+        item, ref = pairs.load(k), images.load(i)
+        assert torch.equal(item["x"], ref["x"]) and item["y"] == ref["y"]
+        z = heun_invert(net, ref["x"][None], sigmas, ref["y"][None])[0]
+        torch.testing.assert_close(item["z"], z, rtol=1e-3, atol=1e-3)
+
+
+def test_start_noise_makes_point_mass_latents_prior_samples():
+    """Data that is one point c has the exact denoiser D = c and the PF-ODE x(sigma) = c + sigma * n. Started at
+    clean c, the encoder stays at c (the mode problem, in the extreme); started at c + s * n, it lands on
+    c + sigma_max * n, a sample of the prior, with n drawn from each item's own (image index, flip) seed."""
+    c = torch.full((3, 3, 4, 4), 0.3)
+
+    def point_mass(x, sigma, y=None):
+        return c[:len(x)].clone()
+
+    part = [(4, False), (4, True), (7, False)]
+    clean = heun_invert(point_mass, start_state(c, part, 0.0), karras_sigmas(6))
+    torch.testing.assert_close(clean, c)
+    z = heun_invert(point_mass, start_state(c, part, 0.05), karras_sigmas(6, sigma_min=0.05))
+    n = StackedRandomGenerator("cpu", [8, 9, 14]).randn((3, 3, 4, 4))
+    torch.testing.assert_close(z, c + 80 * n, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(start_state(c[:1], [(7, False)], 0.05), start_state(c, part, 0.05)[2:])
+
+
+def test_start_sigma_latents_invert_their_noisy_image(tmp_path, job):
+    teacher_path, data = job
+    _encode(tmp_path / "z", teacher_path, data, "--storage", "fp32", "--start_sigma", "0.05", "--verify", "2")
+    teacher, pairs = load_teacher(teacher_path), PairDataset(str(tmp_path / "z"), image_size=8)
+    sigmas = karras_sigmas(6, sigma_min=0.05)
+    for i, flip in [(2, False), (9, True)]:
+        item = pairs.load(i, flip=flip)
+        x = item["x"][None] + 0.05 * StackedRandomGenerator("cpu", [2 * i + flip]).randn((1, 3, 8, 8))
+        z = heun_invert(teacher, x, sigmas, item["y"][None])[0]
+        torch.testing.assert_close(item["z"], z, rtol=1e-3, atol=1e-3)
+    assert LatentStore(str(tmp_path / "z")).manifest()["start_sigma"] == 0.05
+    # verify decodes down to start_sigma, then denoises once
+    items = [pairs.load(0, flip=f) for f in (False, True)]
+    x, z, y = (torch.stack([it[k] for it in items]) for k in ("x", "z", "y"))
+    decoded = teacher(heun_decode(teacher, z, sigmas, y, clamp_denoised=True), torch.full((2,), 0.05), y)
+    verify = json.loads((tmp_path / "z" / "verify.json").read_text())
+    assert verify["num_decoded"] == 2
+    assert verify["psnr_mean_db"] == pytest.approx(psnr(decoded.clamp(-1, 1), x).mean().item(), abs=1e-3)
+    out = _encode(tmp_path / "z", teacher_path, data, "--storage", "fp32")
+    assert "written with other settings (start_sigma)" in out.stdout
