@@ -12,10 +12,12 @@ import csv
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,8 +26,10 @@ from evaluations.evaluator import evaluate  # noqa: E402
 from pagoda import script_util  # noqa: E402
 from pagoda.generator import grow, reconstruction_psnr  # noqa: E402
 from pagoda.image_util import make_grid  # noqa: E402
-from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
+from pagoda.model_io import load_generator, load_generator_or_teacher_backbone, load_teacher  # noqa: E402
 from pagoda.pair_datasets import PairDataset  # noqa: E402
+from pagoda.random_util import StackedRandomGenerator  # noqa: E402
+from pagoda.sample_util import GeneratorSampler, TeacherSampler  # noqa: E402
 
 ROWS = [  # (label, samples folder, reference, how it samples)
     ("teacher (Heun)", "samples/teacher", "ref16.npz", "teacher"),
@@ -96,6 +100,30 @@ def reconstruction_rows(run_dir, num_pairs=256):
     return rows
 
 
+def side_by_side_speed(run_dir, *, batch=50, rounds=3):
+    """Images/s of the teacher (its quickstart Heun settings) and of the stage-2 generator, timed alternately in
+    this one process on the same seeds and labels; medians over `rounds` after a warm-up call of each. The per-model
+    rates in the table come from separate sampling processes and drift with the machine's load."""
+    with open(os.path.join(run_dir, "samples", "teacher", "parts", "identity.json")) as f:
+        settings = json.load(f)
+    samplers = {"teacher": TeacherSampler(load_teacher(settings["model"]), sampler=settings["sampler"],
+                                          num_steps=settings["num_steps"], rho=settings["rho"]),
+                "stage2": GeneratorSampler(load_generator(_sampling_stats(
+                    os.path.join(run_dir, "samples", "stage2"), "stage2")["model"]).eval())}
+    rng, y = StackedRandomGenerator("cpu", list(range(batch))), torch.arange(batch) % 10
+    seconds = {name: [] for name in samplers}
+    for r in range(rounds + 1):
+        for name, sampler in samplers.items():
+            start = time.perf_counter()
+            sampler(rng, y)
+            if r:  # round 0 warms up
+                seconds[name].append(time.perf_counter() - start)
+    rates = {name: batch / statistics.median(t) for name, t in seconds.items()}
+    return {"batch": batch, "rounds": rounds, "teacher_nfe": samplers["teacher"].nfe,
+            "teacher_images_per_s": rates["teacher"], "stage2_images_per_s": rates["stage2"],
+            "ratio": rates["stage2"] / rates["teacher"]}
+
+
 def encoder_round_trip(run_dir):
     path = os.path.join(run_dir, "latents", "verify.json")
     if not os.path.exists(path):
@@ -146,7 +174,7 @@ def reconstruction_markdown(recon, verify):
     return lines
 
 
-def markdown(rows, times, run_dir, recon=(), verify=None):
+def markdown(rows, times, run_dir, recon=(), verify=None, speed=None):
     n = rows[0]["num_samples"]
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
              f"FID: ADM protocol, PyTorch FID Inception ({rows[0]['inception_weights']}), {n} samples vs "
@@ -160,8 +188,13 @@ def markdown(rows, times, run_dir, recon=(), verify=None):
     speedup = _ratio(rows[1]["images_per_s"], rows[0]["images_per_s"])
     if recon:
         lines += reconstruction_markdown(recon, verify)
-    lines += ["", f"One-step (stage 2) vs teacher sampling speed: {_fmt(speedup, 1)}x.", "",
-              "| stage | wall time (s) |", "|---|---|"]
+    lines += ["", f"One-step (stage 2) vs teacher sampling speed: {_fmt(speedup, 1)}x in the sampling runs above"]
+    if speed is not None:
+        lines[-1] += (f"; {speed['ratio']:.1f}x timed side by side in one process ({speed['batch']} images per call, "
+                      f"median of {speed['rounds']}: {speed['stage2_images_per_s']:.1f} vs "
+                      f"{speed['teacher_images_per_s']:.2f} images/s at {speed['teacher_nfe']} NFE)")
+    lines[-1] += "."
+    lines += ["", "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {s} | {_fmt(t, 0)} |" for s, t in times.items()]
     total = sum(t for t in times.values() if t)
     lines += [f"| **total** | {total:.0f} |", "",
@@ -222,16 +255,17 @@ def plot_curves(progress_csv, keys, path, title, size=(480, 300)):
 
 
 def main(argv=None):
-    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="")},
+    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50)},
                                        description=__doc__)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     start = time.time()
     rows = measure_rows(args.run_dir, args.inception or None)
     recon, verify = reconstruction_rows(args.run_dir), encoder_round_trip(args.run_dir)
+    speed = side_by_side_speed(args.run_dir, batch=args.speed_batch)
     _add_time(args.run_dir, "evaluation", time.time() - start)
     times = stage_times(args.run_dir)
-    text, speedup = markdown(rows, times, args.run_dir, recon, verify)
+    text, speedup = markdown(rows, times, args.run_dir, recon, verify, speed)
     comparison_grid(args.run_dir, rows)
     for stage, keys in CURVES.items():
         progress = os.path.join(args.run_dir, stage, "progress.csv")
@@ -241,7 +275,7 @@ def main(argv=None):
         f.write(text)
     with open(os.path.join(args.run_dir, "report.json"), "w") as f:
         json.dump({"rows": rows, "reconstruction": recon, "encoder_round_trip": verify, "stage_seconds": times,
-                   "one_step_speedup": speedup}, f, indent=1)
+                   "one_step_speedup": speedup, "side_by_side_speed": speed}, f, indent=1)
     print(text)
 
 

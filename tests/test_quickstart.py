@@ -36,10 +36,13 @@ def test_fast_quickstart_report_structure(tmp_path):
     assert recon[0]["bicubic_db"] is None and math.isfinite(recon[1]["bicubic_db"])
     assert report["encoder_round_trip"]["num_decoded"] == 64
     assert math.isfinite(report["encoder_round_trip"]["psnr_mean_db"])
+    speed = report["side_by_side_speed"]
+    assert speed["batch"] == 16 and speed["teacher_nfe"] == 11 and math.isfinite(speed["ratio"])
+    assert speed["ratio"] == pytest.approx(speed["stage2_images_per_s"] / speed["teacher_images_per_s"])
     assert set(report["stage_seconds"]) == set(STAGES)
     assert all(v is not None and v > 0 for v in report["stage_seconds"].values())
     text = (run / "report.md").read_text()
-    assert all(m in text for m in MODELS) and "| **total** |" in text
+    assert all(m in text for m in MODELS) and "| **total** |" in text and "timed side by side" in text
     for name in ("comparison.png", "loss_teacher.png", "loss_stage2.png", "loss_stage3.png"):
         assert (run / name).stat().st_size > 0
     assert "| teacher (Heun) |" in out.stdout  # the report is printed at the end
