@@ -24,7 +24,7 @@ def test_fast_quickstart_report_structure(tmp_path):
     assert [r["model"] for r in report["rows"]] == MODELS
     for row in report["rows"]:
         assert math.isfinite(row["fid"]) and row["fid"] >= 0, row
-        assert row["num_samples"] == 32
+        assert row["num_samples"] == 16
     assert [r["resolution"] for r in report["rows"]] == [16, 16, 32, 32]
     assert [r["nfe"] for r in report["rows"]] == [11, 1, 1, 1]
     for row in report["rows"][:3]:
