@@ -106,10 +106,10 @@ def side_by_side_speed(run_dir, *, batch=50, rounds=3):
     rates in the table come from separate sampling processes and drift with the machine's load."""
     with open(os.path.join(run_dir, "samples", "teacher", "parts", "identity.json")) as f:
         settings = json.load(f)
+    generator_path = _sampling_stats(os.path.join(run_dir, "samples", "stage2"), "stage2")["model"]
     samplers = {"teacher": TeacherSampler(load_teacher(settings["model"]), sampler=settings["sampler"],
                                           num_steps=settings["num_steps"], rho=settings["rho"]),
-                "stage2": GeneratorSampler(load_generator(_sampling_stats(
-                    os.path.join(run_dir, "samples", "stage2"), "stage2")["model"]).eval())}
+                "stage2": GeneratorSampler(load_generator(generator_path))}  # loaders return eval-mode networks
     rng, y = StackedRandomGenerator("cpu", list(range(batch))), torch.arange(batch) % 10
     seconds = {name: [] for name in samplers}
     for r in range(rounds + 1):
