@@ -240,6 +240,11 @@ class FIDInceptionV3(nn.Module):
                 module.fuse_batchnorm()
         return self
 
+    def prepare_for_inference(self):
+        """Fold the BatchNorms and store the conv weights channels-last, which oneDNN runs 1.3x faster on CPU
+        (bench/fid.py prints the ratio); activations follow the weights' layout. Same features to float rounding."""
+        return self.fuse_batchnorm().to(memory_format=torch.channels_last)
+
     def logits_from_pool(self, pool):
         """ADM's IS logits: the classifier weight without its bias (see the module docstring)."""
         if self.fc is None:
@@ -392,7 +397,7 @@ def load_inception(path=None, device="cpu"):
     model = FIDInceptionV3(with_logits="fc.weight" in state)
     model.load_state_dict(state, strict=True)
     model.weights_id = f"{fmt}:{found.name}:{found.stat().st_size}"
-    return model.eval().requires_grad_(False).fuse_batchnorm().to(device)
+    return model.eval().requires_grad_(False).prepare_for_inference().to(device)
 
 
 def random_inception(*, seed=0, with_logits=True, input_size=INCEPTION_SIZE, device="cpu"):

@@ -176,12 +176,15 @@ def test_pytorch_fid_and_torchscript_files_give_identical_features(tmp_path):
 
 
 def test_loaded_inception_has_batchnorm_folded_into_its_convs(tmp_path):
-    """load_inception folds each frozen BatchNorm into its conv (a CPU speed-up): the features are the unfolded
-    network's to float rounding, and no BatchNorm layer is left."""
+    """load_inception folds each frozen BatchNorm into its conv and stores the convs channels-last (CPU speed-ups):
+    the features are the plain network's to float rounding, and no BatchNorm layer is left."""
     reference = random_inception(seed=4)
     torch.save(reference.state_dict(), tmp_path / inception.PT_FID_FILENAME)
     fused = load_inception(tmp_path / inception.PT_FID_FILENAME)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    convs = [m.weight for m in fused.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not any(w.is_contiguous() for w in convs if w[0, 0].numel() > 1)  # 1x1 kernels are both layouts
     images = _images(2, 9)
     a, b = reference.eval()(images), fused(images)
     for key in ("pool", "spatial", "logits"):
