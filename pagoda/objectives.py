@@ -82,6 +82,21 @@ def _no_param_grads(module):
             p.requires_grad_(True)
 
 
+def _through_output(loss, x):
+    """Per-sample `loss` (a function of the generator output `x` through augmentation and a discriminator) as a
+    surrogate with the same values and the same gradient with respect to x, and so to every generator weight, whose
+    graph ends at x. The discriminator is backpropagated once, here, instead of once for the adaptive weight's
+    ||dL/dW|| and again in the final backward. The saving is that of one discriminator backward per generator step:
+    large with the ImageNet feature networks, about 3% of a step on the bundled recipe's small random-conv D.
+    Not under fp16 autocast: there this backward must stay inside the loss-scaled one, or its gradients underflow."""
+    fp16 = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.float16
+    if fp16 or not loss.requires_grad:
+        return loss
+    (grad,) = torch.autograd.grad(loss.float().sum(), x)
+    inner = (x * grad).flatten(1).sum(1)  # d(sum_i inner_i)/dx = grad, and inner_i depends on sample i only
+    return inner - inner.detach() + loss.detach()
+
+
 GAN_LOSSES = {"hinge": (hinge_g_loss, hinge_d_loss), "nonsaturating": (nonsaturating_g_loss, nonsaturating_d_loss)}
 
 
@@ -157,7 +172,7 @@ class PaGoDAObjective(Objective):
             if self.recon_discriminator is not None:
                 with _no_param_grads(self.recon_discriminator):
                     (rec_aug,) = self.augment(x_rec, generator=generator)
-                    recon_gan = self.g_loss(self.recon_discriminator(rec_aug, y))
+                    recon_gan = _through_output(self.g_loss(self.recon_discriminator(rec_aug, y)), x_rec)
                 lam_r = adaptive_weight(rec, recon_gan, last)
                 terms.update(recon_gan=recon_gan.detach(), recon_adaptive_weight=lam_r.expand(n))
                 loss = loss + self.w_r * lam_r * recon_gan
@@ -165,7 +180,7 @@ class PaGoDAObjective(Objective):
             x_fake = out[-n:]
             with _no_param_grads(self.discriminator):
                 (fake_aug,) = self.augment(x_fake, generator=generator)
-                gan = self.g_loss(self.discriminator(fake_aug, y))
+                gan = _through_output(self.g_loss(self.discriminator(fake_aug, y)), x_fake)
             lam = self._lambda(rec if want_rec else None, gan, last)
             terms.update(gan=gan.detach(), adaptive_weight=lam.expand(n))
             loss = loss + self.w_D * lam * gan

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from pagoda import logger
+from pagoda import logger, objectives
 from pagoda.diffaug import DiffAugment
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import create_feature_network
@@ -231,3 +231,40 @@ def test_generator_loss_adds_the_weighted_recon_gan_term():
                        generator=torch.Generator().manual_seed(1))
     lam, lam_r = terms["adaptive_weight"][0], terms["recon_adaptive_weight"][0]
     torch.testing.assert_close(terms["loss"], terms["rec"] + 0.2 * lam * terms["gan"] + 0.5 * lam_r * terms["recon_gan"])
+
+
+@pytest.mark.parametrize("with_recon_d", [False, True])
+def test_gan_terms_backpropagate_the_discriminator_once_with_the_same_generator_gradients(monkeypatch, with_recon_d):
+    """The GAN terms reach G through a surrogate whose graph ends at G's output (objectives._through_output): the
+    loss terms, the adaptive weights and every generator gradient are those of the plain graph (here: the surrogate
+    patched out), and no discriminator weight gets a gradient. D has BatchNorm, so samples interact through it."""
+    def run():
+        kw = dict(discriminator_weight=0.2)
+        obj = _with_recon_d(**kw) if with_recon_d else _objective(_backbone(), **kw)
+        terms = obj.losses("generator", {"generator": obj.generator}, next(_data()(0)), step=0,
+                           generator=torch.Generator().manual_seed(1))
+        terms["loss"].mean().backward()
+        discriminators = [obj.discriminator] + ([obj.recon_discriminator] if with_recon_d else [])
+        assert all(p.grad is None for d in discriminators for p in d.parameters())
+        return terms, {k: p.grad for k, p in obj.generator.named_parameters()}
+
+    terms, grads = run()
+    monkeypatch.setattr(objectives, "_through_output", lambda loss, x: loss)
+    plain_terms, plain_grads = run()
+    keys = ("loss", "rec", "gan", "adaptive_weight") + (("recon_gan", "recon_adaptive_weight") if with_recon_d else ())
+    for key in keys:
+        torch.testing.assert_close(terms[key], plain_terms[key], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_gan_surrogate_is_off_under_fp16_autocast():
+    x = torch.randn(3, 2, requires_grad=True)
+    loss = (x ** 3).sum(1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert objectives._through_output(loss, x) is loss
+    surrogate = objectives._through_output(loss, x)
+    torch.testing.assert_close(surrogate, loss.detach())
+    (grad,) = torch.autograd.grad(surrogate.sum(), x)
+    torch.testing.assert_close(grad, 3 * x.detach() ** 2)
