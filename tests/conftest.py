@@ -4,7 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# The suite is CPU-only by design: golden values, bit-exact reruns, and scripts run in subprocesses compared with
+# in-process results. On a GPU node those scripts would pick CUDA and no longer match, so the GPUs are hidden from
+# this process and from everything it starts (before torch initialises CUDA).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMPAT = Path(os.environ.get("PAGODA_COMPAT", REPO.parent / "shared" / "compat"))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pagoda.pair_datasets import PairDataset
 from pagoda.random_util import StackedRandomGenerator
 from pagoda.sampling import heun_decode, heun_invert, karras_sigmas
 from pagoda.unet import UNetModel
+
+from tests.helpers.launch import mpiexec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODE = os.path.join(REPO, "scripts", "encode.py")
@@ -51,7 +52,7 @@ def _encode(out_dir, teacher, data, *extra, nproc=1, check=True, wait=True):
     cmd = [sys.executable, ENCODE, "--teacher", teacher, "--data_dir", data, "--out_dir", str(out_dir),
            "--num_steps", "6", "--chunk_size", "4", "--batch_size", "2", *extra]
     if nproc > 1:
-        cmd = [shutil.which("mpiexec", path=os.path.dirname(sys.executable)), "-n", str(nproc), *cmd]
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -222,7 +223,7 @@ def test_stage2_runs_on_two_processes_with_identical_projections(tmp_path, job):
     the frozen random projections, exports."""
     teacher, data = job
     _encode(tmp_path / "z", teacher, data)
-    cmd = [shutil.which("mpiexec", path=os.path.dirname(sys.executable)), "-n", "2", sys.executable,
+    cmd = [mpiexec(), "-n", "2", sys.executable,
            os.path.join(REPO, "scripts", "train_pagoda.py"), "--init_from", teacher, "--latent_dir", str(tmp_path / "z"),
            "--run_dir", str(tmp_path / "run"), "--feature_networks", "tiny", "--global_batch_size", "4",
            "--total_steps", "4", "--save_interval", "2", "--log_interval", "2", "--preview_interval", "4",

@@ -1,7 +1,6 @@
 """The sampling job: identical output for any process count / batch size, resumable, ADM format, labels."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,6 +13,8 @@ from pagoda.generator import generator_sidecar
 from pagoda.objectives import teacher_sidecar
 from pagoda.sample_util import sample_labels
 from pagoda.unet import UNetModel
+
+from tests.helpers.launch import mpiexec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "scripts", "sample.py")
@@ -37,7 +38,7 @@ def _sample(model, out, *extra, nproc=1):
     cmd = [sys.executable, SAMPLE, "--model", model, "--out_dir", str(out), "--num_samples", "10",
            "--chunk_size", "4", *extra]
     if nproc > 1:
-        cmd = [shutil.which("mpiexec", path=os.path.dirname(sys.executable)), "-n", str(nproc), *cmd]
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 

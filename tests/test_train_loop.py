@@ -1,7 +1,6 @@
 """The training loop: microbatching, multi-process equivalence, exact resume after SIGKILL, EMA, exports."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import torch
 from pagoda import checkpoint, logger
 from pagoda.train_util import OptimSpec, TrainLoop
 from tests.helpers.toy import ToyObjective, toy_data
+from tests.helpers.launch import mpiexec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
@@ -86,10 +86,7 @@ def _run_toy(run_dir, steps, *extra, nproc=1, check=True, launcher="mpiexec"):
     if nproc > 1 and launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *cmd[1:]]
     elif nproc > 1:
-        mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
-        if mpiexec is None:
-            pytest.fail("mpiexec not found: install the `mpich` PyPI package (it is in requirements.txt)")
-        cmd = [mpiexec, "-n", str(nproc), *cmd]
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=check)
 
@@ -159,8 +156,7 @@ def test_crashed_rank_ends_the_job(tmp_path):
         "dist_util.setup_dist()\n"
         "if dist_util.get_rank() == 1:\n    raise RuntimeError('rank 1 dies')\n"
         "dist_util.barrier()\ntime.sleep(60)\n" % REPO)
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
     assert "rank 1 dies" in proc.stderr
@@ -176,10 +172,9 @@ def test_rank_consistency_check_catches_unseeded_projections(tmp_path):
         "seed = 0 if sys.argv[1] == 'same' else dist_util.get_rank()\n"
         "dist_util.check_same_across_ranks(create_feature_network('tiny', seed=seed), what='projections')\n"
         "print('consistent')\n" % REPO)
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-    same = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script), "same"], capture_output=True, text=True,
+    same = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "same"], capture_output=True, text=True,
                           timeout=120)
     assert same.returncode == 0 and same.stdout.count("consistent") == 2
-    differ = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script), "differ"], capture_output=True,
+    differ = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "differ"], capture_output=True,
                             text=True, timeout=120)
     assert differ.returncode != 0 and "projections differ between rank 0 and ranks [1]" in differ.stderr
