@@ -3,9 +3,9 @@
     python bench/fid.py [--num_images 32] [--batch 8] [--image_size 64] [--dim 2048] [--device cpu]
 
 Feature extraction uses random weights (the speed does not depend on them) at the real 299 px input, timed for the
-network as the evaluator prepares it (BatchNorm folded, channels-last) and, one after the other, as plain modules. The Frechet
-distance is timed in the eigenvalue form used by the evaluator and in the scipy.linalg.sqrtm form of the TF / ADM
-code, on the same full-rank covariances, and the ratio of the two is printed.
+network as the evaluator prepares it (BatchNorm folded, channels-last) and, one after the other, as plain modules.
+The Frechet distance is timed in the eigenvalue form used by the evaluator and in the scipy.linalg.sqrtm form of
+the TF / ADM code, on the same full-rank covariances, and the ratio of the two is printed.
 """
 
 import argparse
