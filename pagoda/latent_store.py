@@ -124,9 +124,5 @@ class LatentStore:
         return {(str(i), bool(f)): (int(c), int(r))
                 for i, f, c, r in zip(data["ids"], data["flips"], data["chunks"], data["rows"])}
 
-    def encoded_ids(self):
-        """The set of image ids with at least one latent."""
-        return set(str(i) for i in np.load(os.path.join(self.folder, "index.npz"))["ids"])
-
     def open_chunk(self, c):
         return np.load(self.npy_path(c), mmap_mode="r")

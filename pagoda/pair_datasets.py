@@ -26,7 +26,7 @@ class PairDataset(torch.utils.data.Dataset):
                              f"a dataset of {made_from}: wrong --data_dir?")
         self.images = ImageDataset(source, image_size=image_size, shard=shard, num_shards=num_shards,
                                    on_error=on_error, cache=cache)
-        encoded = self.store.encoded_ids()  # the encoder may have used --limit: a subset of the images
+        encoded = {image_id for image_id, _ in self.store.index()}  # --limit may have encoded a subset
         self.positions = [k for k, image_id in enumerate(self.images.ids) if image_id in encoded]
         self.flips = [bool(f) for f in self.manifest["flips"]]
         self.random_flip = self.flips == [False, True]

@@ -17,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +28,7 @@ from pagoda.image_util import make_grid  # noqa: E402
 from pagoda.model_io import load_generator, load_generator_or_teacher_backbone, load_teacher  # noqa: E402
 from pagoda.pair_datasets import PairDataset  # noqa: E402
 from pagoda.random_util import StackedRandomGenerator  # noqa: E402
-from pagoda.sample_util import GeneratorSampler, TeacherSampler  # noqa: E402
+from pagoda.sample_util import GeneratorSampler, TeacherSampler, sample_labels  # noqa: E402
 
 ROWS = [  # (label, samples folder, reference, how it samples)
     ("teacher (Heun)", "samples/teacher", "ref16.npz", "teacher"),
@@ -110,7 +109,9 @@ def side_by_side_speed(run_dir, *, batch=50, rounds=3):
     samplers = {"teacher": TeacherSampler(load_teacher(settings["model"]), sampler=settings["sampler"],
                                           num_steps=settings["num_steps"], rho=settings["rho"]),
                 "stage2": GeneratorSampler(load_generator(generator_path))}  # loaders return eval-mode networks
-    rng, y = StackedRandomGenerator("cpu", list(range(batch))), torch.arange(batch) % 10
+    num_classes = samplers["stage2"].generator.backbone.config["num_classes"]
+    rng = StackedRandomGenerator("cpu", list(range(batch)))
+    y = sample_labels(range(batch), num_classes=num_classes, mode="balanced")  # as the sampling runs draw them
     seconds = {name: [] for name in samplers}
     for r in range(rounds + 1):
         for name, sampler in samplers.items():
