@@ -117,7 +117,8 @@ def grow(backbone, *, factor=2, channel_mult_high=None):
 
     The appended levels (an up-sampling ResBlock and plain ResBlocks, zero-initialised output convolutions,
     identity skips) start as identities on nearest-up-sampled features, so the grown network starts as
-    the previous generator's features up-sampled and passed through the same output head.
+    the previous generator's features up-sampled and passed through the same output head (which does not commute
+    with up-sampling; fit_output_head re-fits it, grow_generator does both).
     Returns (grown_backbone, new_keys).
     """
     cfg = grown_config(backbone.config, factor)
@@ -135,6 +136,87 @@ def grow(backbone, *, factor=2, channel_mult_high=None):
     grown.load_state_dict(new)
     new_keys = sorted(set(new) - set(old))
     return grown, new_keys
+
+
+def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False, num_fit_latents=64, seed=0,
+                   sigma_max=80.0, sigma_data=0.5):
+    """Stage 3's initialisation, shared by train_pagoda.py and the quickstart report: grow() on the parent's
+    device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents (deterministic,
+    so a report rebuilds the very network a run started from).
+    Returns (grown, new_keys, (psnr_before, psnr_after) of the fit or None)."""
+    device = next(parent.parameters()).device
+    grown, new_keys = grow(parent, factor=factor, channel_mult_high=channel_mult_high)
+    grown = grown.to(device)
+    fit = None
+    if refit_head:
+        z, y = prior_latents(parent.config, num_fit_latents, sigma_max=sigma_max, seed=seed)
+        fit = fit_output_head(grown, parent, z.to(device), None if y is None else y.to(device),
+                              sigma_max=sigma_max, sigma_data=sigma_data)
+    return grown, new_keys, fit
+
+
+def prior_latents(config, num, *, sigma_max=80.0, seed=0):
+    """`num` latents z ~ N(0, sigma_max^2 I) of a backbone's input shape, with uniform labels (None if
+    unconditional), from one seeded CPU generator."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(num, config["in_channels"], config["image_size"], config["image_size"], generator=gen) * sigma_max
+    y = torch.randint(0, config["num_classes"], (num,), generator=gen) if config["num_classes"] else None
+    return z, y
+
+
+@torch.no_grad()
+def fit_output_head(grown, parent, z, y=None, *, sigma_max=80.0, sigma_data=0.5, batch_size=16, mode="bicubic"):
+    """Re-fit the grown network's last output convolution so that it starts as the parent's images up-sampled.
+
+    Why: grow() hands the parent's 3x3 output head nearest-up-sampled features, and a trained 3x3 head does not
+    commute with up-sampling (its taps see a 1.5-pixel neighbourhood of the old grid, not 3). On the bundled
+    digits the freshly grown generator was 10 dB (PSNR) from its up-sampled parent, so stage 3 first spent its
+    steps re-learning the parent. The conv is linear in features the fit does not change, so the weights that best
+    reproduce interpolate(parent(z).clamp(-1, 1), mode) on the latents z (prior_latents) are a least-squares
+    problem over 3x3 patches, solved here in closed form (float64 normal equations, a tiny ridge).
+    Changes only grown.out[-1] (weight and bias). Returns the mean PSNR (dB) of the grown output against that
+    target on z, before and after the fit.
+    """
+    size = grown.config["output_size"]
+    if size == (parent.config["output_size"] or parent.config["image_size"]):
+        raise ValueError(f"fit_output_head needs a grown network: both output {size} px")
+    conv, kw = grown.out[-1], dict(sigma_max=sigma_max, sigma_data=sigma_data)
+    modes = grown.training, parent.training
+    grown.eval(), parent.eval()
+    try:
+        batches = [(z[i:i + batch_size], None if y is None else y[i:i + batch_size])
+                   for i in range(0, len(z), batch_size)]
+        targets = [nn.functional.interpolate(generate(parent, zb, yb, **kw).float().clamp(-1, 1), size=(size, size),
+                                             mode=mode) for zb, yb in batches]
+        before = [generate(grown, zb, yb, **kw).float() for zb, yb in batches]
+        xtx, xty = _head_normal_equations(grown, batches, targets, kw)
+        ridge = 1e-6 * xtx.diagonal().mean() * torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device)
+        w = torch.linalg.solve(xtx + ridge, xty)
+        conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape).to(conv.weight.dtype))
+        conv.bias.copy_(w[-1].to(conv.bias.dtype))
+        after = [generate(grown, zb, yb, **kw).float() for zb, yb in batches]
+    finally:
+        grown.train(modes[0]), parent.train(modes[1])
+    target = torch.cat(targets)
+    return tuple(psnr(torch.cat(out).clamp(-1, 1), target).mean().item() for out in (before, after))
+
+
+def _head_normal_equations(grown, batches, targets, kw):
+    """X^T X and X^T T (float64) over every output pixel, X holding the 3x3 patches of the output conv's input
+    (and a 1 for the bias), T the target pixels."""
+    conv, captured = grown.out[-1], {}
+    hook = conv.register_forward_hook(lambda module, inputs, output: captured.update(a=inputs[0]))
+    xtx = xty = 0.0
+    try:
+        for (zb, yb), target in zip(batches, targets):
+            generate(grown, zb, yb, **kw)
+            patches = nn.functional.unfold(captured["a"].float(), conv.kernel_size, padding=conv.padding)
+            x = torch.cat([patches, torch.ones_like(patches[:, :1])], 1).transpose(1, 2).flatten(0, 1).double()
+            t = target.flatten(2).transpose(1, 2).flatten(0, 1).double()
+            xtx, xty = xtx + x.T @ x, xty + x.T @ t
+    finally:
+        hook.remove()
+    return xtx, xty
 
 
 def freeze_for_growth(backbone, *, activate_from):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.evaluator import evaluate  # noqa: E402
 from pagoda import script_util  # noqa: E402
-from pagoda.generator import grow, reconstruction_psnr  # noqa: E402
+from pagoda.generator import grow_generator, reconstruction_psnr  # noqa: E402
 from pagoda.image_util import make_grid  # noqa: E402
 from pagoda.model_io import load_generator, load_generator_or_teacher_backbone, load_teacher  # noqa: E402
 from pagoda.pair_datasets import PairDataset  # noqa: E402
@@ -89,10 +89,14 @@ def reconstruction_rows(run_dir, num_pairs=256):
         pairs = PairDataset(cfg["latent_dir"], image_size=size)
         indices = list(range(min(num_pairs, len(pairs))))
         kw = dict(sigma_max=cfg["sigma_max"], sigma_data=cfg["sigma_data"])
-        row = {"stage": stage, "resolution": size, "num_pairs": len(indices), "bicubic_db": None}
-        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the freshly grown network
+        row = {"stage": stage, "resolution": size, "num_pairs": len(indices), "bicubic_db": None,
+               "init": "teacher copy"}
+        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the network stage 3 started from
             row["bicubic_db"] = reconstruction_psnr(init, pairs, indices, upsample_to=size, **kw).mean().item()
-            init, _ = grow(init, factor=cfg["grow_factor"])
+            high = [float(m) for m in cfg["channel_mult_high"]] or None
+            init, _, _ = grow_generator(init, factor=cfg["grow_factor"], channel_mult_high=high,
+                                        refit_head=cfg.get("refit_head", False), seed=cfg["seed"], **kw)
+            row["init"] = "grown stage 2" + (", head re-fitted" if cfg.get("refit_head") else "")
         row["init_db"] = reconstruction_psnr(init, pairs, indices, **kw).mean().item()
         row["trained_db"] = reconstruction_psnr(trained, pairs, indices, **kw).mean().item()
         rows.append(row)
@@ -165,9 +169,9 @@ def reconstruction_markdown(recon, verify):
     lines = ["", "Reconstruction PSNR (dB) of G(z_data) against the real image paired with z_data "
              f"({recon[0]['num_pairs']} encoded digits; higher is better):", "",
              "| generator | resolution | at initialisation | trained | stage 2 + bicubic |", "|---|---|---|---|---|"]
-    names = {"stage2": "stage 2 (init: teacher copy)", "stage3": "stage 3 (init: grown stage 2)"}
     for r in recon:
-        lines.append(f"| {names[r['stage']]} | {r['resolution']} px | {_fmt(r['init_db'])} | "
+        name = f"{r['stage'].replace('stage', 'stage ')} (init: {r['init']})"
+        lines.append(f"| {name} | {r['resolution']} px | {_fmt(r['init_db'])} | "
                      f"{_fmt(r['trained_db'])} | {_fmt(r['bicubic_db'])} |")
     if verify is not None:
         lines += ["", f"Encoder round trip (decode of {verify['num_decoded']} latents with the teacher): PSNR mean "

@@ -22,7 +22,7 @@ from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
 from pagoda.diffaug import DiffAugment  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
 from pagoda.features import create_feature_network  # noqa: E402
-from pagoda.generator import freeze_for_growth, grow  # noqa: E402
+from pagoda.generator import freeze_for_growth, grow_generator  # noqa: E402
 from pagoda.image_datasets import infinite_batches  # noqa: E402
 from pagoda.losses import PixelLoss, PseudoHuberLoss, ReconstructionLoss  # noqa: E402
 from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
@@ -32,7 +32,8 @@ from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
 
 GROUPS = {
     "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True),
-    "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), use_checkpoint=False),
+    "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), refit_head=False,
+                  use_checkpoint=False),
     "loss": dict(recon_loss="feature", feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
                  discriminator_weight=0.2, adaptive_weight=True, separate_update=False, gan_loss="hinge",
                  r1_gamma=0.0, recon_discriminator=False, recon_discriminator_weight=0.5,
@@ -51,7 +52,8 @@ PRESETS = {
     "mnist16": dict(recon_loss="pseudo_huber", lr_generator=2e-3, lr_discriminator=1e-3, d_channel_scale=0.25,
                     ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
                     log_interval=50),
-    "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, discriminator_weight=1.0,
+    "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
+                        discriminator_weight=1.0,
                         lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
                         total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
                         log_interval=50),
@@ -66,16 +68,22 @@ PRESETS = {
 }
 
 
-def build_generator(args):
-    """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3."""
+def build_generator(args, device):
+    """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3 (with
+    --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled)."""
     if not args.init_from:
         raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
     backbone, side = load_generator_or_teacher_backbone(args.init_from)
+    backbone = backbone.to(device)
     if args.grow_factor > 1:
-        backbone, new_keys = grow(backbone, factor=args.grow_factor,
-                                  channel_mult_high=[float(m) for m in args.channel_mult_high] or None)
+        backbone, new_keys, fit = grow_generator(
+            backbone, factor=args.grow_factor, channel_mult_high=[float(m) for m in args.channel_mult_high] or None,
+            refit_head=args.refit_head, seed=args.seed, sigma_max=args.sigma_max, sigma_data=args.sigma_data)
         logger.log(f"grew {side['kind']} from {args.init_from} to {backbone.config['output_size']} px: "
                    f"{len(new_keys)} new tensors")
+        if fit:
+            logger.log(f"re-fitted the output head: PSNR against the bicubically up-sampled parent "
+                       f"{fit[0]:.2f} -> {fit[1]:.2f} dB")
     if args.use_checkpoint:  # gradient checkpointing is a run setting, not part of the exported architecture
         for module in backbone.modules():
             if hasattr(module, "use_checkpoint"):
@@ -137,7 +145,7 @@ def main(argv=None):
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
     logger.configure(args.run_dir)
-    backbone = build_generator(args).to(device)
+    backbone = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
     image_size = args.image_size or backbone.config["output_size"]
     if image_size != backbone.config["output_size"]:

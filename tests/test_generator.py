@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from pagoda import checkpoint
 from pagoda.image_util import psnr
-from pagoda.generator import (Generator, freeze_for_growth, generator_from_teacher, generator_sidecar, grow,
-                              grown_config)
+from pagoda.generator import (Generator, fit_output_head, freeze_for_growth, generator_from_teacher,
+                              generator_sidecar, grow, grown_config, prior_latents)
 from pagoda.model_io import load_generator
 from pagoda.precond import Denoiser
 from pagoda.unet import UNetModel, imagenet64_config
@@ -87,6 +87,52 @@ def test_grown_export_loads_through_its_sidecar(tmp_path):
     assert loaded.output_size == 32 and loaded.latent_size == 8
     z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
     torch.testing.assert_close(loaded(z, y), Generator(grown)(z, y))
+
+
+def test_fit_output_head_recovers_a_head_that_commutes_with_upsampling():
+    """A centre-tap-only head commutes with nearest up-sampling, so the grown copy reproduces the up-sampled parent
+    exactly: from a scrambled head, the nearest-mode fit must reach that exact output again."""
+    base = _randomised(UNetModel(**SMALL))
+    with torch.no_grad():
+        base.out[-1].weight[..., [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]] = 0.0
+    grown, _ = grow(base)
+    z, y = prior_latents(base.config, 24, seed=1)
+    assert Generator(base)(z, y).abs().max() < 1  # the target's clamp is inactive: the optimum is exact
+    upsampled = F.interpolate(Generator(base)(z, y), scale_factor=2, mode="nearest")
+    torch.testing.assert_close(Generator(grown)(z, y), upsampled, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        grown.out[-1].weight.normal_(0, 0.1), grown.out[-1].bias.normal_(0, 0.1)
+    before, after = fit_output_head(grown, base, z, y, batch_size=10, mode="nearest")
+    torch.testing.assert_close(Generator(grown)(z, y), upsampled, rtol=0, atol=1e-4)
+    assert before < 30 < 70 < after, (before, after)
+
+
+def test_fit_output_head_is_the_least_squares_optimum_and_changes_only_the_head():
+    base = _randomised(UNetModel(**SMALL))
+    grown, _ = grow(base)
+    others = {k: v.clone() for k, v in grown.state_dict().items() if not k.startswith("out.2.")}
+    z, y = prior_latents(base.config, 16, seed=2)
+    with torch.no_grad():
+        target = F.interpolate(Generator(base)(z, y).clamp(-1, 1), size=(16, 16), mode="bicubic")
+
+    def head_gradient():
+        grown.zero_grad()
+        Generator(grown)(z, y).sub(target).square().sum().backward()
+        return torch.cat([grown.out[-1].weight.grad.flatten(), grown.out[-1].bias.grad])
+
+    copied = head_gradient().norm()
+    before, after = fit_output_head(grown, base, z, y)
+    fitted = head_gradient().norm()
+    print(f"|grad| of the squared error w.r.t. the head: copied {copied:.3g}, fitted {fitted:.3g}; "
+          f"PSNR to the bicubic parent {before:.1f} -> {after:.1f} dB")
+    assert fitted < 1e-4 * copied and after > before
+    assert all(torch.equal(v, others[k]) for k, v in grown.state_dict().items() if k in others)
+
+
+def test_fit_output_head_rejects_an_ungrown_network():
+    base = _randomised(UNetModel(**SMALL))
+    with pytest.raises(ValueError, match="needs a grown network"):
+        fit_output_head(base, base, *prior_latents(base.config, 2))
 
 
 def test_freezing_trains_only_late_output_blocks_and_head():
