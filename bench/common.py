@@ -5,7 +5,7 @@ import time
 
 import torch
 
-BUNDLED = dict(image_size=16, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
+BUNDLED = dict(image_size=16, model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, attention_resolutions=(2, 4),
                num_head_channels=32, num_classes=10)
 
 

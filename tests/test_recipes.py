@@ -114,14 +114,17 @@ def test_encode_recipe_uses_the_official_solver(configs):
             args["flips"]) == (40, 0.002, 80.0, 7.0, True, [0, 1])
 
 
-@pytest.mark.parametrize("recipe, preset", [("stage2_mnist.sh", "mnist16"), ("stage3_mnist.sh", "mnist16to32")])
-def test_bundled_presets_match_the_bundled_recipes(configs, recipe, preset):
-    """`--preset mnist16` / `mnist16to32` are the recipes' training settings; the two must not drift apart."""
+@pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "train_teacher", "mnist16"),
+                                                    ("stage2_mnist.sh", "train_pagoda", "mnist16"),
+                                                    ("stage3_mnist.sh", "train_pagoda", "mnist16to32")])
+def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, preset):
+    """`--preset mnist16` / `mnist16to32` are the recipes' settings; the two must not drift apart."""
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    import train_pagoda
+    module = __import__(script)
 
     recipe_config = configs[recipe]
-    for key, value in train_pagoda.PRESETS[preset].items():
+    assert module.PRESETS[preset], f"{script} preset {preset} is empty"
+    for key, value in module.PRESETS[preset].items():
         got = recipe_config[key]
         want = list(value) if isinstance(value, tuple) else value
         assert got == want, f"{preset}.{key} = {want!r} but {recipe} resolves it to {got!r}"
