@@ -201,19 +201,22 @@ def fit_output_head(grown, parent, z, y=None, *, sigma_max=80.0, sigma_data=0.5,
     return tuple(psnr(torch.cat(out).clamp(-1, 1), target).mean().item() for out in (before, after))
 
 
-def _head_normal_equations(grown, batches, targets, kw):
+def _head_normal_equations(grown, batches, targets, kw, rows=16384):
     """X^T X and X^T T (float64) over every output pixel, X holding the 3x3 patches of the output conv's input
-    (and a 1 for the bias), T the target pixels."""
+    (and a 1 for the bias), T the target pixels. One image at a time, `rows` pixels at a time: the patch matrix
+    of a batch of large images would not fit (16 images at 512 px with 192 channels: 29 GB in float32)."""
     conv, captured = grown.out[-1], {}
     hook = conv.register_forward_hook(lambda module, inputs, output: captured.update(a=inputs[0]))
     xtx = xty = 0.0
     try:
         for (zb, yb), target in zip(batches, targets):
             generate(grown, zb, yb, **kw)
-            patches = nn.functional.unfold(captured["a"].float(), conv.kernel_size, padding=conv.padding)
-            x = torch.cat([patches, torch.ones_like(patches[:, :1])], 1).transpose(1, 2).flatten(0, 1).double()
-            t = target.flatten(2).transpose(1, 2).flatten(0, 1).double()
-            xtx, xty = xtx + x.T @ x, xty + x.T @ t
+            for a, t in zip(captured["a"].float(), target.flatten(2)):
+                patches = nn.functional.unfold(a[None], conv.kernel_size, padding=conv.padding)[0]
+                for start in range(0, patches.shape[1], rows):
+                    x = patches[:, start:start + rows]
+                    x = torch.cat([x, torch.ones_like(x[:1])]).T.double()
+                    xtx, xty = xtx + x.T @ x, xty + x.T @ t[:, start:start + rows].T.double()
     finally:
         hook.remove()
     return xtx, xty
