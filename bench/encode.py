@@ -36,7 +36,7 @@ def main():
     torch.manual_seed(0)
     teacher = Denoiser(UNetModel(**BUNDLED)).to(args.device).eval().requires_grad_(False)
     dataset = ImageDataset(open_source("bundled:mnist"), image_size=16, cache=True)
-    items = work_items(args.num_images // 2, [False, True])
+    items = work_items(range(args.num_images // 2), [False, True])
     sigmas = karras_sigmas(args.num_steps, device=args.device)
     x = torch.randn(args.batch, 3, 16, 16, device=args.device)
     y = torch.arange(args.batch, device=args.device) % 10
