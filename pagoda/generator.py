@@ -188,8 +188,7 @@ def fit_output_head(grown, parent, z, y=None, *, sigma_max=80.0, sigma_data=0.5,
                    for i in range(0, len(z), batch_size)]
         targets = [nn.functional.interpolate(generate(parent, zb, yb, **kw).float().clamp(-1, 1), size=(size, size),
                                              mode=mode) for zb, yb in batches]
-        before = [generate(grown, zb, yb, **kw).float() for zb, yb in batches]
-        xtx, xty = _head_normal_equations(grown, batches, targets, kw)
+        xtx, xty, before = _head_normal_equations(grown, batches, targets, kw)
         ridge = 1e-6 * xtx.diagonal().mean() * torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device)
         w = torch.linalg.solve(xtx + ridge, xty)
         conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape).to(conv.weight.dtype))
@@ -203,14 +202,15 @@ def fit_output_head(grown, parent, z, y=None, *, sigma_max=80.0, sigma_data=0.5,
 
 def _head_normal_equations(grown, batches, targets, kw, rows=16384):
     """X^T X and X^T T (float64) over every output pixel, X holding the 3x3 patches of the output conv's input
-    (and a 1 for the bias), T the target pixels. One image at a time, `rows` pixels at a time: the patch matrix
+    (and a 1 for the bias), T the target pixels; and the grown outputs of the same pass. One image at a time, `rows` pixels at a time: the patch matrix
     of a batch of large images would not fit (16 images at 512 px with 192 channels: 29 GB in float32)."""
     conv, captured = grown.out[-1], {}
     hook = conv.register_forward_hook(lambda module, inputs, output: captured.update(a=inputs[0]))
     xtx = xty = 0.0
+    outputs = []
     try:
         for (zb, yb), target in zip(batches, targets):
-            generate(grown, zb, yb, **kw)
+            outputs.append(generate(grown, zb, yb, **kw).float())
             for a, t in zip(captured["a"].float(), target.flatten(2)):
                 patches = nn.functional.unfold(a[None], conv.kernel_size, padding=conv.padding)[0]
                 for start in range(0, patches.shape[1], rows):
@@ -219,7 +219,7 @@ def _head_normal_equations(grown, batches, targets, kw, rows=16384):
                     xtx, xty = xtx + x.T @ x, xty + x.T @ t[:, start:start + rows].T.double()
     finally:
         hook.remove()
-    return xtx, xty
+    return xtx, xty, outputs
 
 
 def freeze_for_growth(backbone, *, activate_from):
