@@ -1,17 +1,18 @@
-"""ADM evaluator protocol, PyTorch port: FID, sFID, Inception Score and precision/recall of a sample batch.
+"""ADM evaluator protocol, PyTorch port: FID, sFID, KID, Inception Score and precision/recall of a sample batch.
 
     python -m evaluations.evaluator REF.npz SAMPLE.npz [--json out.json] [--inception PATH] [--batch 100]
                                     [--device cpu|cuda] [--cache_dir DIR]
 
 REF and SAMPLE are ADM-format npz files (`arr_0`: uint8 NHWC images; `arr_1` labels are ignored); SAMPLE may be a
 folder of npz files, concatenated in sorted order. A reference batch with precomputed `mu, sigma, mu_s, sigma_s`
-(the ADM VIRTUAL_* batches) is used as-is for FID/sFID; its images are still needed for precision/recall, which is
-skipped with a note when they are absent. Inception features and statistics of each side are cached under
+(the ADM VIRTUAL_* batches) is used as-is for FID/sFID; its images are still needed for KID and precision/recall,
+which are skipped (None) when they are absent. Inception features and statistics of each side are cached under
 --cache_dir, keyed by the files' paths, sizes and mtimes and the Inception weights.
 
 Protocol details that match the TF evaluator: TF-legacy bilinear resize to 299 and (x-128)/128 (inside the
 network), FID on pool_3, sFID on mixed_6/conv[..., :7], IS from softmax(pool_3 @ W) over 1008 classes in splits
-of 5000, precision/recall with k=3 against the reference images.
+of 5000, precision/recall with k=3 against the reference images. KID is not in the TF evaluator: it follows
+torch-fidelity (cubic kernel on pool_3, 100 subsets of up to 1000, mean and ddof-0 std).
 """
 
 import argparse
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .inception import load_inception
-from .metrics import FeatureStats, inception_score, load_reference_stats, precision_recall
+from .metrics import FeatureStats, inception_score, kid, load_reference_stats, precision_recall
 
 PROTOCOL = "ADM evaluator protocol, PyTorch port"
 IMAGE_KEYS = ("arr_0", "data")
@@ -195,7 +196,7 @@ def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=
         "num_sample_images": sample_side["num_images"],
         "fid": ref_side["stats"][0].frechet_distance(sample_side["stats"][0]),
         "sfid": ref_side["stats"][1].frechet_distance(sample_side["stats"][1]),
-        "inception_score": None, "precision": None, "recall": None,
+        "kid": None, "kid_std": None, "inception_score": None, "precision": None, "recall": None,
     }
     if model.fc is not None:
         logits = model.logits_from_pool(torch.from_numpy(sample_side["pool"]).to(model.fc.weight.device))
@@ -204,8 +205,9 @@ def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=
         notes.append("Inception Score skipped: these weights have no classifier (use the pytorch-fid file)")
     if ref_side["pool"] is not None:
         result["precision"], result["recall"] = precision_recall(ref_side["pool"], sample_side["pool"], device=device)
+        result["kid"], result["kid_std"] = kid(ref_side["pool"], sample_side["pool"])
     else:
-        notes.append("precision/recall skipped: the reference npz has statistics but no images")
+        notes.append("precision/recall and KID skipped: the reference npz has statistics but no images")
     result["notes"] = notes
     return result
 
@@ -214,7 +216,9 @@ def format_report(result):
     def number(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    rows = [("FID", number(result["fid"])), ("sFID", number(result["sfid"])),
+    # KID is of order 1e-3 for good models: fixed decimals would hide it, so significant digits.
+    kid_text = "n/a" if result["kid"] is None else f"{result['kid']:.6g} +- {result['kid_std']:.6g}"
+    rows = [("FID", number(result["fid"])), ("sFID", number(result["sfid"])), ("KID", kid_text),
             ("Inception Score", number(result["inception_score"])),
             ("Precision", number(result["precision"])), ("Recall", number(result["recall"])),
             ("reference images", str(result["num_ref_images"])), ("sample images", str(result["num_sample_images"])),

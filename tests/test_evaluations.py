@@ -271,7 +271,7 @@ def test_reference_statistics_are_used_as_is(adm_batches, small_net):
     assert abs(result["fid"]) < 1e-9 * scale and abs(result["sfid"]) < 1e-9 * scale  # the stored stats ARE the sample's
     assert result["precision"] is None and result["recall"] is None and result["num_ref_images"] == 0
     assert result["notes"] == ["reference statistics precomputed in the npz",
-                               "precision/recall skipped: the reference npz has statistics but no images"]
+                               "precision/recall and KID skipped: the reference npz has statistics but no images"]
 
 
 def test_evaluator_rejects_non_adm_images(adm_batches):
