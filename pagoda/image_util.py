@@ -19,6 +19,11 @@ def from_uint8(arr):
     return torch.from_numpy(np.asarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def resize_bicubic(images, size):
+    """uint8 NHWC images resized to size x size with Pillow's bicubic filter (the up-sampling baseline)."""
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)) for img in images])
+
+
 def psnr(a, b, data_range=2.0):
     """Per-sample PSNR in dB between images in [-1, 1]."""
     mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)

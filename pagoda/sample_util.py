@@ -14,9 +14,10 @@ import time
 import numpy as np
 import torch
 
-from . import logger
+from . import checkpoint, logger
 from .checkpoint import atomic_write_text
 from .image_util import save_grid, to_uint8
+from .model_io import load_generator, load_teacher
 from .random_util import StackedRandomGenerator
 from .sampling import euler_sample, heun_sample, karras_sigmas, stochastic_sample, classifier_free_guidance
 
@@ -80,6 +81,30 @@ class TeacherSampler:
         if self.sampler == "euler":
             return euler_sample(denoise, x, sigmas, y).clamp(-1, 1)
         return stochastic_sample(denoise, x, sigmas, y, randn_like=rng.randn_like, **self.churn).clamp(-1, 1)
+
+
+def sampler_for_export(path, *, kind="auto", device="cpu", sampler="heun", num_steps=40, rho=7.0, s_churn=0.0,
+                       s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, guidance_scale=1.0):
+    """The sampler of an export, by what its sidecar says it is: a one-step generator (any grown size) or a
+    teacher with the given ODE/SDE sampler settings; kind='generator'/'denoiser' overrides the sidecar."""
+    if kind == "auto":
+        kind = (checkpoint.read_sidecar(path) or {}).get("kind", "denoiser")
+    if kind == "generator":
+        return GeneratorSampler(load_generator(path, device=device))
+    if kind == "denoiser":
+        return TeacherSampler(load_teacher(path, device=device), sampler=sampler, num_steps=num_steps, rho=rho,
+                              s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+                              guidance_scale=guidance_scale)
+    raise ValueError(f"kind must be auto, generator or denoiser, got {kind!r}")
+
+
+def sampler_classes(sampler):
+    """The number of classes labels are drawn from (None when unconditional; a guided teacher's null class is
+    not one of them)."""
+    net = getattr(sampler, "generator", None) or sampler.denoiser
+    num_classes = net.backbone.config["num_classes"]
+    null_class = getattr(net, "null_class", None)
+    return num_classes - 1 if (num_classes and null_class is not None) else num_classes
 
 
 def model_identity(path):

@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import checkpoint, dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import MixedPrecision  # noqa: E402
-from pagoda.model_io import load_generator, load_teacher  # noqa: E402
-from pagoda.sample_util import (GeneratorSampler, TeacherSampler, assemble, claim_parts, model_identity,  # noqa: E402
-                                run_sampling)
+from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
+                                sampler_for_export)
 
 GROUPS = {
     "model": dict(model="", kind="auto", precision="fp32"),
@@ -31,15 +30,9 @@ GROUPS = {
 
 
 def build_sampler(args, device):
-    side = checkpoint.read_sidecar(args.model) or {}
-    kind = args.kind if args.kind != "auto" else side.get("kind", "denoiser")
-    if kind == "generator":
-        return GeneratorSampler(load_generator(args.model, device=device))
-    if kind == "denoiser":
-        return TeacherSampler(load_teacher(args.model, device=device), sampler=args.sampler,
+    return sampler_for_export(args.model, kind=args.kind, device=device, sampler=args.sampler,
                               num_steps=args.num_steps, rho=args.rho, s_churn=args.s_churn, s_tmin=args.s_tmin,
                               s_tmax=args.s_tmax, s_noise=args.s_noise, guidance_scale=args.guidance_scale)
-    raise ValueError(f"--kind must be auto, generator or denoiser, got {kind!r}")
 
 
 def sampling_identity(args):
@@ -58,10 +51,7 @@ def main(argv=None):
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     sampler = build_sampler(args, device)
-    net = getattr(sampler, "generator", None) or sampler.denoiser
-    num_classes = net.backbone.config["num_classes"]
-    null_class = getattr(net, "null_class", None)
-    num_classes = num_classes - 1 if (num_classes and null_class is not None) else num_classes
+    num_classes = sampler_classes(sampler)
     mp = MixedPrecision(precision=args.precision, device=device)
 
     def sample_fn(rng, y):

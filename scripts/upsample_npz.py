@@ -7,18 +7,13 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import script_util  # noqa: E402
-from pagoda.image_util import save_grid  # noqa: E402
+from pagoda.image_util import resize_bicubic, save_grid  # noqa: E402
 
 GROUPS = {"upsample": dict(input="", image_size=32, out_dir="")}
-
-
-def upsample(images, size):
-    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)) for img in images])
 
 
 def main(argv=None):
@@ -28,7 +23,7 @@ def main(argv=None):
     if not args.input or not args.out_dir:
         parser.error("--input and --out_dir are required")
     with np.load(args.input) as data:
-        images, labels = upsample(data["arr_0"], args.image_size), data["arr_1"]
+        images, labels = resize_bicubic(data["arr_0"], args.image_size), data["arr_1"]
     os.makedirs(args.out_dir, exist_ok=True)
     n, h, w, c = images.shape
     path = os.path.join(args.out_dir, f"samples_{n}x{h}x{w}x{c}.npz")
