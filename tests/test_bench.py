@@ -14,6 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     "encode.py": (["--num_images", "8", "--batch", "4", "--num_steps", "3"], ["encode_overhead"]),
     "sampling.py": (["--batch", "4", "--heun_steps", "3"], ["one_step_vs_teacher_speed", "grown_vs_parent_cost"]),
+    "domain.py": (["--num_images", "8", "--batch", "4", "--rounds", "1"],
+                  ["domain_images_per_s", "domain_over_inception_speed"]),
     "fid.py": (["--num_images", "4", "--batch", "2", "--image_size", "16", "--dim", "64"],
                ["inception_images_per_s", "inception_prepared_over_plain", "frechet_sqrtm_over_eigen"]),
 }

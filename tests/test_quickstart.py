@@ -11,7 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ["teacher (Heun)", "stage 2 generator (1 step)", "stage 3 generator (1 step, 2x)",
           "stage 2 + bicubic 2x (baseline)"]
-STAGES = ["teacher", "encode", "stage2", "stage3", "sampling", "evaluation"]
+STAGES = ["teacher", "encode", "stage2", "stage3", "compare", "evaluation"]
+DOMAIN = ["fd", "kid", "precision", "recall", "class_fidelity"]
 
 
 @pytest.mark.slow
@@ -22,9 +23,16 @@ def test_fast_quickstart_report_structure(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert [r["model"] for r in report["rows"]] == MODELS
-    for row in report["rows"]:
-        assert math.isfinite(row["fid"]) and row["fid"] >= 0, row
-        assert row["num_samples"] == 16
+    for row in report["rows"] + report["floors"]:
+        inception = row["inception"]
+        assert math.isfinite(inception["fid"]) and inception["fid"] >= 0, row
+        assert math.isfinite(inception["kid"]) and inception["num_sample_images"] == 16
+        assert sorted(row["domain"]) == sorted(DOMAIN) and row["domain_n"] == 20
+        assert all(math.isfinite(row["domain"][k]["mean"]) for k in DOMAIN), row
+    for row in report["rows"]:  # three seeds: every domain score has a spread
+        assert all(row["domain"][k]["std"] is not None and len(row["domain"][k]["values"]) == 3 for k in DOMAIN)
+    assert [(f["model"], f["resolution"]) for f in report["floors"]] == [("real vs real (floor)", 16),
+                                                                         ("real vs real (floor)", 32)]
     assert [r["resolution"] for r in report["rows"]] == [16, 16, 32, 32]
     assert [r["nfe"] for r in report["rows"]] == [11, 1, 1, 1]
     for row in report["rows"][:3]:
@@ -46,7 +54,8 @@ def test_fast_quickstart_report_structure(tmp_path):
     assert all(v is not None and v > 0 for v in report["stage_seconds"].values())
     text = (run / "report.md").read_text()
     assert all(m in text for m in MODELS) and "| **total** |" in text and "timed side by side" in text
-    for name in ("comparison.png", "loss_teacher.png", "loss_stage2.png", "loss_stage3.png"):
+    for name in ("comparison.png", "loss_teacher.png", "loss_stage2.png", "loss_stage3.png", "compare/compare.png",
+                 "compare/compare.md"):
         assert (run / name).stat().st_size > 0
     assert "| teacher (Heun) |" in out.stdout  # the report is printed at the end
 

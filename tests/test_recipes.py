@@ -15,7 +15,7 @@ from pagoda.unet import UNetModel, imagenet64_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
-                 ("stage1", "encode", "stage2", "stage3", "sampling.sh"))
+                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare"))
 
 
 def _flags(recipe):
@@ -29,7 +29,7 @@ def test_every_stage_has_recipes():
     names = set(RECIPES)
     for want in ("stage1_teacher_mnist.sh", "stage1_teacher_imagenet64.sh", "encode_mnist.sh", "encode_imagenet64.sh",
                  "stage2_mnist.sh", "stage2_imagenet64.sh", "stage3_mnist.sh", "stage3_imagenet64to128.sh",
-                 "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh"):
+                 "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh", "compare_mnist.sh"):
         assert want in names
 
 
@@ -128,3 +128,16 @@ def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, pres
         got = recipe_config[key]
         want = list(value) if isinstance(value, tuple) else value
         assert got == want, f"{preset}.{key} = {want!r} but {recipe} resolves it to {got!r}"
+
+
+def test_method_table_recipe_rows(configs):
+    """The method table's rows: the teacher at NFE 35/11/5 (Heun) and 1 (Euler), both generators, the bicubic
+    baseline, all at the same n per seed and 3 seeds, scored against the held-out split of bundled:mnist."""
+    cfg = configs["compare_mnist.sh"]
+    labels = [row.split("=", 1)[0] for row in cfg["row"]]
+    assert labels == ["teacher_heun_35", "teacher_heun_11", "teacher_heun_5", "teacher_euler_1", "stage_2", "stage_3",
+                      "stage_2+bicubic"]
+    assert [row.rsplit("@", 1)[1] for row in cfg["row"][:4]] == [
+        "sampler=heun,steps=18", "sampler=heun,steps=6", "sampler=heun,steps=3", "sampler=euler,steps=1"]
+    assert cfg["row"][-1].endswith("@upsample=32") and cfg["gap_row"] == "stage_2+bicubic"
+    assert (cfg["data_dir"], cfg["num_seeds"], cfg["num_samples"]) == ("bundled:mnist", 3, 5000)
