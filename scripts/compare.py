@@ -120,8 +120,12 @@ def draw_samples(row, total, args):
         timing = json.load(f)
     with np.load(path) as data:
         images, labels = data["arr_0"], data["arr_1"]
-    nfe = sampler.nfe * (2 if row.guidance != 1.0 else 1)
-    return images, labels, {"samples": path, "nfe": nfe, "images_per_s": timing["images_per_s"]}
+    return images, labels, {"samples": path, "nfe": row_nfe(sampler, row), "images_per_s": timing["images_per_s"]}
+
+
+def row_nfe(sampler, row):
+    """Network calls per sample: a guided step evaluates the conditional and the unconditional branch."""
+    return sampler.nfe * (2 if row.guidance != 1.0 else 1)
 
 
 class Reals:

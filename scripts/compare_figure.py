@@ -1,5 +1,5 @@
-"""The method table's figure: domain FD (mean +- std over seeds) against NFE and against sampling time, both on
-log axes, with the real-vs-real floor as a dashed line. Drawn with Pillow (no plotting dependency)."""
+"""The method table's figure: domain FD (mean +- std over seeds, log scale) against NFE and against sampling time
+(log scale), with the real-vs-real floor of each resolution as a dashed line. Drawn with Pillow (no plotting dependency)."""
 
 import math
 
@@ -14,22 +14,22 @@ def _log_ticks(lo, hi):
     return [10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
 
 
-def _panel(points, floor, *, title, xlabel):
-    """points: [(label, x, mean, std, colour)]; floor: (mean, std) or None."""
+def _panel(points, floors, *, title, xlabel):
+    """points: [(label, x, mean, std, colour)]; floors: [(label, mean)] drawn as dashed lines."""
     w, h = PANEL
     img = Image.new("RGB", PANEL, "white")
     draw = ImageDraw.Draw(img)
     left, top, right, bottom = MARGIN["left"], MARGIN["top"], w - MARGIN["right"], h - MARGIN["bottom"]
     xs = [p[1] for p in points]
     ys = [p[2] + (p[3] or 0) for p in points] + [p[2] - (p[3] or 0) for p in points]
-    if floor is not None:
-        ys.append(floor[0])
-    x0, x1 = math.log10(min(xs)) - 0.15, math.log10(max(xs)) + 0.15
-    y0, y1 = min(0.0, min(ys)), max(ys) * 1.08 or 1.0
+    ys += [mean for _, mean in floors]
+    x0, x1 = math.log10(min(xs)) - 0.15, math.log10(max(xs)) + 0.6  # room for the labels right of the points
+    # log y as well: scores span the floor (~1) to broken samplers (hundreds)
+    y0, y1 = math.log10(max(min(ys), 1e-3)) - 0.1, math.log10(max(max(ys), 1e-3)) + 0.1
 
     def at(x, y):
         return (left + (math.log10(x) - x0) / (x1 - x0) * (right - left),
-                bottom - (y - y0) / (y1 - y0) * (bottom - top))
+                bottom - (math.log10(max(y, 1e-3)) - y0) / (y1 - y0) * (bottom - top))
 
     draw.rectangle([left, top, right, bottom], outline="black")
     for tick in _log_ticks(10 ** x0, 10 ** x1):
@@ -38,15 +38,15 @@ def _panel(points, floor, *, title, xlabel):
             draw.line([(x, bottom), (x, bottom + 4)], fill="black")
             draw.text((x - 10, bottom + 6), f"{tick:g}", fill="black")
     for k in range(5):
-        y_value = y0 + (y1 - y0) * k / 4
+        y_value = 10 ** (y0 + (y1 - y0) * k / 4)
         _, y = at(10 ** x0, y_value)
         draw.line([(left - 4, y), (left, y)], fill="black")
         draw.text((4, y - 6), f"{y_value:.3g}", fill="black")
-    if floor is not None:
-        _, y = at(10 ** x0, floor[0])
+    for k, (label, mean) in enumerate(floors):  # labels staggered along x: floors often lie close together
+        _, y = at(10 ** x0, mean)
         for x in range(left, right, 10):
             draw.line([(x, y), (min(x + 5, right), y)], fill="#555555")
-        draw.text((right - 150, y - 13), "real vs real (floor)", fill="#555555")
+        draw.text((left + 8 + k * (right - left) // 2, y + 2), label, fill="#555555")
     for label, x_value, mean, std, colour in points:
         x, y = at(x_value, mean)
         if std:
@@ -66,16 +66,19 @@ def write_figure(result, path):
     """Two panels side by side: domain FD vs NFE, and vs seconds per 1000 samples."""
     rows = result["rows"]
     colours = {r["label"]: COLOURS[i % len(COLOURS)] for i, r in enumerate(rows)}
-    floors = sorted(result["floors"], key=lambda f: -f["n"])
-    floor = (floors[0]["scores"]["fd"]["mean"], floors[0]["scores"]["fd"]["std"]) if floors else None
+    largest = {}  # the floor at each resolution's largest n: the one most rows are compared with
+    for f in result["floors"]:
+        if f["n"] >= largest.get(f["resolution"], {"n": 0})["n"]:
+            largest[f["resolution"]] = f
+    floors = [(f"real vs real, {size} px (floor)", f["scores"]["fd"]["mean"]) for size, f in sorted(largest.items())]
 
     def points(x_of):
         return [(r["label"], x_of(r), r["scores"]["fd"]["mean"], r["scores"]["fd"]["std"], colours[r["label"]])
                 for r in rows]
 
-    left = _panel(points(lambda r: r["nfe"]), floor, title="domain FD (mean +- std over seeds) vs NFE",
+    left = _panel(points(lambda r: r["nfe"]), floors, title="domain FD (mean +- std over seeds, log) vs NFE",
                   xlabel="network evaluations per sample (log)")
-    right = _panel(points(lambda r: 1000.0 / r["images_per_s"]), floor, title="domain FD vs sampling time",
+    right = _panel(points(lambda r: 1000.0 / r["images_per_s"]), floors, title="domain FD vs sampling time",
                    xlabel="seconds per 1000 samples (log)")
     out = Image.new("RGB", (PANEL[0] * 2, PANEL[1]), "white")
     out.paste(left, (0, 0))

@@ -213,7 +213,7 @@ def results_table(rows, floors):
     for r in rows + floors:
         inc, dom = r["inception"], r["domain"]
         lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(inc['fid'])} | "
-                     f"{protocol.format_score(inc['kid'] * 1e3, inc['kid_std'] * 1e3)} | {_domain(dom, 'fd')} | "
+                     f"{protocol.format_score(inc['kid'] * 1e3, None)} | {_domain(dom, 'fd')} | "
                      f"{_domain(dom, 'kid', 3)} | {_domain(dom, 'class_fidelity', 3)} | "
                      f"{_domain(dom, 'precision', 3)} | {_domain(dom, 'recall', 3)} | {_fmt(r['images_per_s'], 1)} |")
     return lines
@@ -224,7 +224,7 @@ def markdown(rows, floors, times, run_dir, compare, recon=(), verify=None, speed
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
              f"FID / KID: ADM protocol, PyTorch FID Inception ({inc['inception_weights']}), the first "
              f"{inc['num_sample_images']} samples of each model vs {inc['num_ref_images']} held-out MNIST test digits "
-             "at the model's resolution (one seed; KID's +- is over its subsets). FID from so few samples is biased "
+             "at the model's resolution (one seed, so no spread: the domain columns carry it). FID from so few samples is biased "
              "upwards: compare rows with each other and with the floor, not with published numbers.",
              f"Domain columns: the method table's protocol (scripts/compare.py; compare/compare.md): the bundled digits' "
              f"own classifier (held-out accuracy {p['classifier']['heldout_accuracy']:.4f}), {rows[0]['domain_n']} "

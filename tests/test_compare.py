@@ -150,3 +150,10 @@ def test_data_without_a_heldout_split_needs_heldout_dir(tmp_path):
     with pytest.raises(SystemExit):
         compare.main(["--data_dir", _labelled(tmp_path / "d.npz", 20, 0), "--row", f"g={gen}",
                       "--out_dir", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("sampler_nfe, guidance, expected", [(35, 1.0, 35), (35, 2.0, 70), (1, 1.5, 2)])
+def test_guided_rows_count_two_network_calls_per_step(sampler_nfe, guidance, expected):
+    class Sampler:
+        nfe = sampler_nfe
+    assert compare.row_nfe(Sampler(), compare.Row(label="x", path="p", guidance=guidance)) == expected
