@@ -148,7 +148,7 @@ class TrainLoop:
             state = {"step": self.step, "batches_drawn": self.batches_drawn,
                      "players": {n: p.state_dict() for n, p in self.players.items()},
                      "objective": self.objective.state_dict(), "rng": checkpoint.capture_rng()}
-            self.ckpt.save(self.step, state)
+            self.ckpt.save(self.step, state, log=logger.log)
             self.export()
         dist_util.barrier()
 

@@ -1,0 +1,76 @@
+"""Faults and resumes: damaged newest training states, kills at seeded steps."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from pagoda import checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
+
+
+def _toy(run_dir, steps, *extra, check=True):
+    return subprocess.run([sys.executable, TOY, str(run_dir), str(steps), *extra], capture_output=True, text=True,
+                          timeout=300, check=check, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _steps(run_dir):
+    return [step for step, _ in checkpoint.CheckpointManager(str(run_dir)).states()]
+
+
+# -- checkpoint retention ------------------------------------------------------------------------------------
+def test_two_damaged_newest_states_with_keep_2_lose_no_progress(tmp_path):
+    """The issue's case: keep-last-2 counted the two truncated newest files, so each new good state was deleted
+    right after it was written, and the next kill lost everything."""
+    _toy(tmp_path / "ref", 12, "--keep", "2")
+    run = tmp_path / "run"
+    assert _toy(run, 12, "--keep", "2", "--kill_at", "10", check=False).returncode == -9
+    assert _steps(run) == [9, 6]
+    for step in (9, 6):
+        _truncate(checkpoint.CheckpointManager(str(run)).path(step))
+    rerun = _toy(run, 12, "--keep", "2", "--kill_at", "5", check=False)  # starts over, saves 3, killed at 5
+    assert rerun.returncode == -9
+    assert rerun.stdout.count("skipping unreadable checkpoint") == 2 and "resumed from" not in rerun.stdout
+    assert _steps(run) == [9, 6, 3]
+    assert checkpoint.CheckpointManager(str(run)).load_latest(log=lambda *a: None)["step"] == 3
+    final = _toy(run, 12, "--keep", "2")
+    assert f"resumed from step 3 ({run}/checkpoints/state_0000003.pt)" in final.stdout
+    assert _steps(run) == [12, 9]
+    ref = torch.load(tmp_path / "ref" / "final.pt", weights_only=True)
+    got = torch.load(run / "final.pt", weights_only=True)
+    assert all(torch.equal(ref[p][k], got[p][k]) for p in ref for k in ref[p])
+
+
+def test_retention_counts_only_readable_states(tmp_path):
+    first = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+    for step in (3, 6):
+        first.save(step, {"step": step})
+        _truncate(first.path(step))
+    manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)  # a new process: nothing verified yet
+    warnings = []
+    for step in (1, 2):
+        manager.save(step, {"step": step}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 3, 2, 1]
+    assert len(warnings) == 2  # each damaged file is read (and reported) once
+    manager.save(4, {"step": 4}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 4, 3, 2]  # 1 is older than the two newest readable states (4, 2)
+    manager.save(5, {"step": 5}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 5, 4]
+    assert manager.load_latest(log=warnings.append)["step"] == 5
+
+
+def test_a_killed_save_leaves_no_temp_file_behind(tmp_path):
+    manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+    manager.save(1, {"step": 1})
+    leftover = tmp_path / "checkpoints" / ".tmp_abc123.pt"
+    leftover.write_bytes(b"half a state")
+    manager.save(2, {"step": 2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["state_0000001.pt", "state_0000002.pt"]
