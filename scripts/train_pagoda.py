@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
 import torch  # noqa: E402
 
 from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
@@ -144,6 +144,7 @@ def main(argv=None):
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
+    random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
     backbone = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
@@ -158,16 +159,18 @@ def main(argv=None):
                          f"{backbone.config['image_size']} px latents")
     num_classes = backbone.config["num_classes"]
     augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
-    discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
-                                           image_size=image_size, num_classes=num_classes,
-                                           channel_scale=args.d_channel_scale).to(device)
+    with random_util.seeded(args.seed, "discriminator"):  # the heads; the frozen networks come from feature_seed
+        discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
+                                               image_size=image_size, num_classes=num_classes,
+                                               channel_scale=args.d_channel_scale).to(device)
     dist_util.sync_params(discriminator.parameters())
     dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
     recon_discriminator = None
     if args.recon_discriminator:  # own heads over the same frozen feature networks (the official 512 setting)
-        recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
-                                                     image_size=image_size, num_classes=num_classes,
-                                                     channel_scale=args.d_channel_scale).to(device)
+        with random_util.seeded(args.seed, "recon_discriminator"):
+            recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
+                                                         image_size=image_size, num_classes=num_classes,
+                                                         channel_scale=args.d_channel_scale).to(device)
         dist_util.sync_params(recon_discriminator.parameters())
     objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
                                 reconstruction=build_reconstruction(args, augment, device), augment=augment,

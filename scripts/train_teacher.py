@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
 from pagoda.callbacks import TeacherPreview  # noqa: E402
 from pagoda.image_datasets import ImageDataset, infinite_batches, open_source  # noqa: E402
 from pagoda.losses import EDMLoss  # noqa: E402
@@ -78,12 +78,14 @@ def main(argv=None):
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
+    random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
     source = open_source(args.data_dir, on_error=args.on_error)
     dataset = ImageDataset(source, image_size=args.image_size, random_flip=args.random_flip,
                            shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                            on_error=args.on_error, cache=args.cache_images)
-    backbone = build_backbone(args, source.num_classes).to(device)
+    with random_util.seeded(args.seed, "teacher"):
+        backbone = build_backbone(args, source.num_classes).to(device)
     dist_util.sync_params(backbone.parameters())
     null_class = source.num_classes if (args.label_dropout > 0 and args.class_cond) else None
     loss = EDMLoss(P_mean=args.P_mean, P_std=args.P_std, sigma_data=args.sigma_data,
