@@ -42,7 +42,7 @@ GROUPS = {
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
                   log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000,
-                  monitor_interval=0, monitor_samples=256, monitor_network="random_conv"),
+                  monitor_interval=0, monitor_samples=256, monitor_network="random_conv", allow_config_change=False),
 }
 
 PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
@@ -187,7 +187,8 @@ def main(argv=None):
                                       num_workers=args.num_workers):
             yield batch if num_classes else {k: v for k, v in batch.items() if k != "y"}
 
-    config = script_util.write_config(args.run_dir, args, generator=backbone.config, num_pairs=len(pairs))
+    config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change,
+                                      generator=backbone.config, num_pairs=len(pairs))
     preview = GeneratorPreview(interval=args.preview_interval, num_classes=num_classes, sigma_max=args.sigma_max,
                                sigma_data=args.sigma_data)
     optim = {"generator": OptimSpec(name="radam", lr=args.lr_generator),

@@ -1,12 +1,15 @@
-"""Faults and resumes: damaged newest training states, kills at seeded steps."""
+"""Faults and resumes: damaged newest training states, kills at seeded steps, resuming with changed settings."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from pagoda import checkpoint
+from pagoda import checkpoint, script_util
+from tests.helpers.tiny_runs import teacher_run, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
@@ -74,3 +77,58 @@ def test_a_killed_save_leaves_no_temp_file_behind(tmp_path):
     leftover.write_bytes(b"half a state")
     manager.save(2, {"step": 2})
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["state_0000001.pt", "state_0000002.pt"]
+
+
+# -- resuming with changed settings --------------------------------------------------------------------------
+@pytest.fixture
+def data(tmp_path):
+    return tiny_dataset(tmp_path)
+
+
+def _history(run_dir):
+    path = os.path.join(str(run_dir), script_util.HISTORY_FILE)
+    return [json.loads(line) for line in open(path)]
+
+
+def test_more_steps_resume_and_equal_an_uninterrupted_run(tmp_path, data):
+    """Budget and cadence flags change freely (STEPS=1500 bash commands/stage2_mnist.sh on a 1000-step run)."""
+    ref = teacher_run(tmp_path / "ref", data, "--total_steps", "4", "--dropout", "0.1")
+    run = tmp_path / "run"
+    teacher_run(run, data, "--dropout", "0.1")
+    grown = teacher_run(run, data, "--dropout", "0.1", "--total_steps", "4", "--log_interval", "2")
+    assert "resumed from step 2" in open(run / "log.txt").read()
+    sd_ref, sd = checkpoint.torch_load(ref), checkpoint.torch_load(grown)
+    assert all(torch.equal(sd_ref[k], sd[k]) for k in sd_ref)
+    assert json.load(open(run / "config.json"))["total_steps"] == 4
+    [entry] = _history(run)
+    assert [(c["key"], c["old"], c["new"], c["class"]) for c in entry["changes"]] == [
+        ("log_interval", 1, 2, "free"), ("total_steps", 2, 4, "free")]
+    assert entry["newest_state"] == 2
+
+
+def test_allowed_change_is_used_logged_and_kept_in_the_history(tmp_path, data):
+    run = tmp_path / "run"
+    teacher_run(run, data)
+    teacher_run(run, data, "--total_steps", "3", "--lr", "5e-4", "--allow_config_change", "true")
+    log = open(run / "log.txt").read()
+    assert "settings changed on resume (newest state: step 2):\n  --allow_config_change: False -> True [free]\n" \
+           "  --lr: 0.001 -> 0.0005 [guarded]\n  --total_steps: 2 -> 3 [free]\n" in log
+    assert "resumed from step 2" in log
+    rows = open(run / "progress.csv").read().splitlines()
+    lr_column = rows[0].split(",").index("lr/denoiser")
+    assert [float(r.split(",")[lr_column]) for r in rows[1:]] == [1e-3, 1e-3, 5e-4]  # steps 1, 2, then 3
+    config = json.load(open(run / "config.json"))
+    assert config["lr"] == 5e-4 and config["allow_config_change"] is True
+    [entry] = _history(run)
+    assert {"key": "lr", "old": 1e-3, "new": 5e-4, "class": "guarded"} in entry["changes"]
+
+
+def test_stage2_recipe_with_more_steps_resolves_to_free_changes_only():
+    """`STEPS=1500 bash commands/stage2_mnist.sh` after the recipe's 1000 steps: only total_steps differs, freely."""
+    def resolved(steps):
+        env = dict(os.environ, PYTHON=sys.executable, STEPS=steps)
+        out = subprocess.run(["bash", os.path.join(REPO, "commands", "stage2_mnist.sh"), "--dry_run"], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    assert script_util.config_changes(resolved("1000"), resolved("1500")) == [("total_steps", 1000, 1500, "free")]
