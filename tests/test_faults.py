@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pagoda import checkpoint, script_util
-from tests.helpers.tiny_runs import teacher_run, tiny_dataset
+from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
@@ -104,6 +104,17 @@ def test_more_steps_resume_and_equal_an_uninterrupted_run(tmp_path, data):
     assert [(c["key"], c["old"], c["new"], c["class"]) for c in entry["changes"]] == [
         ("log_interval", 1, 2, "free"), ("total_steps", 2, 4, "free")]
     assert entry["newest_state"] == 2
+
+
+def test_stage2_with_more_steps_resumes_and_equals_an_uninterrupted_run(tmp_path, data):
+    teacher = teacher_run(tmp_path / "teacher", data)
+    latents = encode_run(tmp_path / "z", teacher, data)
+    ref = stage2_run(tmp_path / "ref", teacher, latents, "--total_steps", "4")
+    stage2_run(tmp_path / "run", teacher, latents)
+    grown = stage2_run(tmp_path / "run", teacher, latents, "--total_steps", "4")
+    assert "resumed from step 2" in open(tmp_path / "run" / "log.txt").read()
+    sd_ref, sd = checkpoint.torch_load(ref), checkpoint.torch_load(grown)
+    assert all(torch.equal(sd_ref[k], sd[k]) for k in sd_ref)
 
 
 def test_allowed_change_is_used_logged_and_kept_in_the_history(tmp_path, data):
