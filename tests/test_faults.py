@@ -9,15 +9,24 @@ import pytest
 import torch
 
 from pagoda import checkpoint, script_util
+from tests.helpers.launch import mpiexec
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
 
 
-def _toy(run_dir, steps, *extra, check=True):
-    return subprocess.run([sys.executable, TOY, str(run_dir), str(steps), *extra], capture_output=True, text=True,
-                          timeout=300, check=check, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+def _toy(run_dir, steps, *extra, check=True, nproc=1):
+    cmd = [sys.executable, TOY, str(run_dir), str(steps), *extra]
+    if nproc > 1:
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=check,
+                          env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+
+
+def _same_final(run_a, run_b):
+    a, b = (torch.load(os.path.join(str(r), "final.pt"), weights_only=True) for r in (run_a, run_b))
+    return all(torch.equal(a[p][k], b[p][k]) for p in a for k in a[p])
 
 
 def _truncate(path):
@@ -47,9 +56,19 @@ def test_two_damaged_newest_states_with_keep_2_lose_no_progress(tmp_path):
     final = _toy(run, 12, "--keep", "2")
     assert f"resumed from step 3 ({run}/checkpoints/state_0000003.pt)" in final.stdout
     assert _steps(run) == [12, 9]
-    ref = torch.load(tmp_path / "ref" / "final.pt", weights_only=True)
-    got = torch.load(run / "final.pt", weights_only=True)
-    assert all(torch.equal(ref[p][k], got[p][k]) for p in ref for k in ref[p])
+    assert _same_final(tmp_path / "ref", run)
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_on_two_processes_keeps_each_ranks_global_draws(tmp_path):
+    """Dropout-like noise from the global generator differs by rank; a resume restores each rank's own stream
+    (restoring rank 0's on every rank made the ranks draw alike from then on)."""
+    _toy(tmp_path / "ref", 8, "--global_noise", nproc=2)
+    assert _toy(tmp_path / "run", 8, "--global_noise", "--kill_at", "5", nproc=2, check=False).returncode != 0
+    assert _steps(tmp_path / "run") == [3]
+    rerun = _toy(tmp_path / "run", 8, "--global_noise", nproc=2)
+    assert "resumed from step 3" in rerun.stdout
+    assert _same_final(tmp_path / "ref", tmp_path / "run")
 
 
 def test_retention_counts_only_readable_states(tmp_path):
