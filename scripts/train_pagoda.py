@@ -106,6 +106,26 @@ def feature_networks(args, seed):
             for name, w in zip(args.feature_networks, weights)}
 
 
+def build_discriminators(args, image_size, num_classes, device):
+    """The projected discriminator and, with --recon_discriminator, the reconstruction one (its own heads over the
+    same frozen feature networks: the official 512 setting). Heads come from --seed, the frozen networks from
+    --feature_seed, so every rank builds the same ones."""
+    with random_util.seeded(args.seed, "discriminator"):
+        discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
+                                               image_size=image_size, num_classes=num_classes,
+                                               channel_scale=args.d_channel_scale).to(device)
+    dist_util.sync_params(discriminator.parameters())
+    dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
+    recon_discriminator = None
+    if args.recon_discriminator:
+        with random_util.seeded(args.seed, "recon_discriminator"):
+            recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
+                                                         image_size=image_size, num_classes=num_classes,
+                                                         channel_scale=args.d_channel_scale).to(device)
+        dist_util.sync_params(recon_discriminator.parameters())
+    return discriminator, recon_discriminator
+
+
 def build_reconstruction(args, augment, device):
     if args.recon_loss == "pixel":
         return PixelLoss()
@@ -159,19 +179,7 @@ def main(argv=None):
                          f"{backbone.config['image_size']} px latents")
     num_classes = backbone.config["num_classes"]
     augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
-    with random_util.seeded(args.seed, "discriminator"):  # the heads; the frozen networks come from feature_seed
-        discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
-                                               image_size=image_size, num_classes=num_classes,
-                                               channel_scale=args.d_channel_scale).to(device)
-    dist_util.sync_params(discriminator.parameters())
-    dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
-    recon_discriminator = None
-    if args.recon_discriminator:  # own heads over the same frozen feature networks (the official 512 setting)
-        with random_util.seeded(args.seed, "recon_discriminator"):
-            recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
-                                                         image_size=image_size, num_classes=num_classes,
-                                                         channel_scale=args.d_channel_scale).to(device)
-        dist_util.sync_params(recon_discriminator.parameters())
+    discriminator, recon_discriminator = build_discriminators(args, image_size, num_classes, device)
     objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
                                 reconstruction=build_reconstruction(args, augment, device), augment=augment,
                                 discriminator_weight=args.discriminator_weight, adaptive=args.adaptive_weight,
