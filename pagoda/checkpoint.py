@@ -55,7 +55,8 @@ def torch_load(path):
 class CheckpointManager:
     """`<run_dir>/checkpoints/state_<step>.pt` files, saved atomically. Retention keeps the newest `keep` states
     that were read back successfully: unreadable (e.g. truncated) files are never counted, so damaged newest files
-    cannot push out the state a resume needs, and the newest readable state is never deleted."""
+    cannot push out the state a resume needs, and the newest readable state is never deleted. The price: each save
+    reads its new file back once."""
 
     def __init__(self, run_dir, *, keep=3):
         if keep < 1:
