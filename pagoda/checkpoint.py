@@ -1,4 +1,4 @@
-"""Training states (atomic, resumable, keep-last-K) and network exports (plain state_dict + JSON sidecar).
+"""Training states (atomic, resumable, the newest K readable kept) and network exports (state_dict + JSON sidecar).
 
 A training state is everything needed to continue a run bit-exactly; an export is the one thing the next
 stage, the sampler and the evaluator take: `<name>.pt` (a state_dict) beside `<name>.json` (what to build).
@@ -53,11 +53,17 @@ def torch_load(path):
 
 
 class CheckpointManager:
-    """`<run_dir>/checkpoints/state_<step>.pt` files; saves are atomic, only the newest `keep` are kept."""
+    """`<run_dir>/checkpoints/state_<step>.pt` files, saved atomically. Retention keeps the newest `keep` states
+    that were read back successfully: unreadable (e.g. truncated) files are never counted, so damaged newest files
+    cannot push out the state a resume needs, and the newest readable state is never deleted. The price: each save
+    reads its new file back once."""
 
     def __init__(self, run_dir, *, keep=3):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 (the newest readable state is always kept), got {keep}")
         self.folder = os.path.join(run_dir, "checkpoints")
         self.keep = keep
+        self._checked = {}  # path -> (_stamp, loaded whole?): each version of a file is read once
 
     def path(self, step):
         return os.path.join(self.folder, f"state_{step:07d}.pt")
@@ -71,19 +77,52 @@ class CheckpointManager:
                 found.append((int(m.group(1)), p))
         return sorted(found, reverse=True)
 
-    def save(self, step, state):
+    def save(self, step, state, log=print):
+        # Only this process writes here, one save at a time: a temp file present now is a killed save's leftover.
+        for tmp in glob.glob(os.path.join(self.folder, ".tmp_*")):
+            os.remove(tmp)
         atomic_save(state, self.path(step))
-        for _, old in self.states()[self.keep:]:
-            os.remove(old)
+        self.prune(log=log)
+
+    def prune(self, log=print):
+        """Delete every state older than the newest `keep` readable ones. Unreadable states newer than those stay
+        (not counted): the run overwrites each when it reaches its step again."""
+        kept = 0
+        for _, path in self.states():
+            if kept >= self.keep:
+                os.remove(path)
+            elif self._readable(path, log):
+                kept += 1
 
     def load_latest(self, log=print):
         """The newest state that loads; unreadable (e.g. truncated) files are reported and passed over."""
-        for step, path in self.states():
-            try:
-                return torch_load(path)
-            except Exception as exc:  # a truncated zip raises RuntimeError; be liberal, never resume from it
-                log(f"warning: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
+        for _, path in self.states():
+            state = self._read(path, log)
+            if state is not None:
+                return state
         return None
+
+    def _readable(self, path, log):
+        stamp, ok = self._checked.get(path, (None, False))
+        if stamp == _stamp(path):
+            return ok
+        return self._read(path, log) is not None
+
+    def _read(self, path, log):
+        """The state in `path`, or None if it does not load whole."""
+        stamp = _stamp(path)
+        try:
+            state = torch_load(path)
+        except Exception as exc:  # a truncated zip raises RuntimeError; be liberal, never count or resume from it
+            log(f"warning: skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
+            state = None
+        self._checked[path] = (stamp, state is not None)
+        return state
+
+
+def _stamp(path):
+    stat = os.stat(path)  # os.replace gives a rewritten state a new inode, even within one mtime tick
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 # -- exports -----------------------------------------------------------------------------------------------

@@ -152,9 +152,23 @@ def sync_params(params):
         broadcast(p.data)
 
 
+def comm_device():
+    """The device whose tensors the process group's backend takes: this process's CUDA device for NCCL (which
+    refuses CPU tensors), the CPU for gloo and MPI."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(tensor):
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """In-place sum over ranks of a tensor on any device: it travels through comm_device() when the backend
+    needs another one (e.g. the logger's CPU statistics under NCCL). Returns the tensor."""
+    if not dist.is_initialized():
+        return tensor
+    staged = tensor.to(comm_device())
+    dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+    if staged is not tensor:
+        tensor.copy_(staged)
     return tensor
 
 

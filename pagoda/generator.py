@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .image_util import psnr
+from .random_util import seeded
 from .unet import UNetModel
 
 
@@ -141,11 +142,12 @@ def grow(backbone, *, factor=2, channel_mult_high=None):
 def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False, num_fit_latents=64, seed=0,
                    sigma_max=80.0, sigma_data=0.5):
     """Stage 3's initialisation, shared by train_pagoda.py and the quickstart report: grow() on the parent's
-    device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents (deterministic,
-    so a report rebuilds the very network a run started from).
+    device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents. The new levels'
+    random weights come from `seed` too, so a report rebuilds the very network a run started from.
     Returns (grown, new_keys, (psnr_before, psnr_after) of the fit or None)."""
     device = next(parent.parameters()).device
-    grown, new_keys = grow(parent, factor=factor, channel_mult_high=channel_mult_high)
+    with seeded(seed, "grown_levels"):
+        grown, new_keys = grow(parent, factor=factor, channel_mult_high=channel_mult_high)
     grown = grown.to(device)
     fit = None
     if refit_head:

@@ -513,5 +513,8 @@ def infinite_batches(dataset, *, batch_size, seed=0, start_batch=0, num_workers=
                          "use a smaller batch, fewer shards, or drop_last=False")
     sampler = _EpochBatchSampler(n=len(dataset), batch_size=batch_size, seed=seed, start_batch=start_batch,
                                  drop_last=drop_last, random_flip=getattr(dataset, "random_flip", False))
-    loader = torch.utils.data.DataLoader(_ExplicitFlip(dataset), batch_sampler=sampler, num_workers=num_workers)
+    # Its own generator: a DataLoader iterator draws a worker base seed when created, and from the global generator
+    # that draw would shift dropout and every other global draw of a resumed run against an uninterrupted one.
+    loader = torch.utils.data.DataLoader(_ExplicitFlip(dataset), batch_sampler=sampler, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(seed))
     yield from loader

@@ -3,8 +3,17 @@
 A sample's seed is its global index plus a base seed, so the output files are identical whatever the batch
 size and however many processes share the work (the pattern of EDM's `generate.py` and consistency_models'
 `random_util.py`).
+
+Run-level randomness (network initialisation, dropout, anything drawn from the global generators) comes from the
+run's one `--seed` through `seed_all` and `seeded`, so the same command gives the same weights.
 """
 
+import contextlib
+import hashlib
+import json
+import random
+
+import numpy as np
 import torch
 
 
@@ -50,3 +59,29 @@ def sample_seeds(num_samples, *, base_seed=0, shard=0, num_shards=1):
     if not 0 <= shard < num_shards:
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
     return [base_seed + index for index in range(shard, num_samples, num_shards)]
+
+
+def derived_seed(seed, *names):
+    """A 63-bit seed for the stream `names` of a run seeded `seed` (e.g. derived_seed(0, "discriminator")).
+    Hashing keeps streams unrelated however close their names or the run seeds are."""
+    digest = hashlib.sha256(json.dumps([int(seed), *names]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_all(seed, *names):
+    """Seed the global generators (torch CPU and CUDA, numpy, random) from derived_seed(seed, *names): what a run
+    draws outside an explicit generator (dropout masks, DataLoader worker seeds) then follows the run's seed."""
+    value = derived_seed(seed, *names)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+@contextlib.contextmanager
+def seeded(seed, *names):
+    """Inside the block the CPU generator is seeded with derived_seed(seed, *names); its previous state is restored
+    after. For building networks: their initial weights depend on (seed, names) only, not on what was drawn before
+    (so adding one network to a run does not change the others). Networks must be built on the CPU here."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(derived_seed(seed, *names))
+        yield

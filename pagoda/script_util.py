@@ -9,8 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
-from . import checkpoint, dist_util
+from . import checkpoint, dist_util, logger
 
 
 def str2bool(v):
@@ -114,11 +115,135 @@ def handle_dry_run(args):
         sys.exit(0)
 
 
-def write_config(run_dir, args, **extra):
-    """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`."""
+# How a resumed run may differ from the run its checkpoints were made with, by config.json key (flags and the
+# records scripts add). "free": budget, cadence and resources, which change when and how fast, not what is trained.
+# "fixed": what the checkpoint's tensors are shaped by (architecture, EMA rates, trainable set, players) and the
+# data they were trained on; a new --run_dir is the way to change them. Every other key (learning rates, batch
+# sizes, loss weights, seeds, precision, --init_from, ...) is "guarded": refused unless --allow_config_change.
+FLAG_CLASSES = {
+    "free": ("total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps", "monitor_interval",
+             "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers", "cache_images", "use_checkpoint",
+             "microbatch", "run_dir", "preset", "allow_config_change", "git_commit", "world_size"),
+    "fixed": ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
+              "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
+              "feature_networks", "feature_weights", "d_channel_scale", "recon_discriminator", "recon_loss",
+              "unet", "generator", "data_dir", "latent_dir", "image_size", "random_flip", "dataset", "dataset_identity",
+              "num_images", "num_classes", "num_pairs"),
+    # guarded is the default; listed here are those that records of the architecture hold too ("unet.dropout")
+    "guarded": ("dropout",),
+}
+# Guarded keys that only shape a fresh run's initial weights: after a resume the checkpoint's weights stand.
+INIT_ONLY = ("init_from", "refit_head", "feature_seed")
+HISTORY_FILE = "config_history.jsonl"
+
+
+class ConfigChangeError(ValueError):
+    """Resuming a run with settings its checkpoints were not made with."""
+
+
+def flag_class(key):
+    """The class of a config.json key; an entry of a nested record ("unet.use_checkpoint") takes its own name's
+    class when the table has it, else the record's."""
+    top, leaf = key.split(".", 1)[0], key.rsplit(".", 1)[-1]
+    for name in (leaf, top):
+        found = [cls for cls, keys in FLAG_CLASSES.items() if name in keys]
+        if found:
+            return found[0]
+    return "guarded"
+
+
+def config_changes(recorded, requested):
+    """Every setting that differs, as (key, old, new, class), keys sorted. Nested records (e.g. the generator's
+    architecture) are compared key by key ("generator.model_channels"); top-level keys missing on either side (a
+    config.json written before a flag existed) are not compared."""
+    changes = []
+    for top in sorted(set(recorded) & set(requested)):
+        old, new = _flatten(top, recorded[top]), _flatten(top, requested[top])
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<absent>") != new.get(key, "<absent>"):
+                changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key)))
+    return changes
+
+
+def _flatten(prefix, value):
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out.update(_flatten(f"{prefix}.{k}", v))
+    return out
+
+
+def check_resume(recorded, requested, *, allow_change, flags, run_dir):
+    """Raise ConfigChangeError naming every refused change (old -> new) unless only free or, with `allow_change`,
+    guarded settings differ. `flags`: the keys that are command-line flags (shown as --key). Returns the changes."""
+    changes = config_changes(recorded, requested)
+    fixed = [c for c in changes if c[3] == "fixed"]
+    guarded = [c for c in changes if c[3] == "guarded"]
+    if not fixed and (allow_change or not guarded):
+        return changes
+    lines = [f"cannot resume {run_dir} with these settings: its checkpoints were made with those in its "
+             f"config.json (left as it is)"]
+    if fixed:
+        lines.append("  architecture or data changes (never allowed in place; use a new --run_dir):")
+        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in fixed]
+    if guarded and not allow_change:
+        lines.append("  other changes (pass --allow_config_change true to continue with the new values):")
+        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in guarded]
+    raise ConfigChangeError("\n".join(lines))
+
+
+def _name(key, flags):
+    return f"--{key}" if key in flags else key
+
+
+def write_config(run_dir, args, *, allow_change=False, **extra):
+    """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`.
+
+    When the run resumes (run_dir holds a training state) the settings are first checked against the recorded
+    config.json (check_resume); only then is it rewritten, and the accepted changes are logged and appended to
+    config_history.jsonl. A refusal raises ConfigChangeError on every rank.
+    """
     config = resolved_config(args)
     config.update(extra, git_commit=git_commit(), world_size=dist_util.get_world_size())
+    config = json.loads(json.dumps(config, default=str))  # tuples -> lists etc., as the recorded file holds them
+    error = None
     if dist_util.is_main():
-        checkpoint.atomic_write_text(json.dumps(config, indent=1, sort_keys=True, default=str),
-                                     os.path.join(run_dir, "config.json"))
+        try:
+            _record_config(run_dir, config, allow_change=allow_change, flags=set(vars(args)))
+        except ConfigChangeError as exc:
+            error = str(exc)
+    error = dist_util.broadcast_object(error)
+    if error:
+        raise ConfigChangeError(error)
     return config
+
+
+def _record_config(run_dir, config, *, allow_change, flags):
+    path = os.path.join(run_dir, "config.json")
+    states = checkpoint.CheckpointManager(run_dir).states()
+    if states and os.path.exists(path):
+        with open(path) as f:
+            try:
+                recorded = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ConfigChangeError(f"{path} is not valid JSON ({exc}); it records the settings of the run's "
+                                        f"checkpoints: restore it, or use a new --run_dir") from None
+        changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, run_dir=run_dir)
+        if changes:
+            _log_changes(run_dir, changes, flags, newest_state=states[0][0])
+    elif states:
+        logger.log(f"warning: {run_dir} has training states but no config.json; the settings were not checked")
+    checkpoint.atomic_write_text(json.dumps(config, indent=1, sort_keys=True), path)
+
+
+def _log_changes(run_dir, changes, flags, *, newest_state):
+    lines = [f"settings changed on resume (newest state: step {newest_state}):"]
+    for key, old, new, kind in changes:
+        note = " (no effect: the checkpoint's weights stand)" if key in INIT_ONLY else ""
+        lines.append(f"  {_name(key, flags)}: {old!r} -> {new!r} [{kind}]{note}")
+    logger.log("\n".join(lines))
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "newest_state": newest_state,
+             "changes": [{"key": k, "old": o, "new": n, "class": c} for k, o, n, c in changes]}
+    with open(os.path.join(run_dir, HISTORY_FILE), "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")

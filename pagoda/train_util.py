@@ -140,15 +140,17 @@ class TrainLoop:
             player.load_state_dict(state["players"][name])
         self.objective.load_state_dict(state["objective"])
         self.step, self.batches_drawn = int(state["step"]), int(state["batches_drawn"])
-        checkpoint.restore_rng(state["rng"])
+        checkpoint.restore_rng(_own_rng(state))
         logger.log(f"resumed from step {self.step} ({self.ckpt.path(self.step)})")
 
     def save(self):
+        # Every rank's global generators: their draws (dropout) differ by rank, and must go on so after a resume.
+        rngs = dist_util.all_gather_objects(checkpoint.capture_rng())
         if dist_util.is_main():
             state = {"step": self.step, "batches_drawn": self.batches_drawn,
                      "players": {n: p.state_dict() for n, p in self.players.items()},
-                     "objective": self.objective.state_dict(), "rng": checkpoint.capture_rng()}
-            self.ckpt.save(self.step, state)
+                     "objective": self.objective.state_dict(), "rng": rngs[0], "rng_per_rank": rngs}
+            self.ckpt.save(self.step, state, log=logger.log)
             self.export()
         dist_util.barrier()
 
@@ -243,6 +245,15 @@ class TrainLoop:
             counts[name] = (trainable, sum(x.numel() for x in p.module.parameters()) - trainable)
         logger.banner(title=self.title, config=self.config, world_size=dist_util.get_world_size(),
                       per_rank_batch=self.batch_size, global_batch=self.global_batch_size, param_counts=counts)
+
+
+def _own_rng(state):
+    """This rank's saved generator states; rank 0's if the state was saved with another world size (or before
+    states held every rank's)."""
+    per_rank = state.get("rng_per_rank")
+    if per_rank and len(per_rank) == dist_util.get_world_size():
+        return per_rank[dist_util.get_rank()]
+    return state["rng"]
 
 
 def _batch_len(batch):

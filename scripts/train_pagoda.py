@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
 import torch  # noqa: E402
 
 from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
@@ -42,7 +42,7 @@ GROUPS = {
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
                   log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000,
-                  monitor_interval=0, monitor_samples=256, monitor_network="random_conv"),
+                  monitor_interval=0, monitor_samples=256, monitor_network="random_conv", allow_config_change=False),
 }
 
 PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
@@ -106,6 +106,26 @@ def feature_networks(args, seed):
             for name, w in zip(args.feature_networks, weights)}
 
 
+def build_discriminators(args, image_size, num_classes, device):
+    """The projected discriminator and, with --recon_discriminator, the reconstruction one (its own heads over the
+    same frozen feature networks: the official 512 setting). Heads come from --seed, the frozen networks from
+    --feature_seed, so every rank builds the same ones."""
+    with random_util.seeded(args.seed, "discriminator"):
+        discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
+                                               image_size=image_size, num_classes=num_classes,
+                                               channel_scale=args.d_channel_scale).to(device)
+    dist_util.sync_params(discriminator.parameters())
+    dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
+    recon_discriminator = None
+    if args.recon_discriminator:
+        with random_util.seeded(args.seed, "recon_discriminator"):
+            recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
+                                                         image_size=image_size, num_classes=num_classes,
+                                                         channel_scale=args.d_channel_scale).to(device)
+        dist_util.sync_params(recon_discriminator.parameters())
+    return discriminator, recon_discriminator
+
+
 def build_reconstruction(args, augment, device):
     if args.recon_loss == "pixel":
         return PixelLoss()
@@ -144,6 +164,7 @@ def main(argv=None):
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
+    random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
     backbone = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
@@ -158,17 +179,7 @@ def main(argv=None):
                          f"{backbone.config['image_size']} px latents")
     num_classes = backbone.config["num_classes"]
     augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
-    discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
-                                           image_size=image_size, num_classes=num_classes,
-                                           channel_scale=args.d_channel_scale).to(device)
-    dist_util.sync_params(discriminator.parameters())
-    dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
-    recon_discriminator = None
-    if args.recon_discriminator:  # own heads over the same frozen feature networks (the official 512 setting)
-        recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
-                                                     image_size=image_size, num_classes=num_classes,
-                                                     channel_scale=args.d_channel_scale).to(device)
-        dist_util.sync_params(recon_discriminator.parameters())
+    discriminator, recon_discriminator = build_discriminators(args, image_size, num_classes, device)
     objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
                                 reconstruction=build_reconstruction(args, augment, device), augment=augment,
                                 discriminator_weight=args.discriminator_weight, adaptive=args.adaptive_weight,
@@ -184,7 +195,8 @@ def main(argv=None):
                                       num_workers=args.num_workers):
             yield batch if num_classes else {k: v for k, v in batch.items() if k != "y"}
 
-    config = script_util.write_config(args.run_dir, args, generator=backbone.config, num_pairs=len(pairs))
+    config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change,
+                                      generator=backbone.config, num_pairs=len(pairs))
     preview = GeneratorPreview(interval=args.preview_interval, num_classes=num_classes, sigma_max=args.sigma_max,
                                sigma_data=args.sigma_data)
     optim = {"generator": OptimSpec(name="radam", lr=args.lr_generator),

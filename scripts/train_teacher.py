@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
 from pagoda.callbacks import TeacherPreview  # noqa: E402
-from pagoda.image_datasets import ImageDataset, infinite_batches, open_source  # noqa: E402
+from pagoda.image_datasets import ImageDataset, infinite_batches, open_source, source_identity  # noqa: E402
 from pagoda.losses import EDMLoss  # noqa: E402
 from pagoda.model_io import load_backbone  # noqa: E402
 from pagoda.objectives import DiffusionObjective  # noqa: E402
@@ -40,7 +40,7 @@ def train_defaults():
     return dict(run_dir="runs/teacher", global_batch_size=64, microbatch=0, optimizer="adam", lr=1e-3,
                 weight_decay=0.0, warmup_steps=200, ema_rates=(0.999,), precision="fp32", total_steps=3000,
                 log_interval=100, save_interval=500, keep_checkpoints=2, seed=0, preview_interval=500,
-                preview_steps=18)
+                preview_steps=18, allow_config_change=False)
 
 
 PRESETS = {
@@ -78,12 +78,14 @@ def main(argv=None):
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
+    random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
     source = open_source(args.data_dir, on_error=args.on_error)
     dataset = ImageDataset(source, image_size=args.image_size, random_flip=args.random_flip,
                            shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                            on_error=args.on_error, cache=args.cache_images)
-    backbone = build_backbone(args, source.num_classes).to(device)
+    with random_util.seeded(args.seed, "teacher"):
+        backbone = build_backbone(args, source.num_classes).to(device)
     dist_util.sync_params(backbone.parameters())
     null_class = source.num_classes if (args.label_dropout > 0 and args.class_cond) else None
     loss = EDMLoss(P_mean=args.P_mean, P_std=args.P_std, sigma_data=args.sigma_data,
@@ -97,8 +99,10 @@ def main(argv=None):
                                       num_workers=args.num_workers):
             yield batch if args.class_cond else {"x": batch["x"]}
 
-    config = script_util.write_config(args.run_dir, args, dataset=source.origin, num_images=len(source),
-                                      num_classes=source.num_classes)
+    config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change,
+                                      dataset=source.origin, dataset_identity=source_identity(source),
+                                      num_images=len(source), num_classes=source.num_classes,
+                                      unet=backbone.config)
     preview = TeacherPreview(interval=args.preview_interval, num_steps=args.preview_steps,
                              num_classes=source.num_classes if args.class_cond else None)
     loop = TrainLoop(objective=objective, data=data, run_dir=args.run_dir,

@@ -1,6 +1,7 @@
 """Flags, presets, --dry_run, config.json and strict checkpoint loading errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 
 from pagoda import checkpoint, script_util
 
+REPO = Path(__file__).resolve().parents[1]
 GROUPS = {"model": {"channels": 64, "channel_mult": (1, 2), "use_fp16": False},
           "train": {"lr": 1e-4, "run_dir": "runs/x"}}
 PRESETS = {"tiny": {"channels": 16, "lr": 1e-3}}
@@ -89,3 +91,46 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     checkpoint.restore_rng(checkpoint.torch_load(str(tmp_path / "s.pt"))["rng"])
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
+
+
+def test_config_changes_by_class_with_nested_records():
+    recorded = {"lr": 1e-3, "total_steps": 10, "seed": 0, "generator": {"model_channels": 32, "num_classes": 4},
+                "old_flag": 1}
+    requested = {"lr": 5e-4, "total_steps": 20, "seed": 0, "generator": {"model_channels": 64, "num_classes": 4},
+                 "new_flag": 2}  # keys on one side only (flags added or removed since) are not compared
+    assert script_util.config_changes(recorded, requested) == [
+        ("generator.model_channels", 32, 64, "fixed"), ("lr", 1e-3, 5e-4, "guarded"), ("total_steps", 10, 20, "free")]
+    # an entry of a record takes its own class when it has one, else the record's
+    assert [script_util.flag_class(k) for k in ("unet.use_checkpoint", "unet.dropout", "unet.in_channels",
+                                                "dataset_identity.digest")] == ["free", "guarded", "fixed", "fixed"]
+
+
+def test_every_training_flag_has_a_deliberate_class():
+    """New flags default to "guarded" (refused on resume unless allowed); these are the ones that are not."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import train_pagoda
+    import train_teacher
+
+    flags = {k for groups in (train_teacher.GROUPS, train_pagoda.GROUPS) for g in groups.values() for k in g}
+    free = {k for k in flags if script_util.flag_class(k) == "free"}
+    fixed = {k for k in flags if script_util.flag_class(k) == "fixed"}
+    assert free == {"total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps",
+                    "monitor_interval", "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers",
+                    "cache_images", "use_checkpoint", "microbatch", "run_dir", "allow_config_change"}
+    assert fixed == {"model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
+                     "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
+                     "feature_networks", "feature_weights", "d_channel_scale", "recon_discriminator", "recon_loss",
+                     "data_dir", "latent_dir", "image_size", "random_flip"}
+
+
+def test_allowed_guarded_change_passes_and_fixed_never_does():
+    recorded, requested = {"lr": 1e-3, "image_size": 16}, {"lr": 5e-4, "image_size": 16}
+    check = dict(flags={"lr", "image_size"}, run_dir="runs/x")
+    assert script_util.check_resume(recorded, requested, allow_change=True, **check) == [
+        ("lr", 1e-3, 5e-4, "guarded")]
+    with pytest.raises(script_util.ConfigChangeError, match=r"other changes .*\n    --lr: 0.001 -> 0.0005$"):
+        script_util.check_resume(recorded, requested, allow_change=False, **check)
+    with pytest.raises(script_util.ConfigChangeError, match=r"use a new --run_dir\):\n    --image_size: 16 -> 32$"):
+        script_util.check_resume(recorded, dict(recorded, image_size=32), allow_change=True, **check)

@@ -29,10 +29,12 @@ def toy_data(global_batch):
 
 
 class ToyObjective(Objective):
-    """Regression with two players; `noisy` adds loop-generator noise so resume must restore the RNG path."""
+    """Regression with two players; `noisy` adds loop-generator noise so resume must restore the RNG path;
+    `global_noise` adds noise from the global generator, as dropout draws it."""
 
-    def __init__(self, *, noisy=False, seed=0):
+    def __init__(self, *, noisy=False, global_noise=False, seed=0):
         torch.manual_seed(seed)
+        self.global_noise = global_noise
         self.players = {"model": nn.Sequential(nn.Linear(DIM, 16), nn.Tanh(), nn.Linear(16, 1)),
                         "critic": nn.Linear(DIM, 1)}
         self.noisy = noisy
@@ -44,6 +46,8 @@ class ToyObjective(Objective):
         x, y = batch["x"], batch["y"]
         if self.noisy:
             x = x + 0.01 * torch.randn(x.shape, generator=generator, device=x.device)
+        if self.global_noise:
+            x = x + 0.01 * torch.randn(x.shape, device=x.device)
         pred = nets[player](x).squeeze(-1)
         mse = (pred - y) ** 2
         return {"loss": mse, "mse": mse.detach()}

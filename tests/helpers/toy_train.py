@@ -1,4 +1,5 @@
-"""Entry point for the multi-process and kill/resume tests: toy_train.py RUN_DIR STEPS [--kill_at N] [--clean]."""
+"""Entry point for the multi-process and kill/resume tests:
+toy_train.py RUN_DIR STEPS [--kill_at N] [--clean] [--keep K] [--global_noise]."""
 
 import os
 import signal
@@ -8,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from pagoda import dist_util, logger  # noqa: E402
+from pagoda import dist_util, logger, random_util  # noqa: E402
 from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
 from tests.helpers.toy import ToyObjective, toy_data  # noqa: E402
 
@@ -34,15 +35,18 @@ def main():
     parser.add_argument("steps", type=int)
     parser.add_argument("--kill_at", type=int, default=None)
     parser.add_argument("--clean", action="store_true", help="no per-rank noise (1 vs N process comparison)")
+    parser.add_argument("--keep", type=int, default=3, help="training states kept")
+    parser.add_argument("--global_noise", action="store_true", help="noise from the global generator (dropout)")
     args = parser.parse_args()
     run_dir, steps, kill_at = args.run_dir, args.steps, args.kill_at
     torch.set_num_threads(1)
     dist_util.setup_dist()
     logger.configure(run_dir)
-    objective = ToyObjective(noisy=not args.clean)
+    objective = ToyObjective(noisy=not args.clean, global_noise=args.global_noise)
+    random_util.seed_all(0, "run", dist_util.get_rank())  # as the training scripts seed it
     loop = TrainLoop(objective=objective, data=toy_data(8), run_dir=run_dir, global_batch_size=8, microbatch=2,
                      optim={"model": OptimSpec(name="adam", lr=1e-2), "critic": OptimSpec(name="radam", lr=1e-2)},
-                     total_steps=steps, log_interval=2, save_interval=3,
+                     total_steps=steps, log_interval=2, save_interval=3, keep_checkpoints=args.keep,
                      callbacks=[KillAt(kill_at)] if kill_at else [])
     loop.run()
     if dist_util.is_main():

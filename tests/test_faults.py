@@ -1,0 +1,164 @@
+"""Faults and resumes: damaged newest training states, kills at seeded steps, resuming with changed settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pagoda import checkpoint, script_util
+from tests.helpers.launch import mpiexec
+from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
+
+
+def _toy(run_dir, steps, *extra, check=True, nproc=1):
+    cmd = [sys.executable, TOY, str(run_dir), str(steps), *extra]
+    if nproc > 1:
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=check,
+                          env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+
+
+def _same_final(run_a, run_b):
+    a, b = (torch.load(os.path.join(str(r), "final.pt"), weights_only=True) for r in (run_a, run_b))
+    return all(torch.equal(a[p][k], b[p][k]) for p in a for k in a[p])
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _steps(run_dir):
+    return [step for step, _ in checkpoint.CheckpointManager(str(run_dir)).states()]
+
+
+# -- checkpoint retention ------------------------------------------------------------------------------------
+def test_two_damaged_newest_states_with_keep_2_lose_no_progress(tmp_path):
+    """The issue's case: keep-last-2 counted the two truncated newest files, so each new good state was deleted
+    right after it was written, and the next kill lost everything."""
+    _toy(tmp_path / "ref", 12, "--keep", "2")
+    run = tmp_path / "run"
+    assert _toy(run, 12, "--keep", "2", "--kill_at", "10", check=False).returncode == -9
+    assert _steps(run) == [9, 6]
+    for step in (9, 6):
+        _truncate(checkpoint.CheckpointManager(str(run)).path(step))
+    rerun = _toy(run, 12, "--keep", "2", "--kill_at", "5", check=False)  # starts over, saves 3, killed at 5
+    assert rerun.returncode == -9
+    assert rerun.stdout.count("skipping unreadable checkpoint") == 2 and "resumed from" not in rerun.stdout
+    assert _steps(run) == [9, 6, 3]
+    assert checkpoint.CheckpointManager(str(run)).load_latest(log=lambda *a: None)["step"] == 3
+    final = _toy(run, 12, "--keep", "2")
+    assert f"resumed from step 3 ({run}/checkpoints/state_0000003.pt)" in final.stdout
+    assert _steps(run) == [12, 9]
+    assert _same_final(tmp_path / "ref", run)
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_on_two_processes_keeps_each_ranks_global_draws(tmp_path):
+    """Dropout-like noise from the global generator differs by rank; a resume restores each rank's own stream
+    (restoring rank 0's on every rank made the ranks draw alike from then on)."""
+    _toy(tmp_path / "ref", 8, "--global_noise", nproc=2)
+    assert _toy(tmp_path / "run", 8, "--global_noise", "--kill_at", "5", nproc=2, check=False).returncode != 0
+    assert _steps(tmp_path / "run") == [3]
+    rerun = _toy(tmp_path / "run", 8, "--global_noise", nproc=2)
+    assert "resumed from step 3" in rerun.stdout
+    assert _same_final(tmp_path / "ref", tmp_path / "run")
+
+
+def test_retention_counts_only_readable_states(tmp_path):
+    first = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+    for step in (3, 6):
+        first.save(step, {"step": step})
+        _truncate(first.path(step))
+    manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)  # a new process: nothing verified yet
+    warnings = []
+    for step in (1, 2):
+        manager.save(step, {"step": step}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 3, 2, 1]
+    assert len(warnings) == 2  # each damaged file is read (and reported) once
+    manager.save(4, {"step": 4}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 4, 3, 2]  # 1 is older than the two newest readable states (4, 2)
+    manager.save(5, {"step": 5}, log=warnings.append)
+    assert _steps(tmp_path) == [6, 5, 4]
+    assert manager.load_latest(log=warnings.append)["step"] == 5
+
+
+def test_a_killed_save_leaves_no_temp_file_behind(tmp_path):
+    manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+    manager.save(1, {"step": 1})
+    leftover = tmp_path / "checkpoints" / ".tmp_abc123.pt"
+    leftover.write_bytes(b"half a state")
+    manager.save(2, {"step": 2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["state_0000001.pt", "state_0000002.pt"]
+
+
+# -- resuming with changed settings --------------------------------------------------------------------------
+@pytest.fixture
+def data(tmp_path):
+    return tiny_dataset(tmp_path)
+
+
+def _history(run_dir):
+    path = os.path.join(str(run_dir), script_util.HISTORY_FILE)
+    return [json.loads(line) for line in open(path)]
+
+
+def test_more_steps_resume_and_equal_an_uninterrupted_run(tmp_path, data):
+    """Budget and cadence flags change freely (STEPS=1500 bash commands/stage2_mnist.sh on a 1000-step run)."""
+    ref = teacher_run(tmp_path / "ref", data, "--total_steps", "4", "--dropout", "0.1")
+    run = tmp_path / "run"
+    teacher_run(run, data, "--dropout", "0.1")
+    grown = teacher_run(run, data, "--dropout", "0.1", "--total_steps", "4", "--log_interval", "2")
+    assert "resumed from step 2" in open(run / "log.txt").read()
+    sd_ref, sd = checkpoint.torch_load(ref), checkpoint.torch_load(grown)
+    assert all(torch.equal(sd_ref[k], sd[k]) for k in sd_ref)
+    assert json.load(open(run / "config.json"))["total_steps"] == 4
+    [entry] = _history(run)
+    assert [(c["key"], c["old"], c["new"], c["class"]) for c in entry["changes"]] == [
+        ("log_interval", 1, 2, "free"), ("total_steps", 2, 4, "free")]
+    assert entry["newest_state"] == 2
+
+
+def test_stage2_with_more_steps_resumes_and_equals_an_uninterrupted_run(tmp_path, data):
+    teacher = teacher_run(tmp_path / "teacher", data)
+    latents = encode_run(tmp_path / "z", teacher, data)
+    ref = stage2_run(tmp_path / "ref", teacher, latents, "--total_steps", "4")
+    stage2_run(tmp_path / "run", teacher, latents)
+    grown = stage2_run(tmp_path / "run", teacher, latents, "--total_steps", "4")
+    assert "resumed from step 2" in open(tmp_path / "run" / "log.txt").read()
+    sd_ref, sd = checkpoint.torch_load(ref), checkpoint.torch_load(grown)
+    assert all(torch.equal(sd_ref[k], sd[k]) for k in sd_ref)
+
+
+def test_allowed_change_is_used_logged_and_kept_in_the_history(tmp_path, data):
+    run = tmp_path / "run"
+    teacher_run(run, data)
+    teacher_run(run, data, "--total_steps", "3", "--lr", "5e-4", "--allow_config_change", "true")
+    log = open(run / "log.txt").read()
+    assert "settings changed on resume (newest state: step 2):\n  --allow_config_change: False -> True [free]\n" \
+           "  --lr: 0.001 -> 0.0005 [guarded]\n  --total_steps: 2 -> 3 [free]\n" in log
+    assert "resumed from step 2" in log
+    rows = open(run / "progress.csv").read().splitlines()
+    lr_column = rows[0].split(",").index("lr/denoiser")
+    assert [float(r.split(",")[lr_column]) for r in rows[1:]] == [1e-3, 1e-3, 5e-4]  # steps 1, 2, then 3
+    config = json.load(open(run / "config.json"))
+    assert config["lr"] == 5e-4 and config["allow_config_change"] is True
+    [entry] = _history(run)
+    assert {"key": "lr", "old": 1e-3, "new": 5e-4, "class": "guarded"} in entry["changes"]
+
+
+def test_stage2_recipe_with_more_steps_resolves_to_free_changes_only():
+    """`STEPS=1500 bash commands/stage2_mnist.sh` after the recipe's 1000 steps: only total_steps differs, freely."""
+    def resolved(steps):
+        env = dict(os.environ, PYTHON=sys.executable, STEPS=steps)
+        out = subprocess.run(["bash", os.path.join(REPO, "commands", "stage2_mnist.sh"), "--dry_run"], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    assert script_util.config_changes(resolved("1000"), resolved("1500")) == [("total_steps", 1000, 1500, "free")]
