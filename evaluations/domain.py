@@ -402,6 +402,11 @@ def _flag_defaults():
                            out="", cache_dir=str(default_cache_dir()))}
 
 
+FLAG_CONSTRAINTS = {"heldout_fraction": script_util.in_range(0, 1), "input_size": script_util.at_least(8),
+                    "epochs": script_util.at_least(1), "batch_size": script_util.at_least(1),
+                    "lr": script_util.greater_than(0), "seed": script_util.at_least(0)}
+
+
 def describe(record):
     """A few lines on what trained the classifier and how accurate it is on the held-out images."""
     heldout, size = record["heldout"], record["settings"]["input_size"]
@@ -416,7 +421,8 @@ def describe(record):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(_flag_defaults(), description=__doc__.split("\n")[0])
+    parser = script_util.create_parser(_flag_defaults(), description=__doc__.split("\n")[0],
+                                       constraints=FLAG_CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.cache_dir and not args.out:

@@ -229,13 +229,20 @@ def format_report(result):
     return "\n".join(lines)
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ref_batch", help="reference batch npz (ADM format, may carry mu/sigma/mu_s/sigma_s)")
     parser.add_argument("sample_batch", help="sample batch npz, or a folder of npz files")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--inception", default=None, help="Inception weight file (pytorch-fid .pth or TorchScript)")
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", type=_positive_int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="feature cache; '' disables it")
     return parser

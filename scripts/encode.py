@@ -38,6 +38,17 @@ GROUPS = {
                     start_sigma=0.0, precision="fp32"),
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
 }
+CONSTRAINTS = {
+    "image_size": script_util.at_least(0), "flips": script_util.each(script_util.one_of(0, 1), nonempty=True,
+                                                                     distinct=True),
+    "on_error": script_util.one_of("raise", "skip"), "limit": script_util.at_least(0),
+    "num_steps": script_util.at_least(2), "sigma_min": script_util.greater_than(0),
+    "sigma_max": script_util.greater_than(0), ("sigma_min", "sigma_max"): script_util.increasing,
+    "rho": script_util.greater_than(0), "start_sigma": script_util.at_least(0),
+    ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of("fp32", "bf16", "fp16"),
+    "storage": script_util.one_of("fp16", "fp32"), "chunk_size": script_util.at_least(1),
+    "batch_size": script_util.at_least(1), "verify": script_util.at_least(0),
+}
 
 
 def manifest(args, teacher_side_image_size, num_images, chunks, source):
@@ -67,7 +78,7 @@ def encoder_sigmas(args, device):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.teacher:

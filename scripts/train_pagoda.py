@@ -68,6 +68,23 @@ PRESETS = {
 }
 
 
+_c = script_util
+CONSTRAINTS = {
+    "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
+    "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
+    "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "feature_seed": _c.at_least(0),
+    "discriminator_weight": _c.at_least(0), "gan_loss": _c.one_of("hinge", "nonsaturating"),
+    "r1_gamma": _c.at_least(0), "recon_discriminator_weight": _c.at_least(0),
+    "translation_ratio": _c.in_range(0, 1, high_included=True), "cutout_ratio": _c.in_range(0, 1, high_included=True),
+    "d_channel_scale": _c.greater_than(0), "teacher_feature_sigma": _c.at_least(0), "sigma_max": _c.greater_than(0),
+    "sigma_data": _c.greater_than(0), "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0),
+    "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "ema_rates": _c.each(_c.in_range(0, 1)),
+    "precision": _c.one_of("fp32", "bf16", "fp16"), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
+    "save_interval": _c.at_least(1), "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0),
+    "preview_interval": _c.at_least(0), "monitor_interval": _c.at_least(0), "monitor_samples": _c.at_least(2),
+}
+
+
 def build_generator(args, device):
     """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3 (with
     --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled)."""
@@ -140,7 +157,7 @@ def monitor_callbacks(args, pairs, device, num_classes):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS)
+    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()

@@ -14,10 +14,11 @@ from pagoda import script_util  # noqa: E402
 from pagoda.image_util import resize_bicubic, save_grid  # noqa: E402
 
 GROUPS = {"upsample": dict(input="", image_size=32, out_dir="")}
+CONSTRAINTS = {"image_size": script_util.at_least(1)}
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.input or not args.out_dir:
