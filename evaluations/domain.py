@@ -337,14 +337,16 @@ def export_domain_classifier(model, record, path):
 
 
 def load_domain_classifier(path):
-    """A DomainClassifier in eval mode from an export (strict load); its sidecar record is `model.record`."""
+    """A DomainClassifier in eval mode from an export (strict load, content hash checked); its sidecar record is
+    `model.record`."""
     path = os.fspath(path)
     sidecar = checkpoint.read_sidecar(path)
     if sidecar is None or sidecar.get("kind") != KIND:
         found = "no sidecar" if sidecar is None else f"a {sidecar.get('kind')!r} sidecar"
         raise ValueError(f"{path} has {found}; a {KIND!r} export (from python -m evaluations.domain) is needed")
+    state_dict, sidecar = checkpoint.load_export(path, expect_kind=KIND)
     model = DomainClassifier(**sidecar["config"])
-    checkpoint.load_state_dict_strict(model, checkpoint.torch_load(path), source=path)
+    checkpoint.load_state_dict_strict(model, state_dict, source=path)
     model.record = sidecar["record"]
     return model.eval()
 

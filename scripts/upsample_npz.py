@@ -5,6 +5,7 @@
 
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -23,8 +24,13 @@ def main(argv=None):
     script_util.handle_dry_run(args)
     if not args.input or not args.out_dir:
         parser.error("--input and --out_dir are required")
-    with np.load(args.input) as data:
-        images, labels = resize_bicubic(data["arr_0"], args.image_size), data["arr_1"]
+    try:
+        with np.load(args.input) as data:
+            images, labels = data["arr_0"], data["arr_1"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        sys.exit(f"error: {args.input} cannot be read as an ADM npz with arr_0 and arr_1 ({type(exc).__name__}: "
+                 f"{exc}); pass the samples_*.npz that scripts/sample.py wrote")
+    images = resize_bicubic(images, args.image_size)
     os.makedirs(args.out_dir, exist_ok=True)
     n, h, w, c = images.shape
     path = os.path.join(args.out_dir, f"samples_{n}x{h}x{w}x{c}.npz")
