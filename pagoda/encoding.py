@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import logger
+from .faults import kill_point
 from .image_util import psnr
 from .latent_store import num_chunks
 from .random_util import StackedRandomGenerator
@@ -76,8 +77,13 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
             if bar:
                 bar.update(len(x))
                 bar.set_postfix(img_per_s=f"{done / (time.time() - start):.1f}")
-        store.write_chunk(c, np.concatenate(latents), ids=[dataset.ids[i] for i, _ in part],
-                          flips=[f for _, f in part], indices=[i for i, _ in part], settings=settings)
+        z = np.concatenate(latents)
+        if not np.isfinite(z).all():  # a chunk that would poison every later stage-2 step
+            raise FloatingPointError(f"the teacher produced non-finite latents for chunk {c} "
+                                     f"({store.npy_path(c)}); nothing was written for it")
+        store.write_chunk(c, z, ids=[dataset.ids[i] for i, _ in part], flips=[f for _, f in part],
+                          indices=[i for i, _ in part], settings=settings)
+        kill_point("encode.chunk_written")
     if bar:
         bar.close()
     return done

@@ -421,6 +421,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def num_skipped(self):
         return len(self._unreadable)
 
+    @property
+    def skipped_ids(self):
+        """The ids of the items found unreadable so far (on_error='skip')."""
+        return sorted(self.ids[j] for j in self._unreadable)
+
     def __len__(self):
         return len(self.indices)
 
@@ -520,3 +525,12 @@ def infinite_batches(dataset, *, batch_size, seed=0, start_batch=0, num_workers=
                                  drop_last=drop_last, random_flip=getattr(dataset, "random_flip", False))
     loader = torch.utils.data.DataLoader(_ExplicitFlip(dataset), batch_sampler=sampler, num_workers=num_workers)
     yield from loader
+
+
+def check_labels(labels, num_classes, *, data, model):
+    """Refuse labels a class-conditional model has no embedding for, before any work is done (it would fail with
+    an IndexError later, after writing some of its output)."""
+    labels = list(labels)
+    if num_classes and labels and max(labels) >= num_classes:
+        raise ValueError(f"{data} has labels up to {max(labels)} but {model} knows {num_classes} classes "
+                         f"(0..{num_classes - 1}); use the data it was trained on, or a model trained on these labels")

@@ -23,11 +23,11 @@ from pagoda.diffaug import DiffAugment  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
 from pagoda.features import create_feature_network  # noqa: E402
 from pagoda.generator import freeze_for_growth, grow_generator  # noqa: E402
-from pagoda.image_datasets import infinite_batches  # noqa: E402
+from pagoda.image_datasets import check_labels, infinite_batches  # noqa: E402
 from pagoda.losses import PixelLoss, PseudoHuberLoss, ReconstructionLoss  # noqa: E402
 from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
 from pagoda.objectives import PaGoDAObjective  # noqa: E402
-from pagoda.pair_datasets import PairDataset  # noqa: E402
+from pagoda.pair_datasets import PairDataset, check_latent_teacher  # noqa: E402
 from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
 
 GROUPS = {
@@ -86,11 +86,15 @@ CONSTRAINTS = {
 
 
 def build_generator(args, device):
-    """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3 (with
-    --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled)."""
+    """(backbone, origin): the generator backbone, the teacher's (stage 2) or a previous generator's, grown for
+    stage 3 (with --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled);
+    origin: the content hash of the teacher it descends from (None for a generator that predates the record) and
+    the teacher's null class."""
     if not args.init_from:
         raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
     backbone, side = load_generator_or_teacher_backbone(args.init_from)
+    origin = {"teacher_sha256": backbone.content_sha256 if side["kind"] == "denoiser" else side.get("teacher_sha256"),
+              "null_class": side.get("null_class")}
     backbone = backbone.to(device)
     if args.grow_factor > 1:
         backbone, new_keys, fit = grow_generator(
@@ -110,7 +114,20 @@ def build_generator(args, device):
         trainable, frozen = freeze_for_growth(backbone, activate_from=args.activate_from)
         logger.log(f"training output_blocks[{args.activate_from}:] + out: {trainable:,} trainable, "
                    f"{frozen:,} frozen parameters")
-    return backbone
+    return backbone, origin
+
+
+def check_pairs(args, pairs, backbone, origin):
+    """Refuse latents this generator cannot use: another resolution, another teacher, unknown labels."""
+    if pairs.manifest["image_size"] != backbone.config["image_size"]:
+        raise ValueError(f"latents in {args.latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
+                         f"{backbone.config['image_size']} px latents")
+    check_latent_teacher(pairs.manifest, origin["teacher_sha256"], latent_dir=args.latent_dir, model=args.init_from)
+    num_classes = backbone.config["num_classes"]
+    if num_classes:
+        num_classes -= origin["null_class"] is not None
+        check_labels([pairs.images.labels[k] for k in pairs.positions], num_classes,
+                     data=pairs.manifest["data_dir"], model=f"the generator from {args.init_from}")
 
 
 def feature_networks(args, seed):
@@ -162,7 +179,7 @@ def main(argv=None):
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
     logger.configure(args.run_dir)
-    backbone = build_generator(args, device)
+    backbone, origin = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
     image_size = args.image_size or backbone.config["output_size"]
     if image_size != backbone.config["output_size"]:
@@ -170,9 +187,9 @@ def main(argv=None):
                          f"{backbone.config['output_size']}")
     pairs = PairDataset(args.latent_dir, image_size=image_size, data_dir=args.data_dir or None,
                         shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(), cache=args.cache_images)
-    if pairs.manifest["image_size"] != backbone.config["image_size"]:
-        raise ValueError(f"latents in {args.latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
-                         f"{backbone.config['image_size']} px latents")
+    check_pairs(args, pairs, backbone, origin)
+    # the generator's exports name their teacher, so stage 3 can check the latents it is given
+    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else None
     num_classes = backbone.config["num_classes"]
     augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
     discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
@@ -193,7 +210,7 @@ def main(argv=None):
                                 r1_gamma=args.r1_gamma, recon_discriminator=recon_discriminator,
                                 recon_discriminator_weight=args.recon_discriminator_weight,
                                 sigma_max=args.sigma_max, sigma_data=args.sigma_data,
-                                ema_rates=args.ema_rates)
+                                ema_rates=args.ema_rates, lineage=lineage)
     per_rank = args.global_batch_size // dist_util.get_world_size()
 
     def data(start_batch):

@@ -97,6 +97,8 @@ def main(argv=None):
     device = dist_util.setup_dist()
     logger.configure(args.run_dir)
     source = open_source(args.data_dir, on_error=args.on_error)
+    if source.num_skipped:
+        logger.log(f"on_error=skip: skipped {source.num_skipped} files while indexing {args.data_dir}")
     dataset = ImageDataset(source, image_size=args.image_size, random_flip=args.random_flip,
                            shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                            on_error=args.on_error, cache=args.cache_images)
@@ -126,6 +128,8 @@ def main(argv=None):
                      save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
                      callbacks=[preview], config=config, title="stage 1: EDM teacher")
     loop.run()
+    if args.on_error == "skip":  # images found unreadable while training (DataLoader workers count their own)
+        logger.log(f"on_error=skip: skipped {dataset.num_skipped} unreadable images in this process")
     logger.log(f"done: teacher exports in {os.path.join(args.run_dir, 'exports')}")
     dist_util.cleanup()
 

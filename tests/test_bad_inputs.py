@@ -4,25 +4,33 @@ run or a silent result. Each case: the command or call, and the asserted message
 import json
 import os
 import shutil
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from evaluations import domain, evaluator
 from pagoda import checkpoint, script_util
 from pagoda.features import load_weights_file
 from pagoda.generator import generator_sidecar
 from pagoda.image_datasets import open_source
+from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_backbone, load_generator, load_teacher
 from pagoda.objectives import teacher_sidecar
+from pagoda.pair_datasets import PairDataset
 from pagoda.unet import UNetModel
 from scripts import (compare, encode, make_reference, quickstart_report, sample, train_pagoda, train_teacher,
                      upsample_npz)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
             num_head_channels=32, num_classes=4)
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def _export(path, kind="denoiser", seed=0):
@@ -40,6 +48,16 @@ def _data(path, n=12, size=12, num_classes=4):
     rng = np.random.RandomState(0)
     np.savez(path, arr_0=rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8), arr_1=np.arange(n) % num_classes)
     return str(path)
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def _encode(out, teacher, data, *extra):
+    return _run("encode.py", "--teacher", teacher, "--data_dir", data, "--out_dir", out, "--num_steps", "4",
+                "--chunk_size", "4", "--batch_size", "4", *extra)
 
 
 # -- numeric flags, at parse time --------------------------------------------------------------------------------
@@ -115,6 +133,33 @@ def test_data_constraint_on_an_unknown_flag_is_an_error():
 
 
 # -- data and latents --------------------------------------------------------------------------------------------
+def test_data_labels_beyond_the_teachers_classes_fail_before_any_chunk(tmp_path):
+    teacher = _export(tmp_path / "teacher.pt")
+    data = _data(tmp_path / "six.npz", num_classes=6)
+    out = _encode(tmp_path / "z", teacher, data)
+    assert out.returncode == 1
+    assert (f"{data} has labels up to 5 but the teacher {teacher} knows 4 classes (0..3); use the data it was "
+            "trained on, or a model trained on these labels") in out.stderr
+    assert not any(n.startswith("chunk_") for n in os.listdir(tmp_path / "z"))
+
+
+def _png(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 12, 3), value, np.uint8)).save(path)
+
+
+def test_data_on_error_skip_reports_how_many_files_it_skipped(tmp_path):
+    root = tmp_path / "images"
+    for c in range(2):
+        for i in range(3):
+            _png(root / str(c) / f"{i}.png", 40 * c + 10 * i)
+    (root / "1" / "3.png").write_bytes(b"not a png")  # unreadable when loaded
+    _png(root / "stray.png", 0)  # fits no class: skipped while indexing
+    out = _encode(tmp_path / "z", _export(tmp_path / "teacher.pt"), root, "--on_error", "skip", "--flips", "0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"on_error=skip: skipped 2 files (1 while indexing {root}, 1 unreadable, e.g. 1/3.png)" in out.stdout
+
+
 def test_data_truncated_npz_names_the_file(tmp_path):
     data = _data(tmp_path / "data.npz")
     with open(data, "r+b") as f:
@@ -142,6 +187,73 @@ def test_data_truncated_feature_weights_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=f"(?s){path} cannot be read as feature-network weights .*; the file is "
                                          "truncated or damaged: download or copy it again"):
         load_weights_file(path)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    """One finished tiny latent folder (12 images x 2 flips, 6 chunks of 4), copied by the tests that damage it."""
+    root = tmp_path_factory.mktemp("latents")
+    teacher, data = _export(root / "teacher.pt"), _data(root / "data.npz")
+    out = _encode(root / "z", teacher, data, "--storage", "fp32")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return root
+
+
+def _copy(latents, tmp_path):
+    shutil.copytree(latents / "z", tmp_path / "z")
+    return str(tmp_path / "z")
+
+
+def test_data_damaged_or_nan_chunks_are_refused_naming_the_file(latents, tmp_path):
+    folder = _copy(latents, tmp_path)
+    store, data = LatentStore(folder), str(latents / "data.npz")
+    z = np.load(store.npy_path(2))
+    np.save(store.npy_path(2), np.full_like(z, np.nan))  # the issue's case: data overwritten, record kept
+    with pytest.raises(ValueError, match=r"latent chunk .*z/chunk_000002.npy fails its check \(checksum mismatch "
+                                         r"\(damaged data\)\): rerun scripts/encode.py with the settings of "):
+        PairDataset(folder, image_size=8, data_dir=data)
+    meta = json.loads(open(store.meta_path(2)).read())
+    meta["crc32"] = zlib.crc32(np.full_like(z, np.nan).tobytes())  # NaN written with a matching checksum
+    open(store.meta_path(2), "w").write(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"chunk_000002.npy fails its check \(not finite \(NaN or inf latents\)\)"):
+        PairDataset(folder, image_size=8, data_dir=data)
+
+
+def test_data_each_shard_verifies_only_the_chunks_it_reads(latents, tmp_path):
+    """Chunk c holds images 2c and 2c+1 (both flips); with 12 shards, shard s reads image s only."""
+    folder = _copy(latents, tmp_path)
+    store, data = LatentStore(folder), str(latents / "data.npz")
+    with open(store.npy_path(5), "r+b") as f:
+        f.truncate(os.path.getsize(store.npy_path(5)) - 8)
+    first = PairDataset(folder, image_size=8, data_dir=data, shard=0, num_shards=12)
+    assert first.chunks_used() == {0}
+    with pytest.raises(ValueError, match=r"chunk_000005.npy fails its check \(unreadable"):
+        PairDataset(folder, image_size=8, data_dir=data, shard=11, num_shards=12)
+
+
+def test_data_chunk_of_other_settings_than_the_manifest_is_refused(latents, tmp_path):
+    folder = _copy(latents, tmp_path)
+    store = LatentStore(folder)
+    meta = json.loads(open(store.meta_path(1)).read())
+    meta["settings"]["num_steps"] = 6
+    open(store.meta_path(1), "w").write(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"chunk_000001.npy fails its check \(written with other settings "
+                                         r"\(num_steps\)\)"):
+        PairDataset(folder, image_size=8, data_dir=str(latents / "data.npz"))
+
+
+def test_data_stage2_refuses_latents_of_another_teacher(latents, tmp_path):
+    other = _export(tmp_path / "other_teacher.pt", seed=1)
+    out = _run("train_pagoda.py", "--init_from", other, "--latent_dir", latents / "z", "--run_dir", tmp_path / "run",
+               "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1")
+    manifest = LatentStore(str(latents / "z")).manifest()
+    mine = load_backbone(other, expect_kind="denoiser")[0].content_sha256
+    assert out.returncode == 1
+    assert (f"the latents in {latents / 'z'} were encoded by another teacher (content hash "
+            f"{manifest['teacher_sha256'][:12]}, {latents / 'teacher.pt'}) than the one {other} comes from "
+            f"({mine[:12]}); encode the data with this teacher") in out.stderr
+    assert manifest["teacher_sha256"] == checkpoint.read_sidecar(str(latents / "teacher.pt"))["content_sha256"]
+    assert not os.path.exists(tmp_path / "run" / "exports")
 
 
 # -- exports and their sidecars ----------------------------------------------------------------------------------
