@@ -69,7 +69,10 @@ def main(argv=None):
             return sampler(rng, y).float()
 
     if dist_util.is_main():
-        claim_parts(args.out_dir, sampling_identity(args))
+        try:
+            claim_parts(args.out_dir, sampling_identity(args))
+        except FileExistsError as exc:  # another model's samples: a user error, not a crash
+            sys.exit(f"error: {exc}")
     dist_util.barrier()
     made, seconds = run_sampling(sample_fn, out_dir=args.out_dir, num_samples=args.num_samples,
                                  num_classes=num_classes, label_mode=args.labels, base_seed=args.seed,

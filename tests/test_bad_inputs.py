@@ -26,7 +26,6 @@ from pagoda.unet import UNetModel
 from scripts import (compare, encode, make_reference, quickstart_report, sample, train_pagoda, train_teacher,
                      upsample_npz)
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
             num_head_channels=32, num_classes=4)
@@ -337,3 +336,27 @@ def test_export_truncated_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)teacher.pt cannot be read \(.*\); the file is truncated or damaged: "
                                          r"copy or export it again"):
         load_teacher(path)
+
+
+# -- the sampler -------------------------------------------------------------------------------------------------
+def _sample(model, out, *extra):
+    return _run("sample.py", "--model", model, "--out_dir", out, "--num_samples", "6", "--chunk_size", "4",
+                "--num_steps", "2", *extra)
+
+
+def test_sample_other_models_samples_are_refused_never_deleted(tmp_path):
+    teacher, generator = _export(tmp_path / "teacher.pt"), _export(tmp_path / "generator.pt", "generator")
+    out = tmp_path / "s"
+    assert _sample(teacher, out).returncode == 0
+    before = {p: (out / p).read_bytes() for p in ("samples_6x8x8x3.npz", "parts/part_000000.npz",
+                                                  "parts/part_000001.npz")}
+    refused = _sample(generator, out)
+    assert refused.returncode == 1
+    assert (f"error: {out} holds the samples of another model ({teacher}); sample {generator} into another "
+            "--out_dir, or move that folder away first\n") in refused.stderr
+    assert {p: (out / p).read_bytes() for p in before} == before
+    os.remove(out / "parts" / "identity.json")  # the finished samples' record (sampling.json) still names the teacher
+    assert "holds the samples of another model" in _sample(generator, out).stderr
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert _sample(generator, tmp_path / "g").returncode == 0  # its own folder works
+
