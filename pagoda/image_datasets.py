@@ -421,11 +421,6 @@ class ImageDataset(torch.utils.data.Dataset):
     def num_skipped(self):
         return len(self._unreadable)
 
-    @property
-    def skipped_ids(self):
-        """The ids of the items found unreadable so far (on_error='skip')."""
-        return sorted(self.ids[j] for j in self._unreadable)
-
     def __len__(self):
         return len(self.indices)
 

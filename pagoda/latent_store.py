@@ -58,9 +58,10 @@ class LatentStore:
         return os.path.join(self.folder, f"chunk_{c:06d}.json")
 
     # -- writing ---------------------------------------------------------------------------------------
-    def write_chunk(self, c, z, *, ids, flips, indices, settings=None):
+    def write_chunk(self, c, z, *, ids, flips, indices, settings=None, skipped=()):
         """Write chunk c atomically: the array, then the record that certifies it. `settings` (teacher, solver,
-        storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents."""
+        storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents; `skipped`
+        (id, flip) items of the chunk had unreadable images and have no row."""
         os.makedirs(self.folder, exist_ok=True)
         z = np.ascontiguousarray(z)
         tmp = self.npy_path(c) + ".tmp"
@@ -71,7 +72,7 @@ class LatentStore:
         os.replace(tmp, self.npy_path(c))
         meta = {"ids": list(ids), "flips": [bool(v) for v in flips], "indices": [int(i) for i in indices],
                 "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes()),
-                "settings": settings or {}}
+                "settings": settings or {}, "skipped": [[image_id, bool(f)] for image_id, f in skipped]}
         atomic_write_text(json.dumps(meta), self.meta_path(c))
 
     def check_chunk(self, c, *, expected_ids=None, expected_flips=None, expected_settings=None):
@@ -91,9 +92,11 @@ class LatentStore:
             return "checksum mismatch (damaged data)"
         if not np.isfinite(data).all():
             return "not finite (NaN or inf latents)"
-        if expected_ids is not None and (meta["ids"] != list(expected_ids) or
-                                         meta["flips"] != [bool(v) for v in expected_flips]):
-            return "written for other images (the dataset changed)"
+        if expected_ids is not None:
+            skipped = {(image_id, bool(f)) for image_id, f in meta.get("skipped", [])}
+            expected = [(i, bool(f)) for i, f in zip(expected_ids, expected_flips) if (i, bool(f)) not in skipped]
+            if list(zip(meta["ids"], meta["flips"])) != expected:
+                return "written for other images (the dataset changed)"
         if expected_settings is not None and meta.get("settings") != expected_settings:
             changed = sorted(k for k in set(expected_settings) | set(meta.get("settings", {}))
                              if expected_settings.get(k) != meta.get("settings", {}).get(k))
@@ -160,6 +163,14 @@ class LatentStore:
             if reason is not None:
                 raise ValueError(f"latent chunk {self.npy_path(c)} fails its check ({reason}): rerun scripts/encode.py "
                                  f"with the settings of {self._path(MANIFEST)} to redo it")
+
+    def skipped(self, chunks):
+        """The (id, flip) items of `chunks` left out because their images could not be read."""
+        found = []
+        for c in chunks:
+            with open(self.meta_path(c)) as f:
+                found += [(image_id, bool(flip)) for image_id, flip in json.load(f).get("skipped", [])]
+        return found
 
     def index(self):
         """{(id, flip): (chunk, row)}."""

@@ -90,8 +90,9 @@ def main(argv=None):
     if image_size != teacher.backbone.config["image_size"]:
         raise ValueError(f"--image_size {image_size} differs from the teacher's resolution "
                          f"{teacher.backbone.config['image_size']}")
-    dataset = ImageDataset(open_source(args.data_dir, on_error=args.on_error), image_size=image_size,
-                           on_error=args.on_error)
+    # on_error governs indexing only: an unreadable image is left out of its chunk (skip) rather than replaced by
+    # another one, whose latent would then be stored under its id
+    dataset = ImageDataset(open_source(args.data_dir, on_error=args.on_error), image_size=image_size)
     indices = image_subset(len(dataset), args.limit)
     if teacher.backbone.config["num_classes"] is not None:
         check_labels([dataset.labels[i] for i in indices], teacher_classes(teacher), data=args.data_dir,
@@ -115,15 +116,13 @@ def main(argv=None):
                          batch_size=args.batch_size, clamp_denoised=args.clamp_denoised,
                          dtype=np.float16 if args.storage == "fp16" else np.float32, autocast=mp.autocast,
                          class_cond=teacher.backbone.config["num_classes"] is not None, settings=settings,
-                         start_sigma=args.start_sigma)
+                         start_sigma=args.start_sigma, skip_unreadable=args.on_error == "skip")
     elapsed = time.time() - start
     if done:
         logger.log(f"rank {rank}: encoded {done} images in {elapsed:.1f}s ({done / elapsed:.2f} img/s, "
                    f"{2 * (args.num_steps - 1)} NFE each)")
-    skipped = sorted(set().union(*dist_util.all_gather_objects(set(dataset.skipped_ids))))
     dist_util.barrier()
     if dist_util.is_main():
-        report_skipped(args, dataset.source.num_skipped, skipped)
         finish(args, store, dataset, items, image_size, n, teacher, sigmas)
     dist_util.barrier()
     dist_util.cleanup()
@@ -136,6 +135,7 @@ def teacher_classes(teacher):
 
 
 def report_skipped(args, indexing, unreadable):
+    """`unreadable`: the ids of the images left out of the latents, as their chunks record them."""
     if args.on_error != "skip":
         return
     example = f", e.g. {unreadable[0]}" if unreadable else ""
@@ -151,10 +151,13 @@ def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
         raise RuntimeError(f"chunks {bad[:10]} are incomplete after encoding; rerun the same command")
     store.write_index(range(chunks))
     store.write_manifest(manifest(args, image_size, n, chunks, dataset.source, settings))
-    logger.log(f"latents complete: {args.out_dir} ({len(items)} items)")
+    skipped = store.skipped(range(chunks))
+    report_skipped(args, dataset.source.num_skipped, sorted({image_id for image_id, _ in skipped}))
+    logger.log(f"latents complete: {args.out_dir} ({len(items) - len(skipped)} items)")
     if args.verify:
-        keys = items[:args.verify]
-        psnr = verify_round_trip(teacher, dataset, store, store.index(), keys, sigmas=sigmas,
+        index = store.index()
+        keys = [(i, f) for i, f in items if (dataset.ids[i], f) in index][:args.verify]
+        psnr = verify_round_trip(teacher, dataset, store, index, keys, sigmas=sigmas,
                                  clamp_denoised=args.clamp_denoised,
                                  class_cond=teacher.backbone.config["num_classes"] is not None,
                                  start_sigma=args.start_sigma)

@@ -149,15 +149,29 @@ def _png(path, value):
 
 
 def test_data_on_error_skip_reports_how_many_files_it_skipped(tmp_path):
+    """An unreadable image is left out of its chunk and recorded there, never replaced by another image (whose
+    latent would then be stored under its id); a rerun finds nothing to redo."""
     root = tmp_path / "images"
     for c in range(2):
         for i in range(3):
             _png(root / str(c) / f"{i}.png", 40 * c + 10 * i)
     (root / "1" / "3.png").write_bytes(b"not a png")  # unreadable when loaded
     _png(root / "stray.png", 0)  # fits no class: skipped while indexing
-    out = _encode(tmp_path / "z", _export(tmp_path / "teacher.pt"), root, "--on_error", "skip", "--flips", "0")
+    teacher = _export(tmp_path / "teacher.pt")
+    out = _encode(tmp_path / "z", teacher, root, "--on_error", "skip", "--flips", "0", "--verify", "7")
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"on_error=skip: skipped 2 files (1 while indexing {root}, 1 unreadable, e.g. 1/3.png)" in out.stdout
+    store = LatentStore(str(tmp_path / "z"))
+    assert store.skipped(range(2)) == [("1/3.png", False)] and ("1/3.png", False) not in store.index()
+    pairs = PairDataset(str(tmp_path / "z"), image_size=8, on_error="skip")
+    assert pairs.ids == [f"{c}/{i}.png" for c in range(2) for i in range(3)]
+    again = LatentStore(str(tmp_path / "again"))
+    again.write_chunk(0, np.zeros((0, 3, 8, 8), np.float16), ids=[], flips=[], indices=[], skipped=[("a", True)])
+    assert again.check_chunk(0, expected_ids=["a"], expected_flips=[True]) is None
+    changed = again.check_chunk(0, expected_ids=["b"], expected_flips=[True])
+    assert changed == "written for other images (the dataset changed)"
+    rerun = _encode(tmp_path / "z", teacher, root, "--on_error", "skip", "--flips", "0")
+    assert "rank 0: 0 chunks to do" in rerun.stdout
 
 
 def test_data_truncated_npz_names_the_file(tmp_path):
