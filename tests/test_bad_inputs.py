@@ -270,6 +270,26 @@ def test_data_stage2_refuses_latents_of_another_teacher(latents, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "exports")
 
 
+
+def test_data_stage3_refuses_latents_of_another_teacher_through_the_generator_sidecar(latents, tmp_path):
+    """Stage 2's exports record the teacher they descend from; stage 3 checks it against the latents' teacher."""
+    out = _run("train_pagoda.py", "--init_from", latents / "teacher.pt", "--latent_dir", latents / "z", "--run_dir",
+               tmp_path / "stage2", "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1",
+               "--preview_interval", "0", "--d_channel_scale", "0.25")
+    assert out.returncode == 0, out.stderr[-2000:]
+    generator = str(tmp_path / "stage2" / "exports" / "generator_ema0.999.pt")
+    manifest = LatentStore(str(latents / "z")).manifest()
+    assert checkpoint.read_sidecar(generator)["teacher_sha256"] == manifest["teacher_sha256"]
+    folder = _copy(latents, tmp_path)  # the same latents, recorded as another teacher's
+    other = json.dumps({**manifest, "teacher_sha256": "0" * 64})
+    checkpoint.atomic_write_text(other, os.path.join(folder, "manifest.json"))
+    out = _run("train_pagoda.py", "--init_from", generator, "--latent_dir", folder, "--run_dir", tmp_path / "stage3",
+               "--grow_factor", "2", "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1")
+    assert out.returncode == 1
+    assert (f"the latents in {folder} were encoded by another teacher (content hash 000000000000, "
+            f"{manifest['teacher']}) than the one {generator} comes from ({manifest['teacher_sha256'][:12]})"
+            ) in out.stderr
+
 # -- exports and their sidecars ----------------------------------------------------------------------------------
 def test_export_carries_the_content_hash_of_weights_and_sidecar(tmp_path):
     path = _export(tmp_path / "teacher.pt")
