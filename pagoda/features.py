@@ -363,11 +363,17 @@ def lukemelas_to_timm(state_dict, target, *, source):
 def load_weights_file(path):
     """A state_dict from .safetensors or a torch file (unwrapping a {'model': ...} / {'state_dict': ...} dict)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch and safetensors name neither the file nor the remedy
+        raise ValueError(f"{path} cannot be read as feature-network weights ({type(exc).__name__}: {exc}); the file "
+                         "is truncated or damaged: download or copy it again") from exc
     for key in ("model", "state_dict"):
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]

@@ -203,11 +203,16 @@ def _array_ids(stem, n):
 
 def _open_npz(path):
     """ADM-format .npz: arr_0 uint8 images (N, H, W, C) or (N, H, W); optional arr_1 integer labels (N,)."""
-    with np.load(path) as data:
-        if "arr_0" not in data.files:
-            raise ValueError(f"{path} has no 'arr_0' (ADM-format npz: arr_0 uint8 NHWC images, arr_1 labels)")
-        images = data["arr_0"]
-        labels = data["arr_1"] if "arr_1" in data.files else None
+    try:
+        with np.load(path) as data:
+            names = data.files
+            images = data["arr_0"] if "arr_0" in names else None
+            labels = data["arr_1"] if "arr_1" in names else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} cannot be read as an npz ({type(exc).__name__}: {exc}); the file is truncated or "
+                         "damaged: write it again") from exc
+    if images is None:
+        raise ValueError(f"{path} has no 'arr_0' (ADM-format npz: arr_0 uint8 NHWC images, arr_1 labels)")
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: arr_0 must be uint8 images in [0, 255], got dtype {images.dtype}")
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3, 4))):
@@ -518,3 +523,12 @@ def infinite_batches(dataset, *, batch_size, seed=0, start_batch=0, num_workers=
     loader = torch.utils.data.DataLoader(_ExplicitFlip(dataset), batch_sampler=sampler, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(seed))
     yield from loader
+
+
+def check_labels(labels, num_classes, *, data, model):
+    """Refuse labels a class-conditional model has no embedding for, before any work is done (it would fail with
+    an IndexError later, after writing some of its output)."""
+    labels = list(labels)
+    if num_classes and labels and max(labels) >= num_classes:
+        raise ValueError(f"{data} has labels up to {max(labels)} but {model} knows {num_classes} classes "
+                         f"(0..{num_classes - 1}); use the data it was trained on, or a model trained on these labels")

@@ -7,6 +7,11 @@ only redoes chunks that are missing or damaged. A chunk is two files written ato
   chunk_<c>.json  the ids, flips and image indices of its rows, the array shape/dtype and a CRC32 of the data;
                   its presence marks the chunk complete
 After all chunks: index.npz (id, flip -> chunk, row) and manifest.json (teacher, solver and data settings).
+
+A folder is finished only while it has a manifest. An encode with other settings first removes the manifest and
+the index and records its settings in encoding.json, so a folder killed half-way through a re-encode is refused
+by its consumers instead of mixing chunks of two settings; every chunk also records its settings, and a consumer
+checks them (and each chunk's CRC) against the manifest for the chunks it reads.
 """
 
 import json
@@ -17,6 +22,8 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_text
+
+MANIFEST, INDEX, PENDING = "manifest.json", "index.npz", "encoding.json"
 
 
 def image_subset(num_images, limit=0, *, seed=0):
@@ -51,9 +58,10 @@ class LatentStore:
         return os.path.join(self.folder, f"chunk_{c:06d}.json")
 
     # -- writing ---------------------------------------------------------------------------------------
-    def write_chunk(self, c, z, *, ids, flips, indices, settings=None):
+    def write_chunk(self, c, z, *, ids, flips, indices, settings=None, skipped=()):
         """Write chunk c atomically: the array, then the record that certifies it. `settings` (teacher, solver,
-        storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents."""
+        storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents; `skipped`
+        (id, flip) items of the chunk had unreadable images and have no row."""
         os.makedirs(self.folder, exist_ok=True)
         z = np.ascontiguousarray(z)
         tmp = self.npy_path(c) + ".tmp"
@@ -64,7 +72,7 @@ class LatentStore:
         os.replace(tmp, self.npy_path(c))
         meta = {"ids": list(ids), "flips": [bool(v) for v in flips], "indices": [int(i) for i in indices],
                 "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes()),
-                "settings": settings or {}}
+                "settings": settings or {}, "skipped": [[image_id, bool(f)] for image_id, f in skipped]}
         atomic_write_text(json.dumps(meta), self.meta_path(c))
 
     def check_chunk(self, c, *, expected_ids=None, expected_flips=None, expected_settings=None):
@@ -79,11 +87,16 @@ class LatentStore:
             return f"unreadable ({type(exc).__name__}: {exc})"
         if list(z.shape) != meta["shape"] or str(z.dtype) != meta["dtype"]:
             return f"array is {tuple(z.shape)} {z.dtype}, record says {tuple(meta['shape'])} {meta['dtype']}"
-        if zlib.crc32(np.ascontiguousarray(z).tobytes()) != meta["crc32"]:
+        data = np.ascontiguousarray(z)
+        if zlib.crc32(data.tobytes()) != meta["crc32"]:
             return "checksum mismatch (damaged data)"
-        if expected_ids is not None and (meta["ids"] != list(expected_ids) or
-                                         meta["flips"] != [bool(v) for v in expected_flips]):
-            return "written for other images (the dataset changed)"
+        if not np.isfinite(data).all():
+            return "not finite (NaN or inf latents)"
+        if expected_ids is not None:
+            skipped = {(image_id, bool(f)) for image_id, f in meta.get("skipped", [])}
+            expected = [(i, bool(f)) for i, f in zip(expected_ids, expected_flips) if (i, bool(f)) not in skipped]
+            if list(zip(meta["ids"], meta["flips"])) != expected:
+                return "written for other images (the dataset changed)"
         if expected_settings is not None and meta.get("settings") != expected_settings:
             changed = sorted(k for k in set(expected_settings) | set(meta.get("settings", {}))
                              if expected_settings.get(k) != meta.get("settings", {}).get(k))
@@ -107,16 +120,57 @@ class LatentStore:
         os.replace(tmp, path)
 
     def write_manifest(self, manifest):
-        atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), os.path.join(self.folder, "manifest.json"))
+        atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), self._path(MANIFEST))
+        if os.path.exists(self._path(PENDING)):
+            os.remove(self._path(PENDING))
+
+    def begin(self, manifest):
+        """Before writing any chunk: unless the folder is finished with exactly `manifest`, remove its manifest
+        (first: consumers need it) and index, and record the settings now being encoded in encoding.json."""
+        try:
+            with open(self._path(MANIFEST)) as f:
+                if json.load(f) == json.loads(json.dumps(manifest)):
+                    return False
+        except (OSError, ValueError):
+            pass
+        for name in (MANIFEST, INDEX):
+            if os.path.exists(self._path(name)):
+                os.remove(self._path(name))
+        atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), self._path(PENDING))
+        return True
+
+    def _path(self, name):
+        return os.path.join(self.folder, name)
 
     # -- reading ---------------------------------------------------------------------------------------
     def manifest(self):
-        path = os.path.join(self.folder, "manifest.json")
+        path = self._path(MANIFEST)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: {self.folder} is not a finished latent folder (run "
-                                    f"scripts/encode.py to completion; rerunning it finishes an interrupted run)")
+            pending = ""
+            if os.path.exists(self._path(PENDING)):
+                pending = (f" An encode started here ({self._path(PENDING)} records its settings) has not finished, "
+                           "and its chunks must not be mixed with older ones.")
+            raise FileNotFoundError(f"{path} not found: {self.folder} is not a finished latent folder.{pending} Run "
+                                    f"scripts/encode.py to completion; rerunning it finishes an interrupted run")
         with open(path) as f:
             return json.load(f)
+
+    def verify_chunks(self, chunks, *, expected_settings=None):
+        """ValueError naming the first of `chunks` that is damaged, not finite or made with other settings than
+        `expected_settings` (a reader checks the chunks it reads; each rank its own)."""
+        for c in sorted(chunks):
+            reason = self.check_chunk(c, expected_settings=expected_settings)
+            if reason is not None:
+                raise ValueError(f"latent chunk {self.npy_path(c)} fails its check ({reason}): rerun scripts/encode.py "
+                                 f"with the settings of {self._path(MANIFEST)} to redo it")
+
+    def skipped(self, chunks):
+        """The (id, flip) items of `chunks` left out because their images could not be read."""
+        found = []
+        for c in chunks:
+            with open(self.meta_path(c)) as f:
+                found += [(image_id, bool(flip)) for image_id, flip in json.load(f).get("skipped", [])]
+        return found
 
     def index(self):
         """{(id, flip): (chunk, row)}."""

@@ -35,23 +35,23 @@ def infer_released_config(state_dict, *, source):
 
 
 def load_backbone(path, *, expect_kind):
-    """(backbone UNetModel, sidecar) from an export or a released file; strict load."""
+    """(backbone UNetModel, sidecar) from an export or a released file; strict load. The backbone's
+    `content_sha256` identifies the file's model: the sidecar's content hash, or for a released file without a
+    sidecar the digest of its weights."""
     if not os.path.exists(path):
         hint = (" The released EDM ImageNet-64 teacher is `edm_imagenet64_ema.pt` from the openai/consistency_models "
                 "release; a pagoda teacher export is `<run_dir>/exports/denoiser_ema<rate>.pt`."
                 if expect_kind == "denoiser" else
                 " A pagoda generator export is `<run_dir>/exports/generator_ema<rate>.pt`.")
         raise FileNotFoundError(f"{expect_kind} checkpoint not found: {path}.{hint}")
-    state_dict = checkpoint.torch_load(path)
+    state_dict, sidecar = checkpoint.load_export(path, expect_kind=expect_kind)
     if isinstance(state_dict, dict) and "players" in state_dict:
         raise ValueError(f"{path} is a training state, not an export; use the files in <run_dir>/exports/")
-    sidecar = checkpoint.read_sidecar(path)
     if sidecar is None:
         sidecar = {"kind": expect_kind, "unet": infer_released_config(state_dict, source=path)}
-    elif sidecar.get("kind") != expect_kind:
-        raise ValueError(f"{path} is a {sidecar.get('kind')!r} export, but a {expect_kind!r} is needed here")
     backbone = UNetModel(**sidecar["unet"])
     checkpoint.load_state_dict_strict(backbone, state_dict, source=path)
+    backbone.content_sha256 = sidecar.get(checkpoint.CONTENT_HASH) or checkpoint.weights_digest(state_dict)
     return backbone, sidecar
 
 

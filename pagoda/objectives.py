@@ -117,7 +117,7 @@ class PaGoDAObjective(Objective):
     def __init__(self, *, generator, discriminator, reconstruction, augment, discriminator_weight=0.2,
                  adaptive=True, separate_update=False, gan_loss="hinge", r1_gamma=0.0, r1_interval=16,
                  recon_discriminator=None, recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5,
-                 ema_rates=(0.999,)):
+                 ema_rates=(0.999,), lineage=None):
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
         self.generator, self.discriminator = generator, discriminator
@@ -132,6 +132,8 @@ class PaGoDAObjective(Objective):
         self.sigma_max, self.sigma_data = sigma_max, sigma_data
         self._ema_rates = tuple(ema_rates)
         self._rec_grad_norm = None
+        # sidecar entries naming what the generator came from (teacher_sha256: the teacher its latents need)
+        self.lineage = dict(lineage or {})
 
     # -- schedule --------------------------------------------------------------------------------------
     def phases(self, step):
@@ -236,7 +238,8 @@ class PaGoDAObjective(Objective):
     def export_sidecar(self, player):
         if player != "generator":
             return None
-        return generator_sidecar(self.generator, sigma_max=self.sigma_max, sigma_data=self.sigma_data)
+        return dict(generator_sidecar(self.generator, sigma_max=self.sigma_max, sigma_data=self.sigma_data),
+                    **self.lineage)
 
     def state_dict(self):
         # the reconstruction loss's frozen random projections (the discriminator's travel with its player)

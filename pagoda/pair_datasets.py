@@ -37,9 +37,20 @@ def check_latent_dataset(manifest, source, *, latent_dir, data_dir, index):
                          "--data_dir they were encoded from, or encode this dataset")
 
 
+def check_latent_teacher(manifest, teacher_sha256, *, latent_dir, model):
+    """Refuse latents made by another teacher than the one `model` (a teacher, or a generator that records its
+    teacher) comes from. Either side may predate the record (None): then nothing can be compared."""
+    recorded = manifest.get("teacher_sha256")
+    if recorded is None or teacher_sha256 is None or recorded == teacher_sha256:
+        return
+    raise ValueError(f"the latents in {latent_dir} were encoded by another teacher (content hash {recorded[:12]}, "
+                     f"{manifest.get('teacher')}) than the one {model} comes from ({teacher_sha256[:12]}); encode the "
+                     "data with this teacher, or pass the latents it made")
+
+
 class PairDataset(torch.utils.data.Dataset):
     def __init__(self, latent_dir, *, image_size, data_dir=None, shard=0, num_shards=1, on_error="raise",
-                 cache=False):
+                 cache=False, verify=True):
         self.store = LatentStore(latent_dir)
         self.manifest = self.store.manifest()
         data_dir = data_dir or self.manifest["data_dir"]
@@ -54,12 +65,19 @@ class PairDataset(torch.utils.data.Dataset):
         self.random_flip = self.flips == [False, True]
         self._index = None
         self._chunks = {}
+        if verify:  # CRC, finiteness and settings of the chunks this shard reads, before any training step
+            self.store.verify_chunks(self.chunks_used(index), expected_settings=self.manifest.get("settings"))
 
     @property
     def index(self):
         if self._index is None:  # built lazily: DataLoader workers build their own
             self._index = self.store.index()
         return self._index
+
+    def chunks_used(self, index=None):
+        """The chunks holding the latents of this shard's images."""
+        index = self.index if index is None else index
+        return {index[(image_id, f)][0] for image_id in self.ids for f in self.flips if (image_id, f) in index}
 
     @property
     def num_classes(self):

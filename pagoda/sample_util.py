@@ -4,6 +4,8 @@ Sample i has its own seed (base_seed + i) for its noise and, with uniform labels
 in fixed chunks (independent of the process count and of which rank makes them) and each chunk is written
 atomically as parts/part_<c>.npz, so the output is identical for 1 or N processes and a rerun only makes the
 missing chunks. The finished file is samples_<N>x<H>x<W>x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels).
+A folder holds the samples of one model file: parts of that file made before it was retrained, or with other
+settings, are made again; samples of a model at another path are refused (claim_parts), never deleted.
 """
 
 import glob
@@ -16,6 +18,7 @@ import torch
 
 from . import checkpoint, logger
 from .checkpoint import atomic_write_text
+from .faults import kill_point
 from .image_util import save_grid, to_uint8
 from .model_io import load_generator, load_teacher
 from .random_util import StackedRandomGenerator
@@ -115,18 +118,20 @@ def model_identity(path):
 
 
 def claim_parts(out_dir, identity):
-    """Keep existing parts only if they were made from the same model and settings; otherwise delete them.
+    """Keep existing parts only if they were made from the same model and settings; otherwise delete them, but
+    only when they belong to the same model file: samples of another model are refused, never deleted.
 
     A rerun after retraining (or with another step count, seed or label mode) would otherwise complete the old
     samples and report them as the new model's. Parts without a record (older runs) are not trusted either.
-    Call on one process, before sampling. Returns the number of parts deleted.
+    Call on one process, before sampling. Returns the number of parts deleted; FileExistsError when `out_dir`
+    holds the samples of a model at another path.
     """
     record = os.path.join(out_dir, "parts", "identity.json")
-    try:
-        with open(record) as f:
-            previous = json.load(f)
-    except (OSError, ValueError):  # no record, or a damaged one: the parts cannot be trusted
-        previous = None
+    previous = _read_json(record)  # None without a record, or with a damaged one: the parts cannot be trusted
+    other = _other_model(out_dir, previous, identity["model"])
+    if other is not None:
+        raise FileExistsError(f"{out_dir} holds the samples of another model ({other}); sample "
+                              f"{identity['model']} into another --out_dir, or move that folder away first")
     stale = [] if previous == identity else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
     if stale:
         if previous is None:
@@ -140,6 +145,24 @@ def claim_parts(out_dir, identity):
     os.makedirs(os.path.dirname(record), exist_ok=True)
     atomic_write_text(json.dumps(identity, indent=1, sort_keys=True), record)
     return len(stale)
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _other_model(out_dir, previous, model):
+    """The path of another model whose samples `out_dir` holds (by the parts' record, or by the finished
+    samples' sampling.json), or None."""
+    stats = _read_json(os.path.join(out_dir, "sampling.json"))
+    for found in (previous, stats):
+        if isinstance(found, dict) and found.get("model") not in (None, model):
+            return found["model"]
+    return None
 
 
 def part_path(out_dir, c):
@@ -175,6 +198,7 @@ def run_sampling(sample_fn, *, out_dir, num_samples, num_classes, label_mode="un
             bar.update(len(idx))
             bar.set_postfix(img_per_s=f"{made / (time.time() - start):.2f}")
         _save_npz(part_path(out_dir, c), arr_0=np.concatenate(images), arr_1=np.concatenate(labels))
+        kill_point("sample.part_written")
     bar.close()
     return made, time.time() - start
 

@@ -46,6 +46,10 @@ GROUPS = {
                      gap_row=""),
     "output": dict(out_dir="runs/compare", batch_size=250, chunk_size=500, device="cpu"),
 }
+CONSTRAINTS = {"split_seed": script_util.at_least(0), "num_samples": script_util.at_least(2),
+               "num_seeds": script_util.at_least(1), "seed": script_util.at_least(0),
+               "kid_subsets": script_util.at_least(1), "kid_subset_size": script_util.at_least(2),
+               "batch_size": script_util.at_least(1), "chunk_size": script_util.at_least(1)}
 METRICS = [("fd", "domain FD", 2, True), ("kid", "domain KID", 3, True), ("precision", "precision", 3, False),
            ("recall", "recall", 3, False), ("class_fidelity", "class fidelity", 3, False)]
 
@@ -244,7 +248,7 @@ def classifier_summary(model):
 
 
 def create_parser():
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     parser.add_argument("--row", action="append", default=[], help="LABEL=EXPORT[@key=value,...] (repeatable)")
     return parser
 
@@ -255,8 +259,6 @@ def main(argv=None):
     script_util.handle_dry_run(args)
     if not args.row:
         parser.error("give at least one --row LABEL=EXPORT[@options]")
-    if args.num_seeds < 1 or args.num_samples < 2:
-        parser.error("--num_seeds must be >= 1 and --num_samples >= 2")
     rows = [parse_row(text, args.num_samples) for text in args.row]
     heldout = args.heldout_dir or heldout_data_dir(args.data_dir)
     if not heldout:

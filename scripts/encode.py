@@ -27,7 +27,7 @@ from pagoda import dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import MixedPrecision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source, source_identity  # noqa: E402
+from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity  # noqa: E402
 from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
 from pagoda.model_io import load_teacher  # noqa: E402
 from pagoda.sampling import karras_sigmas  # noqa: E402
@@ -38,11 +38,23 @@ GROUPS = {
                     start_sigma=0.0, precision="fp32"),
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
 }
+CONSTRAINTS = {
+    "image_size": script_util.at_least(0), "flips": script_util.each(script_util.one_of(0, 1), nonempty=True,
+                                                                     distinct=True),
+    "on_error": script_util.one_of("raise", "skip"), "limit": script_util.at_least(0),
+    "num_steps": script_util.at_least(2), "sigma_min": script_util.greater_than(0),
+    "sigma_max": script_util.greater_than(0), ("sigma_min", "sigma_max"): script_util.increasing,
+    "rho": script_util.greater_than(0), "start_sigma": script_util.at_least(0),
+    ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of("fp32", "bf16", "fp16"),
+    "storage": script_util.one_of("fp16", "fp32"), "chunk_size": script_util.at_least(1),
+    "batch_size": script_util.at_least(1), "verify": script_util.at_least(0),
+}
 
 
-def manifest(args, teacher_side_image_size, num_images, chunks, source):
+def manifest(args, teacher_side_image_size, num_images, chunks, source, settings):
     data_dir = os.path.abspath(args.data_dir) if os.path.exists(args.data_dir) else args.data_dir
-    return {"teacher": os.path.abspath(args.teacher), "data_dir": data_dir, "image_size": teacher_side_image_size,
+    return {"teacher": os.path.abspath(args.teacher), "teacher_sha256": settings["teacher_sha256"],
+            "settings": settings, "data_dir": data_dir, "image_size": teacher_side_image_size,
             "dataset": source_identity(source), "source_images": len(source),
             "flips": list(args.flips), "num_images": num_images,
             "limit": args.limit, "num_chunks": chunks, "num_steps": args.num_steps,
@@ -53,10 +65,9 @@ def manifest(args, teacher_side_image_size, num_images, chunks, source):
 
 def encoding_settings(args, teacher, source):
     """What determines a latent besides its image: a chunk made with other settings (or from another dataset whose
-    ids happen to match) is redone, not reused."""
-    stat = os.stat(args.teacher)
-    return {"dataset_digest": source_identity(source)["digest"], "teacher": os.path.abspath(args.teacher), "teacher_bytes": stat.st_size, "num_steps": args.num_steps,
-            "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
+    ids happen to match, or by another teacher: its content hash) is redone, not reused."""
+    return {"dataset_digest": source_identity(source)["digest"], "teacher_sha256": teacher.backbone.content_sha256,
+            "num_steps": args.num_steps, "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
             "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
             "precision": args.precision, "teacher_image_size": teacher.backbone.config["image_size"]}
 
@@ -67,7 +78,7 @@ def encoder_sigmas(args, device):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.teacher:
@@ -79,17 +90,25 @@ def main(argv=None):
     if image_size != teacher.backbone.config["image_size"]:
         raise ValueError(f"--image_size {image_size} differs from the teacher's resolution "
                          f"{teacher.backbone.config['image_size']}")
-    dataset = ImageDataset(open_source(args.data_dir, on_error=args.on_error), image_size=image_size,
-                           on_error=args.on_error)
+    # on_error governs indexing only: an unreadable image is left out of its chunk (skip) rather than replaced by
+    # another one, whose latent would then be stored under its id
+    dataset = ImageDataset(open_source(args.data_dir, on_error=args.on_error), image_size=image_size)
     indices = image_subset(len(dataset), args.limit)
+    if teacher.backbone.config["num_classes"] is not None:
+        check_labels([dataset.labels[i] for i in indices], teacher_classes(teacher), data=args.data_dir,
+                     model=f"the teacher {args.teacher}")
     n = len(indices)
     items = work_items(indices, [bool(f) for f in args.flips])
     store = LatentStore(args.out_dir)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     settings = encoding_settings(args, teacher, dataset.source)
+    chunks = num_chunks(len(items), args.chunk_size)
+    if dist_util.is_main() and store.begin(manifest(args, image_size, n, chunks, dataset.source, settings)):
+        logger.log(f"{args.out_dir}: no finished latents with these settings; it is unusable until this encode "
+                   "finishes")
+    dist_util.barrier()  # no rank writes a chunk before a finished folder of other settings is invalidated
     todo = pending_chunks(store, dataset, items, args.chunk_size, shard=rank, num_shards=world, settings=settings)
-    logger.log(f"encoding {len(items)} (image, flip) items in {num_chunks(len(items), args.chunk_size)} chunks; "
-               f"rank {rank}: {len(todo)} chunks to do")
+    logger.log(f"encoding {len(items)} (image, flip) items in {chunks} chunks; rank {rank}: {len(todo)} chunks to do")
     sigmas = encoder_sigmas(args, device)
     mp = MixedPrecision(precision=args.precision, device=device)
     start = time.time()
@@ -97,7 +116,7 @@ def main(argv=None):
                          batch_size=args.batch_size, clamp_denoised=args.clamp_denoised,
                          dtype=np.float16 if args.storage == "fp16" else np.float32, autocast=mp.autocast,
                          class_cond=teacher.backbone.config["num_classes"] is not None, settings=settings,
-                         start_sigma=args.start_sigma)
+                         start_sigma=args.start_sigma, skip_unreadable=args.on_error == "skip")
     elapsed = time.time() - start
     if done:
         logger.log(f"rank {rank}: encoded {done} images in {elapsed:.1f}s ({done / elapsed:.2f} img/s, "
@@ -109,6 +128,21 @@ def main(argv=None):
     dist_util.cleanup()
 
 
+def teacher_classes(teacher):
+    """The classes a teacher's labels may take (a label-dropout teacher's null class is not one of them)."""
+    num_classes = teacher.backbone.config["num_classes"]
+    return num_classes - 1 if getattr(teacher, "null_class", None) is not None else num_classes
+
+
+def report_skipped(args, indexing, unreadable):
+    """`unreadable`: the ids of the images left out of the latents, as their chunks record them."""
+    if args.on_error != "skip":
+        return
+    example = f", e.g. {unreadable[0]}" if unreadable else ""
+    logger.log(f"on_error=skip: skipped {indexing + len(unreadable)} files ({indexing} while indexing "
+               f"{args.data_dir}, {len(unreadable)} unreadable{example})")
+
+
 def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
     chunks = num_chunks(len(items), args.chunk_size)
     settings = encoding_settings(args, teacher, dataset.source)
@@ -116,11 +150,14 @@ def finish(args, store, dataset, items, image_size, n, teacher, sigmas):
     if bad:
         raise RuntimeError(f"chunks {bad[:10]} are incomplete after encoding; rerun the same command")
     store.write_index(range(chunks))
-    store.write_manifest(manifest(args, image_size, n, chunks, dataset.source))
-    logger.log(f"latents complete: {args.out_dir} ({len(items)} items)")
+    store.write_manifest(manifest(args, image_size, n, chunks, dataset.source, settings))
+    skipped = store.skipped(range(chunks))
+    report_skipped(args, dataset.source.num_skipped, sorted({image_id for image_id, _ in skipped}))
+    logger.log(f"latents complete: {args.out_dir} ({len(items) - len(skipped)} items)")
     if args.verify:
-        keys = items[:args.verify]
-        psnr = verify_round_trip(teacher, dataset, store, store.index(), keys, sigmas=sigmas,
+        index = store.index()
+        keys = [(i, f) for i, f in items if (dataset.ids[i], f) in index][:args.verify]
+        psnr = verify_round_trip(teacher, dataset, store, index, keys, sigmas=sigmas,
                                  clamp_denoised=args.clamp_denoised,
                                  class_cond=teacher.backbone.config["num_classes"] is not None,
                                  start_sigma=args.start_sigma)

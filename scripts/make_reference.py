@@ -20,17 +20,17 @@ from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.image_util import to_uint8  # noqa: E402
 
 GROUPS = {"reference": dict(data_dir="bundled:mnist_test", image_size=32, num_images=1000, seed=0, skip=0, out="")}
+CONSTRAINTS = {"image_size": script_util.at_least(1), "num_images": script_util.at_least(1),
+               "seed": script_util.at_least(0), "skip": script_util.at_least(0)}
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.out:
         parser.error("--out is required")
     dataset = ImageDataset(open_source(args.data_dir), image_size=args.image_size)
-    if args.num_images < 1 or args.skip < 0:
-        parser.error("--num_images must be >= 1 and --skip >= 0")
     if args.skip + args.num_images > len(dataset):
         parser.error(f"--skip {args.skip} + --num_images {args.num_images} exceeds the {len(dataset)} images of "
                      f"{args.data_dir}")

@@ -302,9 +302,12 @@ def plot_curves(progress_csv, keys, path, title, size=(480, 300)):
     img.save(path)
 
 
+GROUPS = {"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50, num_inception=300)}
+CONSTRAINTS = {"speed_batch": script_util.at_least(1), "num_inception": script_util.at_least(2)}
+
+
 def main(argv=None):
-    parser = script_util.create_parser({"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50,
-                                                       num_inception=300)}, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     start = time.time()

@@ -29,6 +29,16 @@ GROUPS = {
 }
 
 
+_c = script_util
+CONSTRAINTS = {
+    "kind": _c.one_of("auto", "generator", "denoiser"), "precision": _c.one_of("fp32", "bf16", "fp16"),
+    "sampler": _c.one_of("heun", "euler", "stochastic"), "num_steps": _c.at_least(1), "rho": _c.greater_than(0),
+    "s_churn": _c.at_least(0), "s_tmin": _c.at_least(0), "s_tmax": _c.at_least(0), "s_noise": _c.at_least(0),
+    "guidance_scale": _c.at_least(0), "num_samples": _c.at_least(1), "labels": _c.one_of("uniform", "balanced"),
+    "seed": _c.at_least(0), "chunk_size": _c.at_least(1), "batch_size": _c.at_least(1),
+}
+
+
 def build_sampler(args, device):
     return sampler_for_export(args.model, kind=args.kind, device=device, sampler=args.sampler,
                               num_steps=args.num_steps, rho=args.rho, s_churn=args.s_churn, s_tmin=args.s_tmin,
@@ -43,7 +53,7 @@ def sampling_identity(args):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.model:
@@ -59,7 +69,10 @@ def main(argv=None):
             return sampler(rng, y).float()
 
     if dist_util.is_main():
-        claim_parts(args.out_dir, sampling_identity(args))
+        try:
+            claim_parts(args.out_dir, sampling_identity(args))
+        except FileExistsError as exc:  # another model's samples: a user error, not a crash
+            sys.exit(f"error: {exc}")
     dist_util.barrier()
     made, seconds = run_sampling(sample_fn, out_dir=args.out_dir, num_samples=args.num_samples,
                                  num_classes=num_classes, label_mode=args.labels, base_seed=args.seed,

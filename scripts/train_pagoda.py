@@ -23,11 +23,11 @@ from pagoda.diffaug import DiffAugment  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
 from pagoda.features import create_feature_network  # noqa: E402
 from pagoda.generator import freeze_for_growth, grow_generator  # noqa: E402
-from pagoda.image_datasets import infinite_batches  # noqa: E402
+from pagoda.image_datasets import check_labels, infinite_batches  # noqa: E402
 from pagoda.losses import PixelLoss, PseudoHuberLoss, ReconstructionLoss  # noqa: E402
 from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
 from pagoda.objectives import PaGoDAObjective  # noqa: E402
-from pagoda.pair_datasets import PairDataset  # noqa: E402
+from pagoda.pair_datasets import PairDataset, check_latent_teacher  # noqa: E402
 from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
 
 GROUPS = {
@@ -68,12 +68,33 @@ PRESETS = {
 }
 
 
+_c = script_util
+CONSTRAINTS = {
+    "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
+    "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
+    "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "feature_seed": _c.at_least(0),
+    "discriminator_weight": _c.at_least(0), "gan_loss": _c.one_of("hinge", "nonsaturating"),
+    "r1_gamma": _c.at_least(0), "recon_discriminator_weight": _c.at_least(0),
+    "translation_ratio": _c.in_range(0, 1, high_included=True), "cutout_ratio": _c.in_range(0, 1, high_included=True),
+    "d_channel_scale": _c.greater_than(0), "teacher_feature_sigma": _c.at_least(0), "sigma_max": _c.greater_than(0),
+    "sigma_data": _c.greater_than(0), "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0),
+    "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "ema_rates": _c.each(_c.in_range(0, 1)),
+    "precision": _c.one_of("fp32", "bf16", "fp16"), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
+    "save_interval": _c.at_least(1), "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0),
+    "preview_interval": _c.at_least(0), "monitor_interval": _c.at_least(0), "monitor_samples": _c.at_least(2),
+}
+
+
 def build_generator(args, device):
-    """The generator backbone: the teacher's (stage 2) or a previous generator's, grown for stage 3 (with
-    --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled)."""
+    """(backbone, origin): the generator backbone, the teacher's (stage 2) or a previous generator's, grown for
+    stage 3 (with --refit_head, its output head re-fitted so that it starts as the previous generator up-sampled);
+    origin: the content hash of the teacher it descends from (None for a generator that predates the record) and
+    the teacher's null class."""
     if not args.init_from:
         raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
     backbone, side = load_generator_or_teacher_backbone(args.init_from)
+    origin = {"teacher_sha256": backbone.content_sha256 if side["kind"] == "denoiser" else side.get("teacher_sha256"),
+              "null_class": side.get("null_class")}
     backbone = backbone.to(device)
     if args.grow_factor > 1:
         backbone, new_keys, fit = grow_generator(
@@ -93,7 +114,20 @@ def build_generator(args, device):
         trainable, frozen = freeze_for_growth(backbone, activate_from=args.activate_from)
         logger.log(f"training output_blocks[{args.activate_from}:] + out: {trainable:,} trainable, "
                    f"{frozen:,} frozen parameters")
-    return backbone
+    return backbone, origin
+
+
+def check_pairs(args, pairs, backbone, origin):
+    """Refuse latents this generator cannot use: another resolution, another teacher, unknown labels."""
+    if pairs.manifest["image_size"] != backbone.config["image_size"]:
+        raise ValueError(f"latents in {args.latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
+                         f"{backbone.config['image_size']} px latents")
+    check_latent_teacher(pairs.manifest, origin["teacher_sha256"], latent_dir=args.latent_dir, model=args.init_from)
+    num_classes = backbone.config["num_classes"]
+    if num_classes:
+        num_classes -= origin["null_class"] is not None
+        check_labels([pairs.images.labels[k] for k in pairs.positions], num_classes,
+                     data=pairs.manifest["data_dir"], model=f"the generator from {args.init_from}")
 
 
 def feature_networks(args, seed):
@@ -160,13 +194,13 @@ def monitor_callbacks(args, pairs, device, num_classes):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS)
+    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
-    backbone = build_generator(args, device)
+    backbone, origin = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
     image_size = args.image_size or backbone.config["output_size"]
     if image_size != backbone.config["output_size"]:
@@ -174,9 +208,9 @@ def main(argv=None):
                          f"{backbone.config['output_size']}")
     pairs = PairDataset(args.latent_dir, image_size=image_size, data_dir=args.data_dir or None,
                         shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(), cache=args.cache_images)
-    if pairs.manifest["image_size"] != backbone.config["image_size"]:
-        raise ValueError(f"latents in {args.latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
-                         f"{backbone.config['image_size']} px latents")
+    check_pairs(args, pairs, backbone, origin)
+    # the generator's exports name their teacher, so stage 3 can check the latents it is given
+    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else None
     num_classes = backbone.config["num_classes"]
     augment = DiffAugment(translation_ratio=args.translation_ratio, cutout_ratio=args.cutout_ratio)
     discriminator, recon_discriminator = build_discriminators(args, image_size, num_classes, device)
@@ -187,7 +221,7 @@ def main(argv=None):
                                 r1_gamma=args.r1_gamma, recon_discriminator=recon_discriminator,
                                 recon_discriminator_weight=args.recon_discriminator_weight,
                                 sigma_max=args.sigma_max, sigma_data=args.sigma_data,
-                                ema_rates=args.ema_rates)
+                                ema_rates=args.ema_rates, lineage=lineage)
     per_rank = args.global_batch_size // dist_util.get_world_size()
 
     def data(start_batch):

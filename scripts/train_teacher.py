@@ -59,6 +59,23 @@ PRESETS = {
 GROUPS = {"data": data_defaults(), "model": model_defaults(), "loss": loss_defaults(), "train": train_defaults()}
 
 
+_c = script_util
+CONSTRAINTS = {
+    "image_size": _c.at_least(1), "num_workers": _c.at_least(0), "on_error": _c.one_of("raise", "skip"),
+    "model_channels": _c.at_least(1), "channel_mult": _c.each(_c.at_least(1), nonempty=True),
+    "num_res_blocks": _c.at_least(1), "attention_resolutions": _c.each(_c.at_least(1)),
+    "num_head_channels": _c.at_least(1), "dropout": _c.in_range(0, 1), "P_mean": _c.finite,
+    "P_std": _c.greater_than(0), "sigma_data": _c.greater_than(0), "sigma_min": _c.greater_than(0),
+    "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing, "label_dropout": _c.in_range(0, 1),
+    "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0), "optimizer": _c.one_of("adam", "adamw", "radam"),
+    "lr": _c.at_least(0), "weight_decay": _c.at_least(0), "warmup_steps": _c.at_least(0),
+    "ema_rates": _c.each(_c.in_range(0, 1)), "precision": _c.one_of("fp32", "bf16", "fp16"),
+    "total_steps": _c.at_least(1), "log_interval": _c.at_least(1), "save_interval": _c.at_least(1),
+    "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0), "preview_interval": _c.at_least(0),
+    "preview_steps": _c.at_least(1),
+}
+
+
 def build_backbone(args, num_classes):
     if args.init_from:
         backbone, _ = load_backbone(args.init_from, expect_kind="denoiser")
@@ -74,13 +91,15 @@ def build_backbone(args, num_classes):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS)
+    parser = script_util.create_parser(GROUPS, description=__doc__, presets=PRESETS, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, PRESETS, argv)
     script_util.handle_dry_run(args)
     device = dist_util.setup_dist()
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
     source = open_source(args.data_dir, on_error=args.on_error)
+    if source.num_skipped:
+        logger.log(f"on_error=skip: skipped {source.num_skipped} files while indexing {args.data_dir}")
     dataset = ImageDataset(source, image_size=args.image_size, random_flip=args.random_flip,
                            shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                            on_error=args.on_error, cache=args.cache_images)
@@ -113,6 +132,8 @@ def main(argv=None):
                      save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
                      callbacks=[preview], config=config, title="stage 1: EDM teacher")
     loop.run()
+    if args.on_error == "skip":  # images found unreadable while training (DataLoader workers count their own)
+        logger.log(f"on_error=skip: skipped {dataset.num_skipped} unreadable images in this process")
     logger.log(f"done: teacher exports in {os.path.join(args.run_dir, 'exports')}")
     dist_util.cleanup()
 

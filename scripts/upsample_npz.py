@@ -5,6 +5,7 @@
 
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -14,16 +15,22 @@ from pagoda import script_util  # noqa: E402
 from pagoda.image_util import resize_bicubic, save_grid  # noqa: E402
 
 GROUPS = {"upsample": dict(input="", image_size=32, out_dir="")}
+CONSTRAINTS = {"image_size": script_util.at_least(1)}
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__)
+    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.input or not args.out_dir:
         parser.error("--input and --out_dir are required")
-    with np.load(args.input) as data:
-        images, labels = resize_bicubic(data["arr_0"], args.image_size), data["arr_1"]
+    try:
+        with np.load(args.input) as data:
+            images, labels = data["arr_0"], data["arr_1"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        sys.exit(f"error: {args.input} cannot be read as an ADM npz with arr_0 and arr_1 ({type(exc).__name__}: "
+                 f"{exc}); pass the samples_*.npz that scripts/sample.py wrote")
+    images = resize_bicubic(images, args.image_size)
     os.makedirs(args.out_dir, exist_ok=True)
     n, h, w, c = images.shape
     path = os.path.join(args.out_dir, f"samples_{n}x{h}x{w}x{c}.npz")

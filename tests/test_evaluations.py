@@ -157,13 +157,15 @@ def _save_torchscript(state, path):
         torch.jit.script(root).save(str(path))
 
 
-def test_pytorch_fid_and_torchscript_files_give_identical_features(tmp_path):
+def test_pytorch_fid_and_torchscript_files_give_identical_features(tmp_path, monkeypatch):
     state = random_inception(seed=3).state_dict()
     torch.save(state, tmp_path / inception.PT_FID_FILENAME)
     ts_names = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
     ts_state = {f"net.layers.{ts}.{p}": state[f"{ours}.{q}"]
                 for ts, ours in torchscript_layer_names().items() for p, q in ts_names.items()}
     _save_torchscript(ts_state, tmp_path / "default_1.pt")
+    # a stand-in for the pinned fid-helper file: its converter is what is tested here
+    monkeypatch.setitem(inception.KNOWN_TORCHSCRIPT_SHA256, inception.file_sha256(tmp_path / "default_1.pt"), "test")
 
     from_pth = load_inception(tmp_path / inception.PT_FID_FILENAME)
     from_ts = load_inception(tmp_path / "default_1.pt")

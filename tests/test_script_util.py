@@ -63,7 +63,9 @@ def test_strict_load_lists_missing_unexpected_and_shapes(tmp_path):
     src = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     path = tmp_path / "net.pt"
     checkpoint.export_network(src.state_dict(), {"kind": "mlp"}, str(path))
-    assert checkpoint.read_sidecar(str(path)) == {"kind": "mlp"}
+    sd = checkpoint.torch_load(str(path))
+    content = checkpoint.content_hash(sd, {"kind": "mlp"})
+    assert checkpoint.read_sidecar(str(path)) == {"kind": "mlp", "content_sha256": content}
     other = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2), nn.Linear(2, 2))
     with pytest.raises(ValueError) as err:
         checkpoint.load_state_dict_strict(other, checkpoint.torch_load(str(path)), source=str(path))

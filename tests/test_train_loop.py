@@ -70,7 +70,7 @@ def test_export_writes_state_dict_and_sidecar(tmp_path):
     path = tmp_path / "exports" / "model_ema0.9.pt"
     sd = checkpoint.torch_load(str(path))
     side = checkpoint.read_sidecar(str(path))
-    assert side == {"kind": "toy", "step": 2, "ema_rate": 0.9}
+    assert side == {"kind": "toy", "step": 2, "ema_rate": 0.9, "content_sha256": checkpoint.content_hash(sd, side)}
     ema_sd = loop.players["model"].ema.averaged_state_dict(loop.players["model"].module, 0.9)
     assert sd.keys() == ema_sd.keys() and all(torch.equal(sd[k], ema_sd[k]) for k in sd)
     assert not (tmp_path / "exports" / "critic.pt").exists()  # no sidecar -> not exported
