@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint, dist_util, logger
+from .faults import kill_point
 from .amp import MixedPrecision
 from .ema import EMA
 
@@ -179,6 +180,7 @@ class TrainLoop:
         while self.step < self.total_steps:
             self.run_step()
             self.step += 1
+            kill_point("train.step")
             steps_since_log += 1
             bar.update(1)
             elapsed = time.time() - timer  # training time only: callbacks (previews, metrics) are not counted

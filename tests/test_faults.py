@@ -19,7 +19,7 @@ from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
 from pagoda.unet import UNetModel
 from tests.helpers.launch import mpiexec
-from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
+from tests.helpers.tiny_runs import STAGE2_FLAGS, TEACHER_FLAGS, encode_run, stage2_run, teacher_run, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "helpers", "toy_train.py")
@@ -143,6 +143,49 @@ def test_stage2_with_more_steps_resumes_and_equals_an_uninterrupted_run(tmp_path
     assert "resumed from step 2" in open(tmp_path / "run" / "log.txt").read()
     sd_ref, sd = checkpoint.torch_load(ref), checkpoint.torch_load(grown)
     assert all(torch.equal(sd_ref[k], sd[k]) for k in sd_ref)
+
+
+def _killed_then_rerun(script, argv, tmp_path, name):
+    """Run `script` killed (SIGKILL) right after its 3rd step (states are saved every 2), then the same command
+    again; returns the rerun's stdout."""
+    cmd = [sys.executable, os.path.join(REPO, "scripts", script), *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env=dict(env, **{faults.ENV: "train.step:3"}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    return rerun.stdout
+
+
+def _equal_exports(a, b):
+    sd_a, sd_b = checkpoint.torch_load(a), checkpoint.torch_load(b)
+    return sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+@pytest.mark.slow
+def test_killed_teacher_stage2_and_stage3_rerun_equal_uninterrupted_runs(tmp_path, data):
+    """Each training stage SIGKILLed mid-run (after step 3, with the last state at step 2) and rerun with the same
+    command ends with the exports of an uninterrupted 4-step run, bit for bit."""
+    four = ["--total_steps", "4", "--save_interval", "2"]
+    teacher_ref = teacher_run(tmp_path / "t_ref", data, *four)
+    argv = ["--data_dir", data, "--run_dir", str(tmp_path / "t"), *TEACHER_FLAGS, *four]
+    out = _killed_then_rerun("train_teacher.py", argv, tmp_path, "teacher")
+    assert f"resumed from step 2 ({tmp_path / 't'}/checkpoints/state_0000002.pt)" in out
+    assert _equal_exports(teacher_ref, tmp_path / "t" / "exports" / "denoiser_ema0.999.pt")
+
+    latents = encode_run(tmp_path / "z", teacher_ref, data)
+    stage2_ref = stage2_run(tmp_path / "s2_ref", teacher_ref, latents, *four)
+    argv = ["--init_from", teacher_ref, "--latent_dir", latents, "--run_dir", str(tmp_path / "s2"), *STAGE2_FLAGS,
+            *four]
+    assert "resumed from step 2" in _killed_then_rerun("train_pagoda.py", argv, tmp_path, "stage2")
+    assert _equal_exports(stage2_ref, tmp_path / "s2" / "exports" / "generator_ema0.999.pt")
+
+    grow = ["--init_from", stage2_ref, "--grow_factor", "2", "--image_size", "16"]
+    stage3_ref = stage2_run(tmp_path / "s3_ref", teacher_ref, latents, *grow, *four)
+    argv = ["--latent_dir", latents, "--run_dir", str(tmp_path / "s3"), *STAGE2_FLAGS, *grow, *four]
+    assert "resumed from step 2" in _killed_then_rerun("train_pagoda.py", argv, tmp_path, "stage3")
+    assert _equal_exports(stage3_ref, tmp_path / "s3" / "exports" / "generator_ema0.999.pt")
 
 
 def test_allowed_change_is_used_logged_and_kept_in_the_history(tmp_path, data):
