@@ -97,6 +97,8 @@ def _through_output(loss, x):
     return inner - inner.detach() + loss.detach()
 
 
+# The adaptive weight's clip (losses.adaptive_weight): a weight at either end means the balance is not working.
+ADAPTIVE_CLIP = (0.01, 10.0)
 GAN_LOSSES = {"hinge": (hinge_g_loss, hinge_d_loss), "nonsaturating": (nonsaturating_g_loss, nonsaturating_d_loss)}
 
 
@@ -184,7 +186,8 @@ class PaGoDAObjective(Objective):
                 (fake_aug,) = self.augment(x_fake, generator=generator)
                 gan = _through_output(self.g_loss(self.discriminator(fake_aug, y)), x_fake)
             lam = self._lambda(rec if want_rec else None, gan, last)
-            terms.update(gan=gan.detach(), adaptive_weight=lam.expand(n))
+            at_clamp = ((lam >= ADAPTIVE_CLIP[1]) | (lam <= ADAPTIVE_CLIP[0])).float()
+            terms.update(gan=gan.detach(), adaptive_weight=lam.expand(n), adaptive_at_clamp=at_clamp.expand(n))
             loss = loss + self.w_D * lam * gan
         elif self.adaptive:  # separate update: remember ||dL_rec/dW|| for the GAN phase that follows
             self._rec_grad_norm = weight_grad_norm(rec, last)
@@ -195,11 +198,11 @@ class PaGoDAObjective(Objective):
         if not self.adaptive:
             return torch.ones((), device=gan.device)
         if rec is not None:
-            return adaptive_weight(rec, gan, last)
+            return adaptive_weight(rec, gan, last, clip=ADAPTIVE_CLIP)
         if self._rec_grad_norm is None:
             return torch.ones((), device=gan.device)
         gan_norm = weight_grad_norm(gan, last)
-        return (self._rec_grad_norm / (gan_norm + 1e-4)).clamp(0, 1e4).clamp(0.01, 10.0).detach()
+        return (self._rec_grad_norm / (gan_norm + 1e-4)).clamp(0, 1e4).clamp(*ADAPTIVE_CLIP).detach()
 
     def _discriminator_losses(self, nets, batch, step, generator):
         x, y = batch["x"], batch.get("y")
@@ -212,6 +215,7 @@ class PaGoDAObjective(Objective):
         d_loss = self.d_loss(logits_real, logits_fake)
         terms = {"loss": d_loss, "gan_d": d_loss.detach(),
                  "logits_real": _mean_logit(logits_real), "logits_fake": _mean_logit(logits_fake)}
+        terms.update(discriminator_diagnostics(logits_real, logits_fake, head_names(self.discriminator)))
         if self.r1_gamma > 0 and (step // 2) % self.r1_interval == 0:
             real = real_aug.detach().requires_grad_(True)
             r1 = r1_penalty(real, self.discriminator(real, y))
@@ -253,6 +257,23 @@ class PaGoDAObjective(Objective):
             raise ValueError(f"checkpoint has {len(saved)} reconstruction feature networks, this run builds {len(nets)}")
         for net, sd in zip(nets, saved):
             net.load_state_dict(sd)
+
+
+def head_names(discriminator):
+    """'<feature network>_<level>' for each head, in the order the discriminator returns their logits."""
+    return [f"{name}_{level}" for name, heads in discriminator.heads.items() for level in range(len(heads))]
+
+
+def discriminator_diagnostics(logits_real, logits_fake, names):
+    """What makes a silent discriminator impossible to miss in the logs: its accuracy on the batch (a real counts
+    when its logit, averaged over patches and heads, is > 0, a fake when it is < 0: 0.5 is chance), the same per
+    head, and the real-fake gap of the mean logits. Per-sample values, so the logger averages them over steps."""
+    real, fake = _mean_logit(logits_real), _mean_logit(logits_fake)
+    terms = {"accuracy": torch.cat([(real > 0).float(), (fake < 0).float()]), "logit_gap": real - fake}
+    for name, head_real, head_fake in zip(names, logits_real, logits_fake):
+        r, f = (l.detach().float().flatten(1).mean(1) for l in (head_real, head_fake))
+        terms[f"accuracy_{name}"] = torch.cat([(r > 0).float(), (f < 0).float()])
+    return terms
 
 
 def _mean_logit(logits):

@@ -268,3 +268,36 @@ def test_gan_surrogate_is_off_under_fp16_autocast():
     torch.testing.assert_close(surrogate, loss.detach())
     (grad,) = torch.autograd.grad(surrogate.sum(), x)
     torch.testing.assert_close(grad, 3 * x.detach() ** 2)
+
+
+def test_diagnostics_read_a_perfect_a_reversed_and_a_split_discriminator():
+    """Accuracy counts a real whose mean logit is > 0 and a fake whose mean logit is < 0; per head likewise."""
+    names = ["net_0", "net_1"]
+    real = [torch.full((3, 4), 2.0), torch.full((3, 1), 1.0)]
+    fake = [torch.full((3, 4), -1.0), torch.full((3, 1), -3.0)]
+    perfect = objectives.discriminator_diagnostics(real, fake, names)
+    assert perfect["accuracy"].tolist() == [1.0] * 6 and perfect["logit_gap"].tolist() == [3.5] * 3
+    assert perfect["accuracy_net_0"].mean() == 1 and perfect["accuracy_net_1"].mean() == 1
+    reversed_ = objectives.discriminator_diagnostics(fake, real, names)
+    assert reversed_["accuracy"].mean() == 0 and reversed_["logit_gap"].tolist() == [-3.5] * 3
+    split = objectives.discriminator_diagnostics([real[0], -real[1]], [fake[0], -fake[1]], names)
+    assert split["accuracy_net_0"].mean() == 1 and split["accuracy_net_1"].mean() == 0
+    # overall, heads averaged: reals (2 - 1) / 2 = 0.5 > 0 count, fakes (-1 + 3) / 2 = 1 > 0 do not
+    assert split["accuracy"].tolist() == [1.0] * 3 + [0.0] * 3
+    assert split["logit_gap"].tolist() == [0.5 - 1.0] * 3
+
+
+def test_objective_logs_accuracy_per_head_and_the_adaptive_clamp(tmp_path):
+    obj = _objective(_backbone())
+    d_terms = obj.losses("discriminator", obj.players, next(_data()(0)), step=1, generator=torch.Generator())
+    heads = objectives.head_names(obj.discriminator)
+    assert heads == [f"tiny_{k}" for k in range(len(obj.discriminator.heads["tiny"]))]
+    for key in ["accuracy"] + [f"accuracy_{h}" for h in heads]:
+        assert d_terms[key].shape == (8,) and set(d_terms[key].tolist()) <= {0.0, 1.0}
+    assert torch.allclose(d_terms["logit_gap"], d_terms["logits_real"] - d_terms["logits_fake"])
+    g_terms = obj.losses("generator", obj.players, next(_data()(0)), step=0, generator=torch.Generator())
+    lam = g_terms["adaptive_weight"][0].item()
+    assert g_terms["adaptive_at_clamp"].tolist() == [float(lam <= 0.01 or lam >= 10.0)] * 4
+    fixed = _objective(_backbone(), adaptive=False)
+    g_fixed = fixed.losses("generator", fixed.players, next(_data()(0)), step=0, generator=torch.Generator())
+    assert g_fixed["adaptive_weight"].tolist() == [1.0] * 4 and g_fixed["adaptive_at_clamp"].tolist() == [0.0] * 4
