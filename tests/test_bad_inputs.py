@@ -24,7 +24,8 @@ from pagoda.model_io import load_backbone, load_generator, load_teacher
 from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
 from pagoda.unet import UNetModel
-from scripts import compare, encode, make_reference, quickstart_report, sample, train_pagoda, train_teacher, upsample_npz
+from scripts import (compare, encode, make_reference, probe_discriminator, quickstart_report, sample, train_pagoda,
+                     train_teacher, upsample_npz)
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
 
 def _snapshot(run_dir):
@@ -211,7 +212,7 @@ def _numeric(value):
 
 
 @pytest.mark.parametrize("module", [encode, sample, train_teacher, train_pagoda, compare, make_reference,
-                                    upsample_npz, quickstart_report, domain])
+                                    upsample_npz, quickstart_report, domain, probe_discriminator])
 def test_data_every_numeric_flag_has_a_parse_time_check(module):
     groups = module._flag_defaults() if module is domain else module.GROUPS
     constraints = domain.FLAG_CONSTRAINTS if module is domain else module.CONSTRAINTS
