@@ -17,15 +17,13 @@ from PIL import Image
 from evaluations import domain, evaluator, inception
 from pagoda import checkpoint, script_util
 from pagoda.features import load_weights_file
-from pagoda.generator import generator_sidecar
 from pagoda.image_datasets import open_source
 from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_backbone, load_generator, load_teacher
-from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
-from pagoda.unet import UNetModel
 from scripts import (compare, encode, make_reference, probe_discriminator, quickstart_report, sample, train_pagoda,
                      train_teacher, upsample_npz)
+from tests.helpers.exports import tiny_export as _export
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
 
 def _snapshot(run_dir):
@@ -123,20 +121,7 @@ def test_resume_with_a_damaged_config_json_is_refused(teacher_dir):
 # data, sampling, exports and evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_head_channels=32, num_classes=4)
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def _export(path, kind="denoiser", seed=0):
-    torch.manual_seed(seed)
-    net = UNetModel(**TINY)
-    for p in net.parameters():  # zero-initialised output layers would make the network trivial
-        if p.ndim > 1:
-            p.data.normal_(0, 0.05)
-    side = generator_sidecar(net) if kind == "generator" else teacher_sidecar(net)
-    checkpoint.export_network(net.state_dict(), side, str(path))
-    return str(path)
 
 
 def _data(path, n=12, size=12, num_classes=4):

@@ -5,21 +5,15 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from evaluations import protocol
 from evaluations.domain import cropped_images, domain_features, domain_scores, load_domain_classifier
-from pagoda import checkpoint
-from pagoda.generator import generator_sidecar
 from pagoda.image_datasets import open_source
 from pagoda.image_util import resize_bicubic
-from pagoda.objectives import teacher_sidecar
-from pagoda.unet import UNetModel
 from scripts import compare
+from tests.helpers.exports import tiny_export as _export
 
-TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_head_channels=32, num_classes=4)
 
 
 def _labelled(path, n, seed):
@@ -31,17 +25,6 @@ def _labelled(path, n, seed):
         r, q = divmod(int(c), 2)
         images[i, 4 * r:4 * r + 4, 4 * q:4 * q + 4] = 230
     np.savez(path, arr_0=images, arr_1=labels)
-    return str(path)
-
-
-def _export(path, kind):
-    torch.manual_seed(0)
-    net = UNetModel(**TINY)
-    for p in net.parameters():
-        if p.ndim > 1:
-            p.data.normal_(0, 0.05)
-    checkpoint.export_network(net.state_dict(), generator_sidecar(net) if kind == "generator" else
-                              teacher_sidecar(net), str(path))
     return str(path)
 
 

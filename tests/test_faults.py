@@ -13,12 +13,10 @@ import pytest
 import torch
 
 from pagoda import checkpoint, faults, script_util
-from pagoda.generator import generator_sidecar
 from pagoda.latent_store import LatentStore
-from pagoda.objectives import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
-from pagoda.unet import UNetModel
 from tests.helpers.launch import mpiexec
+from tests.helpers.exports import tiny_export as _export
 from tests.helpers.tiny_runs import STAGE2_FLAGS, TEACHER_FLAGS, encode_run, stage2_run, teacher_run, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,19 +217,6 @@ def test_stage2_recipe_with_more_steps_resolves_to_free_changes_only():
 # ------------------------------------------------------------------------------------------------------------
 # data, sampling, exports and evaluation
 
-TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_head_channels=32, num_classes=4)
-
-
-def _export(path, kind="denoiser"):
-    torch.manual_seed(0)
-    net = UNetModel(**TINY)
-    for p in net.parameters():  # zero-initialised output layers would make the network trivial
-        if p.ndim > 1:
-            p.data.normal_(0, 0.05)
-    side = generator_sidecar(net) if kind == "generator" else teacher_sidecar(net)
-    checkpoint.export_network(net.state_dict(), side, str(path))
-    return str(path)
 
 
 def _run(script, *args, kill_at=None):

@@ -5,26 +5,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from pagoda import checkpoint
-from pagoda.generator import generator_sidecar
-from pagoda.unet import UNetModel
 from scripts import probe_discriminator
+from tests.helpers.exports import tiny_export
 
-TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_head_channels=32, num_classes=4)
 
 
 @pytest.fixture
 def setup(tmp_path):
-    torch.manual_seed(0)
-    net = UNetModel(**TINY)
-    for p in net.parameters():  # an untrained generator: its samples are far from the reals
-        if p.ndim > 1:
-            p.data.normal_(0, 0.05)
-    gen = str(tmp_path / "gen.pt")
-    checkpoint.export_network(net.state_dict(), generator_sidecar(net), gen)
+    gen = tiny_export(tmp_path / "gen.pt", "generator")  # an untrained generator: its samples are far from reals
     rng = np.random.RandomState(0)
     images = np.zeros((120, 8, 8, 3), np.uint8)
     images[:, 2:6, 2:6] = rng.randint(150, 256, (120, 1, 1, 1))  # bright squares on black
