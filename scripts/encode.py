@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import dist_util, logger, script_util  # noqa: E402
-from pagoda.amp import MixedPrecision  # noqa: E402
+from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
 from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity  # noqa: E402
@@ -35,7 +35,7 @@ from pagoda.sampling import karras_sigmas  # noqa: E402
 GROUPS = {
     "data": dict(data_dir="bundled:mnist", image_size=0, flips=(0, 1), on_error="raise", limit=0),
     "teacher": dict(teacher="", num_steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0, clamp_denoised=True,
-                    start_sigma=0.0, precision="fp32"),
+                    start_sigma=0.0, precision="auto"),
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
 }
 CONSTRAINTS = {
@@ -45,7 +45,7 @@ CONSTRAINTS = {
     "num_steps": script_util.at_least(2), "sigma_min": script_util.greater_than(0),
     "sigma_max": script_util.greater_than(0), ("sigma_min", "sigma_max"): script_util.increasing,
     "rho": script_util.greater_than(0), "start_sigma": script_util.at_least(0),
-    ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of("fp32", "bf16", "fp16"),
+    ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of(*PRECISION_CHOICES),
     "storage": script_util.one_of("fp16", "fp32"), "chunk_size": script_util.at_least(1),
     "batch_size": script_util.at_least(1), "verify": script_util.at_least(0),
 }
@@ -86,6 +86,7 @@ def main(argv=None):
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
+    args.precision = resolve_precision(args.precision, device, log=logger.log)
     image_size = args.image_size or teacher.backbone.config["image_size"]
     if image_size != teacher.backbone.config["image_size"]:
         raise ValueError(f"--image_size {image_size} differs from the teacher's resolution "

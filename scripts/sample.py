@@ -16,12 +16,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import checkpoint, dist_util, logger, script_util  # noqa: E402
-from pagoda.amp import MixedPrecision  # noqa: E402
+from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
                                 sampler_for_export)
 
 GROUPS = {
-    "model": dict(model="", kind="auto", precision="fp32"),
+    "model": dict(model="", kind="auto", precision="auto"),
     "sampler": dict(sampler="heun", num_steps=40, rho=7.0, s_churn=0.0, s_tmin=0.0, s_tmax=1e9, s_noise=1.0,
                     guidance_scale=1.0),
     "output": dict(out_dir="runs/samples", num_samples=1000, labels="uniform", seed=0, chunk_size=100,
@@ -31,7 +31,7 @@ GROUPS = {
 
 _c = script_util
 CONSTRAINTS = {
-    "kind": _c.one_of("auto", "generator", "denoiser"), "precision": _c.one_of("fp32", "bf16", "fp16"),
+    "kind": _c.one_of("auto", "generator", "denoiser"), "precision": _c.one_of(*PRECISION_CHOICES),
     "sampler": _c.one_of("heun", "euler", "stochastic"), "num_steps": _c.at_least(1), "rho": _c.greater_than(0),
     "s_churn": _c.at_least(0), "s_tmin": _c.at_least(0), "s_tmax": _c.at_least(0), "s_noise": _c.at_least(0),
     "guidance_scale": _c.at_least(0), "num_samples": _c.at_least(1), "labels": _c.one_of("uniform", "balanced"),
@@ -62,6 +62,7 @@ def main(argv=None):
     logger.configure(args.out_dir)
     sampler = build_sampler(args, device)
     num_classes = sampler_classes(sampler)
+    args.precision = resolve_precision(args.precision, device, log=logger.log)
     mp = MixedPrecision(precision=args.precision, device=device)
 
     def sample_fn(rng, y):

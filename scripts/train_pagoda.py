@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
 import torch  # noqa: E402
 
+from pagoda.amp import PRECISION_CHOICES, resolve_precision  # noqa: E402
 from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
 from pagoda.diffaug import DiffAugment  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
@@ -40,7 +41,7 @@ GROUPS = {
                  translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0, teacher_feature_sigma=0.5,
                  sigma_max=80.0, sigma_data=0.5),
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
-                  lr_discriminator=2e-3, ema_rates=(0.999,), precision="fp32", total_steps=600000,
+                  lr_discriminator=2e-3, ema_rates=(0.999,), precision="auto", total_steps=600000,
                   log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000,
                   monitor_interval=0, monitor_samples=256, monitor_network="random_conv", allow_config_change=False),
 }
@@ -79,7 +80,7 @@ CONSTRAINTS = {
     "d_channel_scale": _c.greater_than(0), "teacher_feature_sigma": _c.at_least(0), "sigma_max": _c.greater_than(0),
     "sigma_data": _c.greater_than(0), "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0),
     "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "ema_rates": _c.each(_c.in_range(0, 1)),
-    "precision": _c.one_of("fp32", "bf16", "fp16"), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
+    "precision": _c.one_of(*PRECISION_CHOICES), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
     "save_interval": _c.at_least(1), "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0),
     "preview_interval": _c.at_least(0), "monitor_interval": _c.at_least(0), "monitor_samples": _c.at_least(2),
 }
@@ -202,6 +203,7 @@ def main(argv=None):
     logger.configure(args.run_dir)
     backbone, origin = build_generator(args, device)
     dist_util.sync_params(backbone.parameters())
+    args.precision = resolve_precision(args.precision, device, log=logger.log)
     image_size = args.image_size or backbone.config["output_size"]
     if image_size != backbone.config["output_size"]:
         raise ValueError(f"--image_size {image_size} differs from the generator's output size "

@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import dist_util, logger, random_util, script_util  # noqa: E402
+from pagoda.amp import PRECISION_CHOICES, resolve_precision  # noqa: E402
 from pagoda.callbacks import TeacherPreview  # noqa: E402
 from pagoda.image_datasets import ImageDataset, infinite_batches, open_source, source_identity  # noqa: E402
 from pagoda.losses import EDMLoss  # noqa: E402
@@ -38,7 +39,7 @@ def loss_defaults():
 
 def train_defaults():
     return dict(run_dir="runs/teacher", global_batch_size=64, microbatch=0, optimizer="adam", lr=1e-3,
-                weight_decay=0.0, warmup_steps=200, ema_rates=(0.999,), precision="fp32", total_steps=3000,
+                weight_decay=0.0, warmup_steps=200, ema_rates=(0.999,), precision="auto", total_steps=3000,
                 log_interval=100, save_interval=500, keep_checkpoints=2, seed=0, preview_interval=500,
                 preview_steps=18, allow_config_change=False)
 
@@ -69,7 +70,7 @@ CONSTRAINTS = {
     "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing, "label_dropout": _c.in_range(0, 1),
     "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0), "optimizer": _c.one_of("adam", "adamw", "radam"),
     "lr": _c.at_least(0), "weight_decay": _c.at_least(0), "warmup_steps": _c.at_least(0),
-    "ema_rates": _c.each(_c.in_range(0, 1)), "precision": _c.one_of("fp32", "bf16", "fp16"),
+    "ema_rates": _c.each(_c.in_range(0, 1)), "precision": _c.one_of(*PRECISION_CHOICES),
     "total_steps": _c.at_least(1), "log_interval": _c.at_least(1), "save_interval": _c.at_least(1),
     "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0), "preview_interval": _c.at_least(0),
     "preview_steps": _c.at_least(1),
@@ -106,6 +107,7 @@ def main(argv=None):
     with random_util.seeded(args.seed, "teacher"):
         backbone = build_backbone(args, source.num_classes).to(device)
     dist_util.sync_params(backbone.parameters())
+    args.precision = resolve_precision(args.precision, device, log=logger.log)
     null_class = source.num_classes if (args.label_dropout > 0 and args.class_cond) else None
     loss = EDMLoss(P_mean=args.P_mean, P_std=args.P_std, sigma_data=args.sigma_data,
                    label_dropout=args.label_dropout, null_class=null_class)

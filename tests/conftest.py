@@ -9,6 +9,9 @@ import pytest
 # in-process results. On a GPU node those scripts would pick CUDA and no longer match, so the GPUs are hidden from
 # this process and from everything it starts (before torch initialises CUDA).
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# --precision auto reads the CPU's bf16 flags; the suite's golden values and bit-exact resumes are fp32 on every
+# machine, so it (and every script it starts) sees a CPU without native bf16. tests/test_precision.py mocks the check.
+os.environ["PAGODA_CPU_BF16"] = "0"
 
 import torch  # noqa: E402
 
