@@ -34,6 +34,7 @@ from .metrics import FeatureStats, inception_score, kid, load_reference_stats, p
 PROTOCOL = "ADM evaluator protocol, PyTorch port"
 IMAGE_KEYS = ("arr_0", "data")
 IS_SPLIT_SIZE = 5000
+INCEPTION_PRECISIONS = ("fp32", "bf16")
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagoda" / "evaluator"
 
 
@@ -168,19 +169,22 @@ def cache_file(files, weights_id, cache_dir):
     return Path(cache_dir) / f"{Path(files[0]).stem}-{digest}.npz"
 
 
-def compute_features(model, files, *, batch, desc="features"):
-    """Inception pool features (float32) and (pool, spatial) FeatureStats over every image of `files`."""
+def compute_features(model, files, *, batch, desc="features", precision="fp32"):
+    """Inception pool features (float32) and (pool, spatial) FeatureStats over every image of `files`; with
+    precision 'bf16' the network's convolutions run under bf16 autocast (statistics stay float64)."""
     total = count_images(files)
     pool, spatial = [], []
+    device_type = next(model.parameters()).device.type
     for images in tqdm(iter_image_batches(files, batch), total=math.ceil(total / batch), desc=desc, disable=None):
-        out = model(images)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(images)
         pool.append(out["pool"].float().cpu())
         spatial.append(out["spatial"].float().cpu())
     pool, spatial = torch.cat(pool), torch.cat(spatial)
     return pool.numpy(), (FeatureStats.from_features(pool), FeatureStats.from_features(spatial))
 
 
-def side_features(path, model, *, batch, cache_dir=None, desc="features"):
+def side_features(path, model, *, batch, cache_dir=None, desc="features", precision="fp32"):
     """Everything the metrics need from one side: {"pool", "stats", "num_images", "stats_source"}.
 
     `pool` is None when the npz has no images; `stats` are the npz's precomputed ones when present.
@@ -193,12 +197,13 @@ def side_features(path, model, *, batch, cache_dir=None, desc="features"):
         if precomputed is None:
             raise ValueError(f"{path} has neither images ({' or '.join(IMAGE_KEYS)}) nor statistics (mu, sigma, ...)")
         return side
-    cached = cache_file(files, model.weights_id, cache_dir) if cache_dir else None
+    weights_id = model.weights_id if precision == "fp32" else f"{model.weights_id}:{precision}"
+    cached = cache_file(files, weights_id, cache_dir) if cache_dir else None
     if cached is not None and cached.is_file():
         with np.load(cached) as npz:
             pool, stats = npz["pool"], load_reference_stats(npz)
     else:
-        pool, stats = compute_features(model, files, batch=batch, desc=desc)
+        pool, stats = compute_features(model, files, batch=batch, desc=desc, precision=precision)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             temp = cached.with_suffix(".tmp.npz")
@@ -217,16 +222,20 @@ def _resolve_inception(inception, device):
     return load_inception(inception, device=device)
 
 
-def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=None):
+def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=None, precision="fp32"):
     """All ADM metrics of `sample` against `ref` as a dict (None for a metric that cannot be computed, see notes).
 
     `inception`: None (default weight search), a weight-file path, or a ready FIDInceptionV3 module.
+    `precision`: 'fp32' (scores of record) or 'bf16' (Inception under bf16 autocast, both sides; see
+    bench/inception_precision.py for how far that moves FID and KID).
     """
+    if precision not in INCEPTION_PRECISIONS:
+        raise ValueError(f"Inception precision must be one of {list(INCEPTION_PRECISIONS)}, got {precision!r}")
     check_same_resolution(ref, sample)
     model = _resolve_inception(inception, device)
-    ref_side = side_features(ref, model, batch=batch, cache_dir=cache_dir, desc="reference")
+    ref_side = side_features(ref, model, batch=batch, cache_dir=cache_dir, desc="reference", precision=precision)
     check_finite_stats(ref_side["stats"], ref, ref_side["stats_source"])
-    sample_side = side_features(sample, model, batch=batch, cache_dir=cache_dir, desc="samples")
+    sample_side = side_features(sample, model, batch=batch, cache_dir=cache_dir, desc="samples", precision=precision)
     check_finite_stats(sample_side["stats"], sample, sample_side["stats_source"])
     if sample_side["pool"] is None:
         raise ValueError(f"the sample batch {sample} has no images; IS and precision/recall need them")
@@ -234,6 +243,7 @@ def evaluate(ref, sample, *, inception=None, batch=100, device="cpu", cache_dir=
     result = {
         "protocol": PROTOCOL,
         "inception_weights": model.weights_id,
+        "inception_precision": precision,
         "num_ref_images": ref_side["num_images"],
         "num_sample_images": sample_side["num_images"],
         "fid": ref_side["stats"][0].frechet_distance(sample_side["stats"][0]),
@@ -287,6 +297,8 @@ def create_argparser():
     parser.add_argument("--batch", type=_positive_int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="feature cache; '' disables it")
+    parser.add_argument("--precision", choices=INCEPTION_PRECISIONS, default="fp32",
+                        help="Inception under bf16 autocast: faster, scores move (bench/inception_precision.py)")
     return parser
 
 
@@ -294,7 +306,7 @@ def main(argv=None):
     args = create_argparser().parse_args(argv)
     try:
         result = evaluate(args.ref_batch, args.sample_batch, inception=args.inception, batch=args.batch,
-                          device=args.device, cache_dir=args.cache_dir or None)
+                          device=args.device, cache_dir=args.cache_dir or None, precision=args.precision)
     except (ValueError, FileNotFoundError) as exc:  # bad inputs: the message, a nonzero exit, no score
         raise SystemExit(f"error: {exc}") from exc
     print(format_report(result))
