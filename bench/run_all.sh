@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every bench/ script and print one table of the ratios they measured (each side by side in one run).
-# Usage: bash bench/run_all.sh [--device cuda]      (full output of each script in bench/results/<name>.txt)
+# Usage: [RUN=runs/quickstart] bash bench/run_all.sh [--device cuda]   (each script's output: bench/results/<name>.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -14,8 +14,17 @@ run sampling "$@"
 run encode "$@"
 run fid --num_images 32 --batch 8 "$@"
 run unet_step --configs bundled --iters 3 "$@"
+run precision "$@"
+run levers "$@"
 TABLE=${TABLE:-runs/quickstart/compare_table/compare.json}  # the method table's wall time, when one was made
 run domain $([ -f "$TABLE" ] && echo --table "$TABLE") "$@"
+RUN=${RUN:-runs/quickstart}  # the scripts that need a finished quickstart run (its models, samples, references)
+if [ -f "$RUN/ref16.npz" ]; then
+  run inception_precision --ref "$RUN/ref16.npz" --samples "$RUN"/compare/samples/*/samples_*x16x16x3.npz "$@"
+  "$PYTHON" bench/profile_steps.py --run "$RUN" > bench/results/profile_steps.txt 2>&1 || echo "profile_steps FAILED" >&2
+else
+  echo "[bench] inception_precision and profile_steps skipped: no finished quickstart run at $RUN (set RUN=...)" >&2
+fi
 printf '\n%-32s %12s  %s\n' "measurement" "value" "what"
 printf '%-32s %12s  %s\n' "--------------------------------" "------------" "----"
 grep -h "^RATIO" bench/results/*.txt | sed 's/^RATIO //' | while IFS= read -r line; do

@@ -12,6 +12,7 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.profiler import record_function
 
 from . import checkpoint, dist_util, logger
 from .faults import kill_point
@@ -186,7 +187,8 @@ class TrainLoop:
             elapsed = time.time() - timer  # training time only: callbacks (previews, metrics) are not counted
             for cb in self.callbacks:  # before the log, so what they log lands in this step's row
                 if cb.interval and (self.step % cb.interval == 0 or self.step == self.total_steps):
-                    cb(self)
+                    with record_function("callbacks"):
+                        cb(self)
             if self.step % self.log_interval == 0 or self.step == self.total_steps:
                 logger.logkv("step", self.step)
                 logger.logkv("samples", self.step * self.global_batch_size)
@@ -194,12 +196,14 @@ class TrainLoop:
                 logger.dumpkvs()
                 timer, steps_since_log = time.time(), 0
             if self.step % self.save_interval == 0 or self.step == self.total_steps:
-                self.save()
+                with record_function("checkpoint"):
+                    self.save()
         bar.close()
 
     def run_step(self):
         for phase_index, phase in enumerate(self.objective.phases(self.step)):
-            batch = next(self._stream)
+            with record_function("data"):
+                batch = next(self._stream)
             self.batches_drawn += 1
             self._update(self.players[phase.partition(":")[0]], phase, batch, phase_index)
 
@@ -213,16 +217,18 @@ class TrainLoop:
             gen = self._generator(phase_index, i)
             last = start + self.microbatch >= n
             sync = player.net.no_sync() if isinstance(player.net, DDP) and not last else _null()
-            with sync:
+            with sync, record_function("forward_backward"):
                 with player.mp.autocast():
                     terms = self.objective.losses(phase, nets, micro, step=self.step, generator=gen)
                 loss = terms["loss"].float().mean() * (_batch_len(micro) / n)
                 player.mp.backward(loss)
-            for key, value in terms.items():
-                logger.logkv_mean(f"loss/{phase.replace(':', '_')}/{key}", value)
+            with record_function("log"):
+                for key, value in terms.items():
+                    logger.logkv_mean(f"loss/{phase.replace(':', '_')}/{key}", value)
         for group in player.opt.param_groups:
             group["lr"] = player.spec.lr_at(player.opt_steps)
-        took, grad_norm = player.mp.step(player.opt, player.params)
+        with record_function("optimizer"):
+            took, grad_norm = player.mp.step(player.opt, player.params)
         logger.logkv_mean(f"grad_norm/{player.name}", grad_norm)
         logger.logkv(f"lr/{player.name}", player.opt.param_groups[0]["lr"])
         if player.mp.scaler:
@@ -230,7 +236,8 @@ class TrainLoop:
         if took:
             player.opt_steps += 1
             if player.ema:
-                player.ema.update(player.module)
+                with record_function("ema"):
+                    player.ema.update(player.module)
         else:
             logger.logkv_mean(f"skipped_steps/{player.name}", 1.0)
             logger.log(f"step {self.step}: non-finite gradients for {player.name}; update skipped")

@@ -1,6 +1,7 @@
 """The bench/ scripts still run against the library and print the ratios bench/run_all.sh collects (tiny sizes;
 the values are not checked: timings never are in tests). bench/encode.py had silently broken on an API change."""
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,12 @@ CASES = {
                   ["domain_images_per_s", "domain_over_inception_speed"]),
     "fid.py": (["--num_images", "4", "--batch", "2", "--image_size", "16", "--dim", "64"],
                ["inception_images_per_s", "inception_prepared_over_plain", "frechet_sqrtm_over_eigen"]),
+    "precision.py": (["--rounds", "1", "--skip", "unet_forward_imagenet64", "--encode_images", "4", "--encode_steps",
+                      "2", "--inception_batch", "2"],
+                     [f"bf16_speedup_{case}" for case in ("teacher_train_step", "unet_forward_bundled", "encode",
+                                                         "one_step_16px", "one_step_32px", "inception")]),
+    "levers.py": (["--rounds", "1", "--batch", "4", "--levers", "channels_last"],
+                  ["channels_last_speedup_teacher_train_step", "channels_last_speedup_one_step_forward"]),
 }
 
 
@@ -30,3 +37,37 @@ def test_bench_script_reports_its_ratios(script):
     ratios = dict(re.findall(r"^RATIO (\w+): (\S+)", out.stdout, flags=re.M))
     assert sorted(ratios) == sorted(names), out.stdout
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in ratios.values()), ratios
+
+
+def test_profile_steps_replays_each_recipe_exactly():
+    """bench/profile_steps.py turns a recipe's dry-run config back into flags; parsed again they give the same
+    config (so the profile is of what the quickstart runs), records such as git_commit left out."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import profile_steps
+
+    for stage, (recipe, script_name) in profile_steps.RECIPES.items():
+        config = profile_steps.recipe_config(recipe, {})
+        script = __import__(script_name)
+        argv = profile_steps.config_argv(config, script) + ["--dry_run"]
+        out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", f"{script_name}.py"), *argv], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        replayed = json.loads(out.stdout)
+        assert {k: v for k, v in replayed.items() if k != "preset"} == \
+            {k: v for k, v in config.items() if k != "preset"}, stage
+        assert "--git_commit" not in argv
+
+
+@pytest.mark.parametrize("op,family", [("aten::mkldnn_convolution", "convolution"),
+                                       ("aten::convolution_backward", "convolution"),
+                                       ("aten::native_group_norm", "normalisation"),
+                                       ("aten::bmm", "matmul / attention"),
+                                       ("aten::_foreach_lerp_", "optimizer kernels"),
+                                       ("aten::upsample_nearest2d", "resampling"),
+                                       ("aten::copy_", "copies / layout"), ("aten::silu", "elementwise / other ops")])
+def test_profile_families(op, family):
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import profile_steps
+
+    assert profile_steps.family(op) == family
