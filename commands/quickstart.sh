@@ -5,6 +5,8 @@
 #   -> the method table of every model (+ the bicubic baseline) -> report ($RUN_DIR/report.md).
 # Usage: bash commands/quickstart.sh [--fast]      (--fast: tiny budgets, same code path, for CI)
 # Sets up .venv first if needed. Rerunning resumes every stage instead of starting over.
+# PRECISION=auto (default: bf16 where the CPU or GPU has it natively, else fp32; pagoda/amp.py) or fp32 / bf16 for
+# the networks trained, encoded with and sampled; the Inception of the scores is fp32 either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0
@@ -16,6 +18,7 @@ for arg in "$@"; do
 done
 bash commands/setup_env.sh
 export PYTHON=.venv/bin/python OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+PRECISION=${PRECISION:-auto}
 
 if [ "$FAST" = 1 ]; then
   RUN=${RUN_DIR:-runs/quickstart_fast}
@@ -39,21 +42,22 @@ PY
 }
 
 echo "== stage 1: teacher =="
-timed teacher env RUN_DIR="$RUN/teacher" STEPS=$TEACHER_STEPS bash commands/stage1_teacher_mnist.sh
+timed teacher env RUN_DIR="$RUN/teacher" STEPS=$TEACHER_STEPS bash commands/stage1_teacher_mnist.sh \
+  --precision $PRECISION
 TEACHER="$RUN/teacher/exports/denoiser_ema0.999.pt"
 
 echo "== encode: PF-ODE latents =="
 timed encode env TEACHER="$TEACHER" OUT_DIR="$RUN/latents" LIMIT=$ENCODE_LIMIT ENCODE_STEPS=$ENCODE_STEPS \
-  bash commands/encode_mnist.sh
+  bash commands/encode_mnist.sh --precision $PRECISION
 
 echo "== stage 2: one-step generator =="
 timed stage2 env TEACHER="$TEACHER" LATENTS="$RUN/latents" RUN_DIR="$RUN/stage2" STEPS=$STAGE2_STEPS \
-  bash commands/stage2_mnist.sh
+  bash commands/stage2_mnist.sh --precision $PRECISION
 GEN2="$RUN/stage2/exports/generator_ema0.99.pt"
 
 echo "== stage 3: grow to 32 px =="
 timed stage3 env GENERATOR="$GEN2" LATENTS="$RUN/latents" RUN_DIR="$RUN/stage3" STEPS=$STAGE3_STEPS \
-  bash commands/stage3_mnist.sh
+  bash commands/stage3_mnist.sh --precision $PRECISION
 GEN3="$RUN/stage3/exports/generator_ema0.99.pt"
 
 echo "== sampling and the method table =="

@@ -8,7 +8,7 @@ source "$(dirname "$0")/_launch.sh"
 MODEL=${MODEL:-runs/imagenet64/stage2/exports/generator_ema0.999.pt}
 OUT_DIR=${OUT_DIR:-runs/samples}
 
-MODEL_FLAGS="--model $MODEL --precision ${PRECISION:-fp32}"
+MODEL_FLAGS="--model $MODEL --precision ${PRECISION:-auto}"
 SAMPLER_FLAGS="--sampler heun --num_steps ${STEPS:-40}"
 OUTPUT_FLAGS="--out_dir $OUT_DIR --num_samples ${NUM_SAMPLES:-50000} --labels uniform --seed 0 --chunk_size 500 --batch_size ${BATCH:-250}"
 
