@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from pagoda import features
+from pagoda import features, script_util
 from pagoda.discriminator import DiscriminatorHead, ProjectedDiscriminator, head_blocks, head_channels, head_norm
 from pagoda.features import create_feature_network
 from pagoda.losses import hinge_d_loss
@@ -215,3 +215,28 @@ def test_generator_side_gets_gradients_through_the_frozen_features():
     sum(l.sum() for l in logits).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.feature_networks.parameters())
+
+
+def _pagoda_args(*argv):
+    from scripts import train_pagoda
+
+    parser = script_util.create_parser(train_pagoda.GROUPS, description="", presets=train_pagoda.PRESETS,
+                                       constraints=train_pagoda.CONSTRAINTS)
+    return train_pagoda, script_util.parse_args(parser, train_pagoda.PRESETS, list(argv))
+
+
+def test_train_pagoda_flags_shape_the_discriminator():
+    train_pagoda, args = _pagoda_args("--feature_networks", "random_conv", "--feature_resolution", "128",
+                                      "--d_norm", "group", "--d_channel_scale", "0.25", "--recon_discriminator", "true")
+    d, recon_d = train_pagoda.build_discriminators(args, 16, 10, torch.device("cpu"))
+    for disc in (d, recon_d):
+        assert disc.feature_networks["random_conv"].input_size == 128
+        assert [h.depth for h in disc.heads["random_conv"]] == [3, 2, 1, 1]  # maps 64/32/16/8
+        assert norm_kinds(disc) == {"GroupNorm"}
+    # the defaults: each network's own size, BatchNorm
+    train_pagoda, args = _pagoda_args("--feature_networks", "random_conv")
+    assert (args.feature_resolution, args.d_norm) == (0, "batch")
+    d, _ = train_pagoda.build_discriminators(args, 16, 10, torch.device("cpu"))
+    assert d.feature_networks["random_conv"].input_size == 64
+    assert [h.depth for h in d.heads["random_conv"]] == [2, 1, 1, 1]
+    assert norm_kinds(d) == {"BatchNorm2d"}
