@@ -100,6 +100,10 @@ class ProjectedDiscriminator(nn.Module):
     head's depth matches its real feature-map size. `norm`: the heads' normalisation, "batch" or "group".
     """
 
+    # What resuming from a checkpoint whose heads no longer fit is told (TrainLoop's resume).
+    layout_note = ("the discriminator head layout changed: the heads are shaped by this code's head rule "
+                   "(discriminator.head_blocks) and by --d_norm, --feature_resolution and --d_channel_scale")
+
     def __init__(self, *, feature_networks, image_size, num_classes=None, cond_dim=320, cmap_dim=64,
                  channel_scale=1.0, norm="batch"):
         super().__init__()

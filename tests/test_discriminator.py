@@ -1,6 +1,6 @@
 """Projected discriminator: heads per feature level sized from the real maps with a nonlinear block at every level,
-logits shapes, trainable heads only, projection class conditioning, spectral norm, BatchNorm or GroupNorm, and a D
-step that leaves the feature networks untouched."""
+logits shapes, trainable heads only, projection class conditioning, spectral norm, BatchNorm or GroupNorm, a D step
+that leaves the feature networks untouched, and a clear error when a checkpoint's heads no longer fit."""
 
 import copy
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from pagoda import features, script_util
+from pagoda import discriminator, features, logger, script_util
 from pagoda.discriminator import DiscriminatorHead, ProjectedDiscriminator, head_blocks, head_channels, head_norm
 from pagoda.features import create_feature_network
 from pagoda.losses import hinge_d_loss
+from pagoda.objectives import DiscriminatorPair
+from pagoda.train_util import LayoutChangedError, Objective, OptimSpec, TrainLoop
 from tests.helpers.exports import tiny_export
 
 
@@ -215,6 +217,70 @@ def test_generator_side_gets_gradients_through_the_frozen_features():
     sum(l.sum() for l in logits).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.feature_networks.parameters())
+
+
+class _DiscriminatorOnly(Objective):
+    """One player, the discriminator, trained on fixed random reals and fakes: enough to write a training state."""
+
+    def __init__(self, d):
+        self.d = d
+        self.players = {"discriminator": DiscriminatorPair(d)}
+
+    def phases(self, step):
+        return ["discriminator"]
+
+    def losses(self, phase, nets, batch, *, step, generator):
+        real, fake, y = batch["x"], -batch["x"], batch["y"]
+        logits = nets["discriminator"](real, fake, y, self.d.extract(real), self.d.extract(fake))
+        return {"loss": hinge_d_loss(*logits)}
+
+
+def _train_one_step(run_dir, d):
+    def data(start):
+        while True:
+            yield {"x": images(), "y": torch.tensor([0, 1, 2, 3])}
+
+    logger.configure(None)
+    return TrainLoop(objective=_DiscriminatorOnly(d), data=data, run_dir=str(run_dir), global_batch_size=4,
+                     optim={"discriminator": OptimSpec(lr=1e-3)}, total_steps=1, save_interval=1)
+
+
+def _old_head_blocks(size):
+    """The head rule before every head got a nonlinear block: no block at all for maps of 8 px or less."""
+    blocks = []
+    while size > 8:
+        size //= 2
+        blocks.append((4, 2, 1, size))
+    return blocks
+
+
+def test_resuming_a_checkpoint_with_the_old_head_layout_is_a_clear_error(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(discriminator, "head_blocks", _old_head_blocks)
+        old = build()
+    assert [h.depth for h in old.heads["conv"]] == [2, 1, 0, 0]
+    _train_one_step(tmp_path, old).run()
+    state = tmp_path / "checkpoints" / "state_0000001.pt"
+    assert state.exists()
+    with pytest.raises(LayoutChangedError) as err:
+        _train_one_step(tmp_path, build())
+    message = str(err.value)
+    assert message.startswith(
+        f"cannot resume from {state}: its 'discriminator' network does not fit the one this code builds; the "
+        "discriminator head layout changed: the heads are shaped by this code's head rule (discriminator.head_blocks) "
+        "and by --d_norm, --feature_resolution and --d_channel_scale. Start a new --run_dir, or resume with the code "
+        "and settings that wrote the checkpoint (")
+    # 5 heads gained a block, 8 tensors each (the conv's weight and spectral-norm vectors, BatchNorm's 5); the output
+    # convs of 3 of them now take other channels (weight and spectral-norm vector)
+    assert "(40 missing, 0 unexpected, 6 shape mismatches)" in message
+    assert "missing keys: discriminator.heads.tiny.1.down.0.parametrizations.weight.original" in message
+    assert "unexpected keys: none" in message
+    assert "discriminator.heads.tiny.1.out.parametrizations.weight.original: file (8, 8, 4, 4) vs model (8, 32, 4, 4)" \
+        in message
+    # the layout this code writes resumes
+    fresh = tmp_path / "fresh"
+    _train_one_step(fresh, build()).run()
+    assert _train_one_step(fresh, build()).step == 1
 
 
 def _pagoda_args(*argv):
