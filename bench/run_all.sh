@@ -14,6 +14,7 @@ run sampling "$@"
 run encode "$@"
 run fid --num_images 32 --batch 8 "$@"
 run unet_step --configs bundled --iters 3 "$@"
+run discriminator --iters 3 "$@"
 TABLE=${TABLE:-runs/quickstart/compare_table/compare.json}  # the method table's wall time, when one was made
 run domain $([ -f "$TABLE" ] && echo --table "$TABLE") "$@"
 printf '\n%-32s %12s  %s\n' "measurement" "value" "what"

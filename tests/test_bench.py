@@ -16,6 +16,10 @@ CASES = {
     "sampling.py": (["--batch", "4", "--heun_steps", "3"], ["one_step_vs_teacher_speed", "grown_vs_parent_cost"]),
     "domain.py": (["--num_images", "8", "--batch", "4", "--rounds", "1"],
                   ["domain_images_per_s", "domain_over_inception_speed"]),
+    "discriminator.py": (["--networks", "random_conv,tf_efficientnet_lite0,teacher", "--resolutions", "64,224",
+                          "--batch", "2", "--iters", "1"],
+                         ["d_step_bf16_over_fp32", "g_side_bf16_over_fp32", "d_step_224_over_64", "g_side_over_d_step",
+                          "d_step_lite0_over_random_conv", "d_step_teacher_over_random_conv"]),
     "fid.py": (["--num_images", "4", "--batch", "2", "--image_size", "16", "--dim", "64"],
                ["inception_images_per_s", "inception_prepared_over_plain", "frechet_sqrtm_over_eigen"]),
 }
