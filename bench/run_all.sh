@@ -16,6 +16,7 @@ run fid --num_images 32 --batch 8 "$@"
 run unet_step --configs bundled --iters 3 "$@"
 run precision "$@"
 run levers "$@"
+run discriminator --iters 3 "$@"
 TABLE=${TABLE:-runs/quickstart/compare_table/compare.json}  # the method table's wall time, when one was made
 run domain $([ -f "$TABLE" ] && echo --table "$TABLE") "$@"
 RUN=${RUN:-runs/quickstart}  # the scripts that need a finished quickstart run (its models, samples, references)

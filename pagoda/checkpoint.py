@@ -97,11 +97,15 @@ class CheckpointManager:
 
     def load_latest(self, log=print):
         """The newest state that loads; unreadable (e.g. truncated) files are reported and passed over."""
+        return self.latest(log=log)[1]
+
+    def latest(self, log=print):
+        """(path, state) of the newest state that loads, or (None, None)."""
         for _, path in self.states():
             state = self._read(path, log)
             if state is not None:
-                return state
-        return None
+                return path, state
+        return None, None
 
     def _readable(self, path, log):
         stamp, ok = self._checked.get(path, (None, False))
@@ -233,19 +237,28 @@ def load_export(path, *, expect_kind=None):
     return state_dict, sidecar
 
 
-def load_state_dict_strict(module, state_dict, *, source):
-    """Strict load whose error lists what is missing and unexpected (and shape mismatches), naming the file."""
+def state_dict_mismatch(module, state_dict):
+    """(missing keys, unexpected keys, shape mismatches as text) of `state_dict` against `module`'s own."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source} does not match the architecture being built "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} shape mismatches).\n"
+    return missing, unexpected, shapes
+
+
+def describe_mismatch(missing, unexpected, shapes):
+    """The counts and the first keys of each kind of state_dict_mismatch, for an error message."""
+    return (f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} shape mismatches).\n"
             f"  missing keys: {_head(missing)}\n  unexpected keys: {_head(unexpected)}\n"
             f"  shape mismatches: {_head(shapes)}")
+
+
+def load_state_dict_strict(module, state_dict, *, source):
+    """Strict load whose error lists what is missing and unexpected (and shape mismatches), naming the file."""
+    mismatch = state_dict_mismatch(module, state_dict)
+    if any(mismatch):
+        raise ValueError(f"{source} does not match the architecture being built {describe_mismatch(*mismatch)}")
     module.load_state_dict(state_dict, strict=True)
     return module
 

@@ -255,21 +255,32 @@ RANDOM_NETWORKS = {
     "tiny": (32, (8, 16, 32, 64)),
 }
 TIMM_NETWORKS = ("deit_base_distilled_patch16_224", "tf_efficientnet_lite0")
+# The smallest input side a script accepts: the backbones' coarsest level (stride 32) is then 1x1.
+MIN_FEATURE_RESOLUTION = 32
 FEATURE_NETWORKS = tuple(RANDOM_NETWORKS) + TIMM_NETWORKS + ("teacher",)
 
 
 def create_feature_network(name, *, weights_path=None, seed=0, proj_channels=64, project=True,
-                           teacher_sigma=0.5):
+                           teacher_sigma=0.5, input_size=0):
     """Build a frozen FeatureNetwork by name (see FEATURE_NETWORKS); all random layers come from `seed`.
-    'teacher' reads the stage-1 teacher export at `weights_path` and noises its inputs at `teacher_sigma`."""
+    'teacher' reads the stage-1 teacher export at `weights_path` and noises its inputs at `teacher_sigma`.
+
+    `input_size`: the side every image is resized to (bilinearly) before a resizing network: the random and timm
+    ones. 0 keeps the network's own rule: the random ones resize to their size in RANDOM_NETWORKS; the timm ones
+    resize to 224 below 256 px and keep 256 px and larger images native (the official path). 'teacher' ignores it:
+    it always works at the teacher's resolution."""
+    if input_size and input_size < 1:
+        raise ValueError(f"feature network input_size must be 0 (the network's own) or positive, got {input_size}")
     generator = torch.Generator().manual_seed(seed)
     if name in RANDOM_NETWORKS:
-        input_size, channels = RANDOM_NETWORKS[name]
+        native_size, channels = RANDOM_NETWORKS[name]
         backbone = RandomConvBackbone(channels=channels, generator=generator)
         mean, std, keep_native_from = HALF, HALF, None
+        input_size = input_size or native_size
     elif name in TIMM_NETWORKS:
         backbone, mean, std = _timm_backbone(name, weights_path=weights_path, generator=generator)
-        input_size, keep_native_from = 224, 256
+        # an explicit size applies to every image, so that what the backbone sees is what was asked for
+        input_size, keep_native_from = (input_size, None) if input_size else (224, 256)
     elif name == "teacher":
         backbone = _teacher_backbone(weights_path, sigma=teacher_sigma)
         # Images of any size are resized to the teacher's; its features need no further projection.

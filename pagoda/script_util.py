@@ -121,6 +121,11 @@ def greater_than(low):
     return lambda v: None if _finite_number(v) and v > low else f"must be a number > {low}"
 
 
+def zero_or_at_least(low):
+    """0 (off, or "the default") or a number >= low."""
+    return lambda v: None if _finite_number(v) and (v == 0 or v >= low) else f"must be 0 or a number >= {low}"
+
+
 def in_range(low, high, *, high_included=False):
     """low <= v < high (or <= high)."""
     def check(v):
@@ -215,12 +220,15 @@ FLAG_CLASSES = {
              "microbatch", "run_dir", "preset", "allow_config_change", "git_commit", "world_size"),
     "fixed": ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
               "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
-              "feature_networks", "feature_weights", "d_channel_scale", "recon_discriminator", "recon_loss",
-              "unet", "generator", "data_dir", "latent_dir", "image_size", "random_flip", "dataset", "dataset_identity",
-              "num_images", "num_classes", "num_pairs"),
+              "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",
+              "recon_discriminator", "recon_loss", "unet", "generator", "data_dir", "latent_dir", "image_size",
+              "random_flip", "dataset", "dataset_identity", "num_images", "num_classes", "num_pairs"),
     # guarded is the default; listed here are those that records of the architecture hold too ("unet.dropout")
     "guarded": ("dropout",),
 }
+# Flags added after runs were recorded, with the value that reproduces the behaviour of a run whose config.json
+# predates them: a resume compares against it, so such a run resumes with the default and refuses another value.
+ADDED_FLAGS = {"d_norm": "batch", "feature_resolution": 0}
 # Guarded keys that only shape a fresh run's initial weights: after a resume the checkpoint's weights stand.
 INIT_ONLY = ("init_from", "refit_head", "feature_seed")
 HISTORY_FILE = "config_history.jsonl"
@@ -244,7 +252,9 @@ def flag_class(key):
 def config_changes(recorded, requested):
     """Every setting that differs, as (key, old, new, class), keys sorted. Nested records (e.g. the generator's
     architecture) are compared key by key ("generator.model_channels"); top-level keys missing on either side (a
-    config.json written before a flag existed) are not compared."""
+    config.json written before a flag existed) are not compared, except the ADDED_FLAGS, which a recorded config
+    without them holds at their value from before."""
+    recorded = {**{k: v for k, v in ADDED_FLAGS.items() if k in requested}, **recorded}
     changes = []
     for top in sorted(set(recorded) & set(requested)):
         old, new = _flatten(top, recorded[top]), _flatten(top, requested[top])

@@ -70,6 +70,16 @@ class OptimSpec:
         return self.lr * min(1.0, (opt_step + 1) / self.warmup_steps)
 
 
+class LayoutChangedError(ValueError):
+    """A training state whose network tensors do not fit the networks this code builds."""
+
+
+def _layout_note(module):
+    """What changed, in the words of the module (or a submodule) that defines `layout_note`."""
+    notes = [m.layout_note for m in module.modules() if isinstance(getattr(type(m), "layout_note", None), str)]
+    return notes[0] if notes else "its architecture changed"
+
+
 class _Player:
     """A trained network with its optimiser, precision policy, EMA and (optional) DDP wrapper."""
 
@@ -93,7 +103,13 @@ class _Player:
         return {"model": self.module.state_dict(), "opt": self.opt.state_dict(), "scaler": self.mp.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else {}, "opt_steps": self.opt_steps}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, *, source):
+        mismatch = checkpoint.state_dict_mismatch(self.module, state["model"])
+        if any(mismatch):
+            raise LayoutChangedError(
+                f"cannot resume from {source}: its {self.name!r} network does not fit the one this code builds; "
+                f"{_layout_note(self.module)}. Start a new --run_dir, or resume with the code and settings that "
+                f"wrote the checkpoint {checkpoint.describe_mismatch(*mismatch)}")
         self.module.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.mp.load_state_dict(state["scaler"])
@@ -135,11 +151,11 @@ class TrainLoop:
 
     # -- resume / save ---------------------------------------------------------------------------------
     def _resume(self):
-        state = self.ckpt.load_latest(log=logger.log)
+        path, state = self.ckpt.latest(log=logger.log)
         if state is None:
             return
         for name, player in self.players.items():
-            player.load_state_dict(state["players"][name])
+            player.load_state_dict(state["players"][name], source=path)
         self.objective.load_state_dict(state["objective"])
         self.step, self.batches_drawn = int(state["step"]), int(state["batches_drawn"])
         checkpoint.restore_rng(_own_rng(state))

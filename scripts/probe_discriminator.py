@@ -4,12 +4,14 @@ generator's samples at all? Held-out accuracy says whether the adversarial half 
     python scripts/probe_discriminator.py --generator runs/quickstart/stage2/exports/generator_ema0.99.pt \
         --feature_networks random_conv,teacher,tf_efficientnet_lite0 --feature_weights ,TEACHER.pt, --out probe.json
 
-For each feature network: a ProjectedDiscriminator as stage 2 builds it (same heads, --d_channel_scale) is trained
-with the hinge loss on `--num_train` reals (the training split of --data_dir) against as many samples of the frozen
-generator (fresh seeded latents, balanced labels), then scored on `--num_heldout` other reals and other samples
-with BatchNorm in eval mode: accuracy counts a real whose mean logit is > 0 and a sample whose mean logit is < 0
-(0.5 is chance), overall and per head. G and the feature network are frozen, so their features are computed once
-and cached in memory (fp16); no augmentation.
+For each feature network: a ProjectedDiscriminator as stage 2 builds it (the same heads, shaped by --d_channel_scale,
+--d_norm and --feature_resolution as in scripts/train_pagoda.py) is trained with the hinge loss on `--num_train`
+reals (the training split of --data_dir) against as many samples of the frozen generator (fresh seeded latents,
+balanced labels), then scored on `--num_heldout` other reals and other samples with the heads in eval mode
+(BatchNorm on its running statistics): accuracy counts a real whose mean logit is > 0 and a sample whose mean
+logit is < 0 (0.5 is chance), overall and per head. G and the feature network are frozen, so their features are
+computed once and cached in memory (fp16); no augmentation. --feature_resolution resizes the images before the
+random and timm networks (0: their own size); the teacher network always works at the teacher's resolution.
 """
 
 import json
@@ -22,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import checkpoint, script_util  # noqa: E402
-from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
-from pagoda.features import create_feature_network  # noqa: E402
+from pagoda.discriminator import HEAD_NORMS, ProjectedDiscriminator  # noqa: E402
+from pagoda.features import MIN_FEATURE_RESOLUTION, create_feature_network  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.losses import hinge_d_loss  # noqa: E402
 from pagoda.model_io import load_generator  # noqa: E402
@@ -34,12 +36,14 @@ from pagoda.sample_util import GeneratorSampler  # noqa: E402
 GROUPS = {
     "data": dict(generator="", data_dir="bundled:mnist", num_train=1000, num_heldout=500, seed=0),
     "discriminator": dict(feature_networks=("random_conv",), feature_weights=("",), d_channel_scale=1.0,
-                          lr=2e-3, steps=300, batch_size=64, feature_seed=0),
+                          d_norm="batch", feature_resolution=0, lr=2e-3, steps=300, batch_size=64, feature_seed=0),
     "output": dict(out=""),
 }
 CONSTRAINTS = {"num_train": script_util.at_least(8), "num_heldout": script_util.at_least(2),
                "steps": script_util.at_least(1), "batch_size": script_util.at_least(2),
                "lr": script_util.greater_than(0), "d_channel_scale": script_util.greater_than(0),
+               "d_norm": script_util.one_of(*HEAD_NORMS),
+               "feature_resolution": script_util.zero_or_at_least(MIN_FEATURE_RESOLUTION),
                "seed": script_util.at_least(0), "feature_seed": script_util.at_least(0)}
 
 
@@ -97,7 +101,7 @@ def train_heads(disc, real, fake, y, *, steps, batch_size, lr, seed):
 
 @torch.no_grad()
 def heldout_accuracy(disc, real, fake, y):
-    """Overall and per-head accuracy on held-out features, BatchNorm in eval mode."""
+    """Overall and per-head accuracy on held-out features, the heads in eval mode."""
     disc.eval()
     every = torch.arange(len(next(iter(real.values()))[0]))
     terms = discriminator_diagnostics(disc(None, y, features=_take(real, every)),
@@ -106,12 +110,13 @@ def heldout_accuracy(disc, real, fake, y):
 
 
 def probe(name, weights, generator, reals, fakes, args):
-    net = create_feature_network(name, weights_path=weights or None, seed=args.feature_seed)
+    net = create_feature_network(name, weights_path=weights or None, seed=args.feature_seed,
+                                 input_size=args.feature_resolution)
     size, num_classes = generator.backbone.config["output_size"], generator.backbone.config["num_classes"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         disc = ProjectedDiscriminator(feature_networks={name: net}, image_size=size, num_classes=num_classes,
-                                      channel_scale=args.d_channel_scale)
+                                      channel_scale=args.d_channel_scale, norm=args.d_norm)
     start = time.time()
     (x_real, y), x_fake = reals, fakes
     real, fake = cached_features(disc, x_real), cached_features(disc, x_fake)
@@ -123,7 +128,7 @@ def probe(name, weights, generator, reals, fakes, args):
     held = slice(n, None)
     result = heldout_accuracy(disc, _take_rows(real, held), _take_rows(fake, held), _rows(y, held))
     return {"feature_network": name, "input_size": net.input_size, "image_size": size,
-            "head_depths": [len(h.down) // 3 for h in disc.heads[name]], "final_train_loss": last_loss,
+            "head_depths": [h.depth for h in disc.heads[name]], "final_train_loss": last_loss,
             "feature_seconds": feature_seconds, "train_seconds": time.time() - start - feature_seconds, **result}
 
 

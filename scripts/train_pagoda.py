@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from pagoda.amp import PRECISION_CHOICES, resolve_precision  # noqa: E402
 from pagoda.callbacks import GeneratorMetric, GeneratorPreview  # noqa: E402
 from pagoda.diffaug import DiffAugment  # noqa: E402
-from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
-from pagoda.features import create_feature_network  # noqa: E402
+from pagoda.discriminator import HEAD_NORMS, ProjectedDiscriminator  # noqa: E402
+from pagoda.features import MIN_FEATURE_RESOLUTION, create_feature_network  # noqa: E402
 from pagoda.generator import freeze_for_growth, grow_generator  # noqa: E402
 from pagoda.image_datasets import check_labels, infinite_batches  # noqa: E402
 from pagoda.losses import PixelLoss, PseudoHuberLoss, ReconstructionLoss  # noqa: E402
@@ -38,8 +38,8 @@ GROUPS = {
     "loss": dict(recon_loss="feature", feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
                  discriminator_weight=0.2, adaptive_weight=True, separate_update=False, gan_loss="hinge",
                  r1_gamma=0.0, recon_discriminator=False, recon_discriminator_weight=0.5,
-                 translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0, teacher_feature_sigma=0.5,
-                 sigma_max=80.0, sigma_data=0.5),
+                 translation_ratio=0.125, cutout_ratio=0.2, d_channel_scale=1.0, d_norm="batch", feature_resolution=0,
+                 teacher_feature_sigma=0.5, sigma_max=80.0, sigma_data=0.5),
     "train": dict(run_dir="runs/stage2", global_batch_size=32, microbatch=0, lr_generator=8e-6,
                   lr_discriminator=2e-3, ema_rates=(0.999,), precision="auto", total_steps=600000,
                   log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0, preview_interval=1000,
@@ -77,8 +77,10 @@ CONSTRAINTS = {
     "discriminator_weight": _c.at_least(0), "gan_loss": _c.one_of("hinge", "nonsaturating"),
     "r1_gamma": _c.at_least(0), "recon_discriminator_weight": _c.at_least(0),
     "translation_ratio": _c.in_range(0, 1, high_included=True), "cutout_ratio": _c.in_range(0, 1, high_included=True),
-    "d_channel_scale": _c.greater_than(0), "teacher_feature_sigma": _c.at_least(0), "sigma_max": _c.greater_than(0),
-    "sigma_data": _c.greater_than(0), "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0),
+    "d_channel_scale": _c.greater_than(0), "d_norm": _c.one_of(*HEAD_NORMS),
+    "feature_resolution": _c.zero_or_at_least(MIN_FEATURE_RESOLUTION), "teacher_feature_sigma": _c.at_least(0),
+    "sigma_max": _c.greater_than(0), "sigma_data": _c.greater_than(0), "global_batch_size": _c.at_least(1),
+    "microbatch": _c.at_least(0),
     "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "ema_rates": _c.each(_c.in_range(0, 1)),
     "precision": _c.one_of(*PRECISION_CHOICES), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
     "save_interval": _c.at_least(1), "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0),
@@ -132,12 +134,14 @@ def check_pairs(args, pairs, backbone, origin):
 
 
 def feature_networks(args, seed):
+    """The frozen feature networks of --feature_networks (D's, and the feature reconstruction loss's), images resized
+    to --feature_resolution before the resizing ones (0: each network's own size; 'teacher' keeps its own)."""
     if len(args.feature_weights) > len(args.feature_networks):
         raise ValueError(f"--feature_weights has {len(args.feature_weights)} entries for "
                          f"{len(args.feature_networks)} --feature_networks")
     weights = list(args.feature_weights) + [None] * len(args.feature_networks)
     return {name: create_feature_network(name, weights_path=w or None, seed=seed,
-                                         teacher_sigma=args.teacher_feature_sigma)
+                                         teacher_sigma=args.teacher_feature_sigma, input_size=args.feature_resolution)
             for name, w in zip(args.feature_networks, weights)}
 
 
@@ -148,7 +152,7 @@ def build_discriminators(args, image_size, num_classes, device):
     with random_util.seeded(args.seed, "discriminator"):
         discriminator = ProjectedDiscriminator(feature_networks=feature_networks(args, args.feature_seed),
                                                image_size=image_size, num_classes=num_classes,
-                                               channel_scale=args.d_channel_scale).to(device)
+                                               channel_scale=args.d_channel_scale, norm=args.d_norm).to(device)
     dist_util.sync_params(discriminator.parameters())
     dist_util.check_same_across_ranks(discriminator.feature_networks, what="discriminator feature networks")
     recon_discriminator = None
@@ -156,7 +160,8 @@ def build_discriminators(args, image_size, num_classes, device):
         with random_util.seeded(args.seed, "recon_discriminator"):
             recon_discriminator = ProjectedDiscriminator(feature_networks=dict(discriminator.feature_networks),
                                                          image_size=image_size, num_classes=num_classes,
-                                                         channel_scale=args.d_channel_scale).to(device)
+                                                         channel_scale=args.d_channel_scale,
+                                                         norm=args.d_norm).to(device)
         dist_util.sync_params(recon_discriminator.parameters())
     return discriminator, recon_discriminator
 

@@ -255,3 +255,46 @@ def test_teacher_feature_sigma_is_passed_and_validated(tmp_path):
     assert backbone.sigma == 0.1 and backbone.c_in == pytest.approx(1 / (0.1**2 + 0.5**2) ** 0.5)
     with pytest.raises(ValueError, match="must be positive, got sigma=0"):
         create_feature_network("teacher", weights_path=path, teacher_sigma=0)
+
+
+def _backbone_input_size(net, image_size):
+    """The side of what the backbone receives for an image of side `image_size`."""
+    seen = []
+    hook = net.backbone.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        net(images(n=1, size=image_size))
+    hook.remove()
+    return seen[0]
+
+
+def test_input_size_is_what_a_random_backbone_sees():
+    default = create_feature_network("random_conv", proj_channels=16)
+    large = create_feature_network("random_conv", proj_channels=16, input_size=128)
+    assert (default.input_size, large.input_size) == (64, 128)
+    assert _backbone_input_size(default, 16) == (64, 64) and _backbone_input_size(large, 16) == (128, 128)
+    assert large.output_sizes(16) == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    # the same random layers and normalisation: only the size differs
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), large.state_dict().values()))
+    assert torch.equal(default.mean, large.mean) and torch.equal(default.std, large.std)
+    explicit = create_feature_network("random_conv", proj_channels=16, input_size=64)
+    x = images(size=16)
+    assert all(torch.equal(a, b) for a, b in zip(default(x), explicit(x)))
+    with pytest.raises(ValueError, match=r"^feature network input_size must be 0 \(the network's own\) or positive, "
+                                         r"got -1$"):
+        create_feature_network("random_conv", input_size=-1)
+
+
+def test_input_size_of_a_timm_network_applies_to_every_image():
+    """Default: 224 below 256 px, native from 256 (the official path); an explicit size: always that size."""
+    default = create_feature_network("tf_efficientnet_lite0")
+    small = create_feature_network("tf_efficientnet_lite0", input_size=64)
+    assert _backbone_input_size(default, 16) == (224, 224) and _backbone_input_size(default, 256) == (256, 256)
+    assert _backbone_input_size(small, 16) == (64, 64) and _backbone_input_size(small, 256) == (64, 64)
+    assert small.output_sizes(16) == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    assert small.mean.flatten().tolist() == [0.5] * 3 == small.std.flatten().tolist()  # EfficientNet-lite's own
+
+
+def test_teacher_ignores_the_input_size(tmp_path):
+    _, path = _teacher_export(tmp_path)
+    net = create_feature_network("teacher", weights_path=path, input_size=64)
+    assert net.input_size == 8 and _backbone_input_size(net, 16) == (8, 8)

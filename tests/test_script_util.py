@@ -123,8 +123,8 @@ def test_every_training_flag_has_a_deliberate_class():
                     "cache_images", "use_checkpoint", "microbatch", "run_dir", "allow_config_change"}
     assert fixed == {"model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
                      "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
-                     "feature_networks", "feature_weights", "d_channel_scale", "recon_discriminator", "recon_loss",
-                     "data_dir", "latent_dir", "image_size", "random_flip"}
+                     "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",
+                     "recon_discriminator", "recon_loss", "data_dir", "latent_dir", "image_size", "random_flip"}
 
 
 def test_allowed_guarded_change_passes_and_fixed_never_does():
@@ -136,3 +136,20 @@ def test_allowed_guarded_change_passes_and_fixed_never_does():
         script_util.check_resume(recorded, requested, allow_change=False, **check)
     with pytest.raises(script_util.ConfigChangeError, match=r"use a new --run_dir\):\n    --image_size: 16 -> 32$"):
         script_util.check_resume(recorded, dict(recorded, image_size=32), allow_change=True, **check)
+
+
+def test_a_config_from_before_the_discriminator_flags_resumes_with_their_old_behaviour():
+    """config.json files written before --d_norm and --feature_resolution existed hold neither: they are read as
+    the values that reproduce those runs (BatchNorm, each network's own size), not skipped."""
+    old = {"lr_generator": 8e-6, "feature_networks": ["random_conv"], "d_channel_scale": 0.25}
+    defaults = dict(old, d_norm="batch", feature_resolution=0)
+    check = dict(flags=set(defaults), run_dir="runs/old")
+    assert script_util.config_changes(old, defaults) == []
+    assert script_util.check_resume(old, defaults, allow_change=False, **check) == []
+    with pytest.raises(script_util.ConfigChangeError) as err:
+        script_util.check_resume(old, dict(defaults, d_norm="group", feature_resolution=128), allow_change=True,
+                                 **check)
+    assert str(err.value).endswith("use a new --run_dir):\n    --d_norm: 'batch' -> 'group'\n"
+                                   "    --feature_resolution: 0 -> 128")
+    # a run whose flags never had them (the teacher's) compares nothing new
+    assert script_util.config_changes({"lr": 1e-3}, {"lr": 1e-3}) == []

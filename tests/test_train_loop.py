@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pagoda import checkpoint, logger
-from pagoda.train_util import OptimSpec, TrainLoop
+from pagoda.train_util import LayoutChangedError, OptimSpec, TrainLoop
 from tests.helpers.toy import ToyObjective, toy_data
 from tests.helpers.launch import mpiexec
 
@@ -129,6 +129,22 @@ def test_truncated_checkpoint_is_never_resumed(tmp_path):
     state = checkpoint.CheckpointManager(str(tmp_path)).load_latest(log=messages.append)
     assert state["step"] == 3
     assert "skipping unreadable checkpoint" in messages[0] and "state_0000006.pt" in messages[0]
+
+
+def test_resuming_a_state_whose_network_no_longer_fits_names_the_file_and_the_keys(tmp_path):
+    """Any player: a saved network of another shape is refused with the checkpoint's path and the keys, not with
+    PyTorch's size-mismatch dump halfway through restoring the players."""
+    _loop(tmp_path, microbatch=8, steps=1).run()  # saved at the last step
+    wider = ToyObjective()
+    wider.players["critic"] = torch.nn.Sequential(torch.nn.Linear(6, 2))
+    with pytest.raises(LayoutChangedError) as err:
+        _loop(tmp_path, microbatch=8, objective=wider)
+    state = checkpoint.CheckpointManager(str(tmp_path)).path(1)
+    assert str(err.value) == (
+        f"cannot resume from {state}: its 'critic' network does not fit the one this code builds; its architecture "
+        "changed. Start a new --run_dir, or resume with the code and settings that wrote the checkpoint "
+        "(2 missing, 2 unexpected, 0 shape mismatches).\n"
+        "  missing keys: 0.weight, 0.bias\n  unexpected keys: weight, bias\n  shape mismatches: none")
 
 
 @pytest.mark.slow
