@@ -88,7 +88,10 @@ def _run_toy(run_dir, steps, *extra, nproc=1, check=True, launcher="mpiexec"):
     elif nproc > 1:
         cmd = [mpiexec(), "-n", str(nproc), *cmd]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=check)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # a failure shows what the processes printed (a rare mpiexec exit 6 under load left nothing to go on)
+    assert not check or out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
 
 
 def _final(run_dir):
