@@ -50,7 +50,9 @@ PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientn
              num_workers=8, cache_images=False, save_interval=10000, preview_interval=10000)
 PRESETS = {
     # CPU recipes on the bundled digits (16 px teacher). Short runs need far larger learning rates than the paper's.
-    "mnist16": dict(recon_loss="pseudo_huber", lr_generator=2e-3, lr_discriminator=1e-3, d_channel_scale=0.25,
+    "mnist16": dict(recon_loss="pseudo_huber", feature_networks=("tf_efficientnet_lite0",), feature_resolution=64,
+                    d_norm="group", discriminator_weight=6.0, lr_generator=2e-3, lr_discriminator=1e-3,
+                    d_channel_scale=0.25,
                     ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
                     log_interval=50),
     "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
