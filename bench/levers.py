@@ -2,7 +2,8 @@
 teacher training step (EDM loss, backward, Adam) and a one-step generator forward, with
   - channels-last memory format (weights and inputs NHWC),
   - torch.compile (inductor; its first calls compile, timed separately: the break-even is the number of steps
-    after which the compiled step has paid for its compilation).
+    after which the compiled step has paid for its compilation). Inductor caches compiled kernels on disk
+    (/tmp/torchinductor_<user>), so a second run compiles in seconds: the first run on a machine is the cold cost.
 
     python bench/levers.py [--device cpu] [--rounds 5] [--levers channels_last,compile]
 
