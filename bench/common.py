@@ -12,18 +12,7 @@ BUNDLED = dict(image_size=16, model_channels=32, channel_mult=(1, 1, 2), num_res
 
 def timed(fn, *, repeats=5, warmup=1):
     """Median wall time of fn() in seconds (CUDA-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return alternated({"fn": fn}, rounds=repeats, warmup=warmup)["fn"]
 
 
 def report_ratio(name, value, note=""):

@@ -116,9 +116,7 @@ def _run_pipeline(tmp_path, precision):
     data = tiny_runs.tiny_dataset(tmp_path / "data")
     teacher = tiny_runs.teacher_run(tmp_path / "teacher", data, "--precision", precision)
     latents = tmp_path / "latents"
-    tiny_runs._main(tiny_runs.encode, ["--teacher", teacher, "--data_dir", data, "--out_dir", str(latents),
-                                       "--num_steps", "3", "--chunk_size", "8", "--batch_size", "4", "--flips", "0",
-                                       "--storage", "fp16", "--precision", precision])
+    tiny_runs.encode_run(latents, teacher, data, "--storage", "fp16", "--precision", precision)
     generator = tiny_runs.stage2_run(tmp_path / "stage2", teacher, str(latents), "--precision", precision)
     tiny_runs._main(sample, ["--model", generator, "--out_dir", str(tmp_path / "samples"), "--num_samples", "4",
                              "--batch_size", "4", "--chunk_size", "4", "--precision", precision])

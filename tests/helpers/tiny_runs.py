@@ -38,9 +38,10 @@ def teacher_run(run_dir, data, *extra):
     return os.path.join(str(run_dir), "exports", "denoiser_ema0.999.pt")
 
 
-def encode_run(out_dir, teacher, data):
+def encode_run(out_dir, teacher, data, *extra):
+    """encode.py, 3 steps, fp32 storage (later flags win)."""
     _main(encode, ["--teacher", teacher, "--data_dir", data, "--out_dir", str(out_dir), "--num_steps", "3",
-                   "--chunk_size", "8", "--batch_size", "4", "--flips", "0", "--storage", "fp32"])
+                   "--chunk_size", "8", "--batch_size", "4", "--flips", "0", "--storage", "fp32", *extra])
     return str(out_dir)
 
 
