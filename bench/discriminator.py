@@ -32,7 +32,7 @@ from pagoda import checkpoint  # noqa: E402
 from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
 from pagoda.features import create_feature_network  # noqa: E402
 from pagoda.losses import hinge_d_loss, hinge_g_loss  # noqa: E402
-from pagoda.objectives import teacher_sidecar  # noqa: E402
+from pagoda.precond import teacher_sidecar  # noqa: E402
 from pagoda.unet import UNetModel  # noqa: E402
 
 NETWORKS = ("random_conv", "tf_efficientnet_lite0", "teacher")

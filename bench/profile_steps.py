@@ -27,7 +27,9 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from bench.common import cpu_banner  # noqa: E402
-from pagoda import logger  # noqa: E402
+import train  # noqa: E402
+
+from pagoda import logger, methods  # noqa: E402
 from pagoda.train_util import TrainLoop  # noqa: E402
 
 SPANS = ("data", "forward_backward", "optimizer", "ema", "log")
@@ -41,8 +43,8 @@ FAMILIES = (  # first match wins; matched against the lower-cased operator name
     ("copies / layout", ("copy", "clone", "contiguous", "to", "cat", "stack", "pad", "index", "empty", "zero", "fill")),
     ("elementwise / other ops", ("",)),
 )
-RECIPES = {"teacher": ("stage1_teacher_mnist.sh", "train_teacher"), "stage2": ("stage2_mnist.sh", "train_pagoda"),
-           "stage3": ("stage3_mnist.sh", "train_pagoda")}
+RECIPES = {"teacher": ("stage1_teacher_mnist.sh", "diffusion"), "stage2": ("stage2_mnist.sh", "pagoda"),
+           "stage3": ("stage3_mnist.sh", "pagoda")}
 
 
 def recipe_config(recipe, env):
@@ -51,9 +53,9 @@ def recipe_config(recipe, env):
     return json.loads(out.stdout)
 
 
-def config_argv(config, script):
+def config_argv(config, spec):
     """The flags of `config` (a dry run's resolved config) as argv; records such as git_commit are left out."""
-    flags = set().union(*(group.keys() for group in script.GROUPS.values())) - {"preset"}
+    flags = set().union(*(group.keys() for group in spec.GROUPS.values())) - {"preset"}
     argv = []
     for key, value in config.items():
         if key not in flags or value is None:
@@ -73,16 +75,16 @@ def family(op):
 
 def profile_stage(stage, env, *, steps, warmup):
     """(recipe config, per-step ms by span, per-step ms by operator family, wall ms per step, once-costs in ms)."""
-    recipe, script_name = RECIPES[stage]
+    recipe, method = RECIPES[stage]
     config = recipe_config(recipe, env)
-    script = __import__(script_name)
+    spec = methods.get(method)
     middle = warmup + steps // 2  # previews, metrics and the checkpoint fire once here, inside the window
     overrides = dict(total_steps=warmup + steps, log_interval=warmup + steps, save_interval=middle,
                      preview_interval=middle, keep_checkpoints=1)
     if config.get("monitor_interval"):
         overrides["monitor_interval"] = middle
     with tempfile.TemporaryDirectory() as run_dir:
-        argv = config_argv(dict(config, **overrides, run_dir=run_dir), script)
+        argv = config_argv(dict(config, **overrides, run_dir=run_dir), spec)
         original = TrainLoop.run_step
         captured, marks = [], []  # the active window's events, taken when its trace is ready; step end times
         with profile(activities=[ProfilerActivity.CPU], on_trace_ready=lambda p: captured.append(p.key_averages()),
@@ -93,7 +95,7 @@ def profile_stage(stage, env, *, steps, warmup):
                 prof.step()
             TrainLoop.run_step = run_step
             try:
-                script.main(argv)
+                train.main(argv, method=method)
             finally:
                 TrainLoop.run_step = original
                 logger.configure(None)

@@ -14,4 +14,4 @@ MODEL_FLAGS="--model_channels 192 --channel_mult 1,2,3,4 --num_res_blocks 3 --at
 LOSS_FLAGS="--P_mean -1.2 --P_std 1.2 --sigma_data 0.5"
 TRAIN_FLAGS="--global_batch_size 4096 --lr 2e-4 --warmup_steps 2441 --ema_rates 0.99994 --precision fp16 --total_steps 610352 --save_interval 5000 --preview_interval 5000"
 
-launch scripts/train_teacher.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method diffusion --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"

@@ -15,4 +15,4 @@ MODEL_FLAGS="--model_channels 32 --channel_mult 1,1,2 --num_res_blocks 1 --atten
 LOSS_FLAGS="--P_mean -1.2 --P_std 1.2 --sigma_data 0.5"
 TRAIN_FLAGS="--global_batch_size 64 --lr 2e-3 --warmup_steps 100 --ema_rates 0.999 --total_steps ${STEPS:-1000} --save_interval 500 --log_interval 100 --preview_interval 500"
 
-launch scripts/train_teacher.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method diffusion --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"

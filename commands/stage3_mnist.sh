@@ -22,4 +22,4 @@ MODEL_FLAGS="--init_from $GENERATOR --grow_factor 2 --activate_from 4 --refit_he
 LOSS_FLAGS="--recon_loss pseudo_huber --feature_networks random_conv --discriminator_weight 1.0 --adaptive_weight true --gan_loss hinge --d_channel_scale 0.25"
 TRAIN_FLAGS="--global_batch_size 32 --lr_generator 1e-3 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-1000} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"
 
-launch scripts/train_pagoda.py --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method pagoda --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"

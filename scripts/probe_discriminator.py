@@ -29,7 +29,7 @@ from pagoda.features import MIN_FEATURE_RESOLUTION, create_feature_network  # no
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.losses import hinge_d_loss  # noqa: E402
 from pagoda.model_io import load_generator  # noqa: E402
-from pagoda.objectives import discriminator_diagnostics, head_names  # noqa: E402
+from pagoda.methods.gan import discriminator_diagnostics, head_names  # noqa: E402
 from pagoda.random_util import StackedRandomGenerator  # noqa: E402
 from pagoda.sample_util import GeneratorSampler  # noqa: E402
 

@@ -7,7 +7,7 @@ from torch import nn
 from pagoda import checkpoint
 from pagoda.amp import MixedPrecision
 from pagoda.model_io import infer_released_config, load_backbone, load_generator, load_teacher
-from pagoda.objectives import teacher_sidecar
+from pagoda.precond import teacher_sidecar
 from pagoda.unet import UNetModel, imagenet64_config
 
 TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),

@@ -21,9 +21,9 @@ from pagoda.image_datasets import open_source
 from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_backbone, load_generator, load_teacher
 from pagoda.pair_datasets import PairDataset
-from scripts import (compare, encode, make_reference, probe_discriminator, quickstart_report, sample, train_pagoda,
-                     train_teacher, upsample_npz)
+from scripts import compare, encode, make_reference, probe_discriminator, quickstart_report, sample, upsample_npz
 from tests.helpers.exports import tiny_export as _export
+from tests.helpers.methods import entry
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
 
 def _snapshot(run_dir):
@@ -151,19 +151,19 @@ FLAG_CASES = [
     (encode, ["--storage", "fp61"], "invalid --storage fp61: must be one of fp16, fp32"),
     (encode, ["--sigma_min", "1", "--sigma_max", "0.5"],
      "invalid --sigma_min 1.0 --sigma_max 0.5: the first must be smaller than the second"),
-    (train_teacher, ["--global_batch_size", "0"], "invalid --global_batch_size 0: must be a number >= 1"),
-    (train_teacher, ["--image_size", "0"], "invalid --image_size 0: must be a number >= 1"),
-    (train_teacher, ["--total_steps", "0"], "invalid --total_steps 0: must be a number >= 1"),
-    (train_teacher, ["--lr", "nan"], "invalid --lr nan: must be a number >= 0"),
-    (train_teacher, ["--ema_rates", "0.999,1.0"], "invalid --ema_rates 0.999,1.0: entry 1.0 must be in [0, 1)"),
-    (train_teacher, ["--channel_mult", ""], "invalid --channel_mult : needs at least one value"),
-    (train_teacher, ["--preset", "mnist16", "--microbatch", "-1"], "invalid --microbatch -1: must be a number >= 0"),
-    (train_pagoda, ["--total_steps", "0"], "invalid --total_steps 0: must be a number >= 1"),
-    (train_pagoda, ["--grow_factor", "3"], "invalid --grow_factor 3: must be one of 1, 2, 4, 8"),
-    (train_pagoda, ["--channel_mult_high", "1,x"], "invalid --channel_mult_high 1,x: entry 'x' must be a number"),
-    (train_pagoda, ["--keep_checkpoints", "0"], "invalid --keep_checkpoints 0: must be a number >= 1"),
-    (train_pagoda, ["--feature_resolution", "16"], "invalid --feature_resolution 16: must be 0 or a number >= 32"),
-    (train_pagoda, ["--d_norm", "layer"], "invalid --d_norm layer: must be one of batch, group"),
+    (entry("diffusion"), ["--global_batch_size", "0"], "invalid --global_batch_size 0: must be a number >= 1"),
+    (entry("diffusion"), ["--image_size", "0"], "invalid --image_size 0: must be a number >= 1"),
+    (entry("diffusion"), ["--total_steps", "0"], "invalid --total_steps 0: must be a number >= 1"),
+    (entry("diffusion"), ["--lr", "nan"], "invalid --lr nan: must be a number >= 0"),
+    (entry("diffusion"), ["--ema_rates", "0.999,1.0"], "invalid --ema_rates 0.999,1.0: entry 1.0 must be in [0, 1)"),
+    (entry("diffusion"), ["--channel_mult", ""], "invalid --channel_mult : needs at least one value"),
+    (entry("diffusion"), ["--preset", "mnist16", "--microbatch", "-1"], "invalid --microbatch -1: must be a number >= 0"),
+    (entry("pagoda"), ["--total_steps", "0"], "invalid --total_steps 0: must be a number >= 1"),
+    (entry("pagoda"), ["--grow_factor", "3"], "invalid --grow_factor 3: must be one of 1, 2, 4, 8"),
+    (entry("pagoda"), ["--channel_mult_high", "1,x"], "invalid --channel_mult_high 1,x: entry 'x' must be a number"),
+    (entry("pagoda"), ["--keep_checkpoints", "0"], "invalid --keep_checkpoints 0: must be a number >= 1"),
+    (entry("pagoda"), ["--feature_resolution", "16"], "invalid --feature_resolution 16: must be 0 or a number >= 32"),
+    (entry("pagoda"), ["--d_norm", "layer"], "invalid --d_norm layer: must be one of batch, group"),
     (probe_discriminator, ["--feature_resolution", "-64"],
      "invalid --feature_resolution -64: must be 0 or a number >= 32"),
     (probe_discriminator, ["--d_norm", "instance"], "invalid --d_norm instance: must be one of batch, group"),
@@ -201,7 +201,7 @@ def _numeric(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@pytest.mark.parametrize("module", [encode, sample, train_teacher, train_pagoda, compare, make_reference,
+@pytest.mark.parametrize("module", [encode, sample, entry("diffusion"), entry("pagoda"), compare, make_reference,
                                     upsample_npz, quickstart_report, domain, probe_discriminator])
 def test_data_every_numeric_flag_has_a_parse_time_check(module):
     groups = module._flag_defaults() if module is domain else module.GROUPS
@@ -343,7 +343,7 @@ def test_data_chunk_of_other_settings_than_the_manifest_is_refused(latents, tmp_
 
 def test_data_stage2_refuses_latents_of_another_teacher(latents, tmp_path):
     other = _export(tmp_path / "other_teacher.pt", seed=1)
-    out = _run("train_pagoda.py", "--init_from", other, "--latent_dir", latents / "z", "--run_dir", tmp_path / "run",
+    out = _run("train.py", "--method", "pagoda", "--init_from", other, "--latent_dir", latents / "z", "--run_dir", tmp_path / "run",
                "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1")
     manifest = LatentStore(str(latents / "z")).manifest()
     mine = load_backbone(other, expect_kind="denoiser")[0].content_sha256
@@ -358,7 +358,7 @@ def test_data_stage2_refuses_latents_of_another_teacher(latents, tmp_path):
 
 def test_data_stage3_refuses_latents_of_another_teacher_through_the_generator_sidecar(latents, tmp_path):
     """Stage 2's exports record the teacher they descend from; stage 3 checks it against the latents' teacher."""
-    out = _run("train_pagoda.py", "--init_from", latents / "teacher.pt", "--latent_dir", latents / "z", "--run_dir",
+    out = _run("train.py", "--method", "pagoda", "--init_from", latents / "teacher.pt", "--latent_dir", latents / "z", "--run_dir",
                tmp_path / "stage2", "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1",
                "--preview_interval", "0", "--d_channel_scale", "0.25")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -368,7 +368,7 @@ def test_data_stage3_refuses_latents_of_another_teacher_through_the_generator_si
     folder = _copy(latents, tmp_path)  # the same latents, recorded as another teacher's
     other = json.dumps({**manifest, "teacher_sha256": "0" * 64})
     checkpoint.atomic_write_text(other, os.path.join(folder, "manifest.json"))
-    out = _run("train_pagoda.py", "--init_from", generator, "--latent_dir", folder, "--run_dir", tmp_path / "stage3",
+    out = _run("train.py", "--method", "pagoda", "--init_from", generator, "--latent_dir", folder, "--run_dir", tmp_path / "stage3",
                "--grow_factor", "2", "--feature_networks", "tiny", "--global_batch_size", "4", "--total_steps", "1")
     assert out.returncode == 1
     assert (f"the latents in {folder} were encoded by another teacher (content hash 000000000000, "

@@ -50,12 +50,13 @@ def test_profile_steps_replays_each_recipe_exactly():
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import profile_steps
 
-    for stage, (recipe, script_name) in profile_steps.RECIPES.items():
+    from pagoda import methods
+
+    for stage, (recipe, method) in profile_steps.RECIPES.items():
         config = profile_steps.recipe_config(recipe, {})
-        script = __import__(script_name)
-        argv = profile_steps.config_argv(config, script) + ["--dry_run"]
-        out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", f"{script_name}.py"), *argv], cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
+        argv = profile_steps.config_argv(config, methods.get(method)) + ["--dry_run"]
+        out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), "--method", method, *argv],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         replayed = json.loads(out.stdout)
         assert {k: v for k, v in replayed.items() if k != "preset"} == \

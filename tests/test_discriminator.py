@@ -12,7 +12,7 @@ from pagoda import discriminator, features, logger, script_util
 from pagoda.discriminator import DiscriminatorHead, ProjectedDiscriminator, head_blocks, head_channels, head_norm
 from pagoda.features import create_feature_network
 from pagoda.losses import hinge_d_loss
-from pagoda.objectives import DiscriminatorPair
+from pagoda.methods.gan import DiscriminatorPair
 from pagoda.train_util import LayoutChangedError, Objective, OptimSpec, TrainLoop
 from tests.helpers.exports import tiny_export
 
@@ -284,25 +284,25 @@ def test_resuming_a_checkpoint_with_the_old_head_layout_is_a_clear_error(tmp_pat
 
 
 def _pagoda_args(*argv):
-    from scripts import train_pagoda
+    from pagoda.methods import pagoda
 
-    parser = script_util.create_parser(train_pagoda.GROUPS, description="", presets=train_pagoda.PRESETS,
-                                       constraints=train_pagoda.CONSTRAINTS)
-    return train_pagoda, script_util.parse_args(parser, train_pagoda.PRESETS, list(argv))
+    parser = script_util.create_parser(pagoda.GROUPS, description="", presets=pagoda.PRESETS,
+                                       constraints=pagoda.CONSTRAINTS)
+    return pagoda, vars(script_util.parse_args(parser, pagoda.PRESETS, list(argv)))
 
 
-def test_train_pagoda_flags_shape_the_discriminator():
-    train_pagoda, args = _pagoda_args("--feature_networks", "random_conv", "--feature_resolution", "128",
+def test_pagoda_method_flags_shape_the_discriminator():
+    pagoda, args = _pagoda_args("--feature_networks", "random_conv", "--feature_resolution", "128",
                                       "--d_norm", "group", "--d_channel_scale", "0.25", "--recon_discriminator", "true")
-    d, recon_d = train_pagoda.build_discriminators(args, 16, 10, torch.device("cpu"))
+    d, recon_d = pagoda.build_discriminators(args, image_size=16, num_classes=10, device=torch.device("cpu"))
     for disc in (d, recon_d):
         assert disc.feature_networks["random_conv"].input_size == 128
         assert [h.depth for h in disc.heads["random_conv"]] == [3, 2, 1, 1]  # maps 64/32/16/8
         assert norm_kinds(disc) == {"GroupNorm"}
     # the defaults: each network's own size, BatchNorm
-    train_pagoda, args = _pagoda_args("--feature_networks", "random_conv")
-    assert (args.feature_resolution, args.d_norm) == (0, "batch")
-    d, _ = train_pagoda.build_discriminators(args, 16, 10, torch.device("cpu"))
+    pagoda, args = _pagoda_args("--feature_networks", "random_conv")
+    assert (args["feature_resolution"], args["d_norm"]) == (0, "batch")
+    d, _ = pagoda.build_discriminators(args, image_size=16, num_classes=10, device=torch.device("cpu"))
     assert d.feature_networks["random_conv"].input_size == 64
     assert [h.depth for h in d.heads["random_conv"]] == [2, 1, 1, 1]
     assert norm_kinds(d) == {"BatchNorm2d"}

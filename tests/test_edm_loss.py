@@ -90,7 +90,7 @@ def _tiny_teacher():
 
 
 def test_diffusion_objective_is_the_edm_loss_with_sigma_quartiles():
-    from pagoda.objectives import DiffusionObjective
+    from pagoda.methods.diffusion import DiffusionObjective
 
     backbone = _tiny_teacher()
     objective = DiffusionObjective(backbone=backbone)
@@ -110,7 +110,7 @@ def test_diffusion_objective_is_the_edm_loss_with_sigma_quartiles():
 
 def test_diffusion_objective_in_the_loop_lowers_the_loss_on_fixed_noise(tmp_path):
     from pagoda import logger
-    from pagoda.objectives import DiffusionObjective
+    from pagoda.methods.diffusion import DiffusionObjective
     from pagoda.train_util import OptimSpec, TrainLoop
 
     backbone = _tiny_teacher()

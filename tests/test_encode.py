@@ -16,7 +16,7 @@ from pagoda.image_datasets import ImageDataset, infinite_batches, open_source, s
 from pagoda.image_util import psnr
 from pagoda.latent_store import LatentStore, image_subset
 from pagoda.model_io import load_teacher
-from pagoda.objectives import teacher_sidecar
+from pagoda.precond import teacher_sidecar
 from pagoda.pair_datasets import PairDataset
 from pagoda.random_util import StackedRandomGenerator
 from pagoda.sampling import heun_decode, heun_invert, karras_sigmas
@@ -260,7 +260,7 @@ def test_stage2_runs_on_two_processes_with_identical_projections(tmp_path, job):
     teacher, data = job
     _encode(tmp_path / "z", teacher, data)
     cmd = [mpiexec(), "-n", "2", sys.executable,
-           os.path.join(REPO, "scripts", "train_pagoda.py"), "--init_from", teacher, "--latent_dir", str(tmp_path / "z"),
+           os.path.join(REPO, "scripts", "train.py"), "--method", "pagoda", "--init_from", teacher, "--latent_dir", str(tmp_path / "z"),
            "--run_dir", str(tmp_path / "run"), "--feature_networks", "tiny", "--global_batch_size", "4",
            "--total_steps", "4", "--save_interval", "2", "--log_interval", "2", "--preview_interval", "4",
            "--lr_generator", "1e-3", "--d_channel_scale", "0.25"]

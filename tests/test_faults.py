@@ -168,7 +168,7 @@ def test_killed_teacher_stage2_and_stage3_rerun_equal_uninterrupted_runs(tmp_pat
     four = ["--total_steps", "4", "--save_interval", "2"]
     teacher_ref = teacher_run(tmp_path / "t_ref", data, *four)
     argv = ["--data_dir", data, "--run_dir", str(tmp_path / "t"), *TEACHER_FLAGS, *four]
-    out = _killed_then_rerun("train_teacher.py", argv, tmp_path, "teacher")
+    out = _killed_then_rerun("train.py", ["--method", "diffusion", *argv], tmp_path, "teacher")
     assert f"resumed from step 2 ({tmp_path / 't'}/checkpoints/state_0000002.pt)" in out
     assert _equal_exports(teacher_ref, tmp_path / "t" / "exports" / "denoiser_ema0.999.pt")
 
@@ -176,13 +176,13 @@ def test_killed_teacher_stage2_and_stage3_rerun_equal_uninterrupted_runs(tmp_pat
     stage2_ref = stage2_run(tmp_path / "s2_ref", teacher_ref, latents, *four)
     argv = ["--init_from", teacher_ref, "--latent_dir", latents, "--run_dir", str(tmp_path / "s2"), *STAGE2_FLAGS,
             *four]
-    assert "resumed from step 2" in _killed_then_rerun("train_pagoda.py", argv, tmp_path, "stage2")
+    assert "resumed from step 2" in _killed_then_rerun("train.py", ["--method", "pagoda", *argv], tmp_path, "stage2")
     assert _equal_exports(stage2_ref, tmp_path / "s2" / "exports" / "generator_ema0.999.pt")
 
     grow = ["--init_from", stage2_ref, "--grow_factor", "2", "--image_size", "16"]
     stage3_ref = stage2_run(tmp_path / "s3_ref", teacher_ref, latents, *grow, *four)
     argv = ["--latent_dir", latents, "--run_dir", str(tmp_path / "s3"), *STAGE2_FLAGS, *grow, *four]
-    assert "resumed from step 2" in _killed_then_rerun("train_pagoda.py", argv, tmp_path, "stage3")
+    assert "resumed from step 2" in _killed_then_rerun("train.py", ["--method", "pagoda", *argv], tmp_path, "stage3")
     assert _equal_exports(stage3_ref, tmp_path / "s3" / "exports" / "generator_ema0.999.pt")
 
 

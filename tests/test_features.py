@@ -8,7 +8,7 @@ from pagoda import checkpoint
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import FeatureNetwork, create_feature_network
 from pagoda.generator import generator_sidecar
-from pagoda.objectives import teacher_sidecar
+from pagoda.precond import teacher_sidecar
 from pagoda.unet import UNetModel
 
 TINY_PROJ = 8

@@ -6,13 +6,14 @@ import os
 import pytest
 import torch
 
-from pagoda import logger, objectives
+from pagoda import logger
+from pagoda.methods import gan
 from pagoda.diffaug import DiffAugment
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import create_feature_network
 from pagoda.generator import freeze_for_growth, generate, grow
 from pagoda.losses import ReconstructionLoss, hinge_g_loss
-from pagoda.objectives import PaGoDAObjective
+from pagoda.methods.pagoda import PaGoDAObjective
 from pagoda.train_util import OptimSpec, TrainLoop
 from pagoda.unet import UNetModel
 
@@ -235,7 +236,7 @@ def test_generator_loss_adds_the_weighted_recon_gan_term():
 
 @pytest.mark.parametrize("with_recon_d", [False, True])
 def test_gan_terms_backpropagate_the_discriminator_once_with_the_same_generator_gradients(monkeypatch, with_recon_d):
-    """The GAN terms reach G through a surrogate whose graph ends at G's output (objectives._through_output): the
+    """The GAN terms reach G through a surrogate whose graph ends at G's output (gan.through_output): the
     loss terms, the adaptive weights and every generator gradient are those of the plain graph (here: the surrogate
     patched out), and no discriminator weight gets a gradient. D has BatchNorm, so samples interact through it."""
     def run():
@@ -249,7 +250,7 @@ def test_gan_terms_backpropagate_the_discriminator_once_with_the_same_generator_
         return terms, {k: p.grad for k, p in obj.generator.named_parameters()}
 
     terms, grads = run()
-    monkeypatch.setattr(objectives, "_through_output", lambda loss, x: loss)
+    monkeypatch.setattr(gan, "through_output", lambda loss, x: loss)
     plain_terms, plain_grads = run()
     keys = ("loss", "rec", "gan", "adaptive_weight") + (("recon_gan", "recon_adaptive_weight") if with_recon_d else ())
     for key in keys:
@@ -263,8 +264,8 @@ def test_gan_surrogate_is_off_under_fp16_autocast():
     x = torch.randn(3, 2, requires_grad=True)
     loss = (x ** 3).sum(1)
     with torch.autocast("cpu", dtype=torch.float16):
-        assert objectives._through_output(loss, x) is loss
-    surrogate = objectives._through_output(loss, x)
+        assert gan.through_output(loss, x) is loss
+    surrogate = gan.through_output(loss, x)
     torch.testing.assert_close(surrogate, loss.detach())
     (grad,) = torch.autograd.grad(surrogate.sum(), x)
     torch.testing.assert_close(grad, 3 * x.detach() ** 2)
@@ -275,12 +276,12 @@ def test_diagnostics_read_a_perfect_a_reversed_and_a_split_discriminator():
     names = ["net_0", "net_1"]
     real = [torch.full((3, 4), 2.0), torch.full((3, 1), 1.0)]
     fake = [torch.full((3, 4), -1.0), torch.full((3, 1), -3.0)]
-    perfect = objectives.discriminator_diagnostics(real, fake, names)
+    perfect = gan.discriminator_diagnostics(real, fake, names)
     assert perfect["accuracy"].tolist() == [1.0] * 6 and perfect["logit_gap"].tolist() == [3.5] * 3
     assert perfect["accuracy_net_0"].mean() == 1 and perfect["accuracy_net_1"].mean() == 1
-    reversed_ = objectives.discriminator_diagnostics(fake, real, names)
+    reversed_ = gan.discriminator_diagnostics(fake, real, names)
     assert reversed_["accuracy"].mean() == 0 and reversed_["logit_gap"].tolist() == [-3.5] * 3
-    split = objectives.discriminator_diagnostics([real[0], -real[1]], [fake[0], -fake[1]], names)
+    split = gan.discriminator_diagnostics([real[0], -real[1]], [fake[0], -fake[1]], names)
     assert split["accuracy_net_0"].mean() == 1 and split["accuracy_net_1"].mean() == 0
     # overall, heads averaged: reals (2 - 1) / 2 = 0.5 > 0 count, fakes (-1 + 3) / 2 = 1 > 0 do not
     assert split["accuracy"].tolist() == [1.0] * 3 + [0.0] * 3
@@ -290,7 +291,7 @@ def test_diagnostics_read_a_perfect_a_reversed_and_a_split_discriminator():
 def test_objective_logs_accuracy_per_head_and_the_adaptive_clamp(tmp_path):
     obj = _objective(_backbone())
     d_terms = obj.losses("discriminator", obj.players, next(_data()(0)), step=1, generator=torch.Generator())
-    heads = objectives.head_names(obj.discriminator)
+    heads = gan.head_names(obj.discriminator)
     assert heads == [f"tiny_{k}" for k in range(len(obj.discriminator.heads["tiny"]))]
     for key in ["accuracy"] + [f"accuracy_{h}" for h in heads]:
         assert d_terms[key].shape == (8,) and set(d_terms[key].tolist()) <= {0.0, 1.0}

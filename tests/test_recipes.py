@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
@@ -64,21 +63,19 @@ def _keys(net):
 
 
 def test_imagenet_teacher_recipe_builds_the_released_layout(configs, compat_dir):
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from train_teacher import build_backbone
+    from pagoda.methods.diffusion import ARCHITECTURE, build_backbone
 
-    args = Namespace(**configs["stage1_teacher_imagenet64.sh"])
-    assert (args.lr, args.global_batch_size, args.dropout, args.precision) == (2e-4, 4096, 0.1, "fp16")
+    config = configs["stage1_teacher_imagenet64.sh"]
+    assert [config[k] for k in ("lr", "global_batch_size", "dropout", "precision")] == [2e-4, 4096, 0.1, "fp16"]
     with torch.device("meta"):
-        net = build_backbone(args, num_classes=1000)
+        net = build_backbone(num_classes=1000, **{k: config[k] for k in ARCHITECTURE})
     assert _keys(net) == _layout(compat_dir / "adm_imagenet64_out64_keys.txt")
 
 
 def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir, monkeypatch):
-    """Each growth recipe's resolved flags go through train_pagoda.build_generator (the script's own code path),
+    """Each growth recipe's resolved flags go through the pagoda method's build_generator (its own code path),
     with the previous stage's export stood in by a meta-device network of the previous stage's architecture."""
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    import train_pagoda
+    from pagoda.methods import pagoda
 
     stage2 = configs["stage2_imagenet64.sh"]
     assert (stage2["lr_generator"], stage2["lr_discriminator"], stage2["discriminator_weight"],
@@ -89,13 +86,14 @@ def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir, 
         with torch.device("meta"):
             return UNetModel(**parent["config"]), {"kind": "generator"}
 
-    monkeypatch.setattr(train_pagoda, "load_generator_or_teacher_backbone", previous_export)
+    monkeypatch.setattr(pagoda, "load_generator_or_teacher_backbone", previous_export)
     for size, recipe in ((128, "stage3_imagenet64to128.sh"), (256, "stage3_imagenet64to256.sh"),
                          (512, "stage3_imagenet64to512.sh")):
-        args = Namespace(**configs[recipe])
-        assert args.image_size == size
+        config = configs[recipe]
+        assert config["image_size"] == size
         with torch.device("meta"):
-            net, _ = train_pagoda.build_generator(args, "meta")
+            net, _ = pagoda.build_generator(config["init_from"], device="meta",
+                                            **{k: config[k] for k in pagoda.GENERATOR_FLAGS})
         if size < 512:
             assert _keys(net) == _layout(compat_dir / f"adm_imagenet64_out{size}_keys.txt")
         assert net.config["output_size"] == size and net.config["channel_mult_high"] == [1] * {128: 1, 256: 2, 512: 3}[size]
@@ -114,13 +112,14 @@ def test_encode_recipe_uses_the_official_solver(configs):
             args["flips"]) == (40, 0.002, 80.0, 7.0, True, [0, 1])
 
 
-@pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "train_teacher", "mnist16"),
-                                                    ("stage2_mnist.sh", "train_pagoda", "mnist16"),
-                                                    ("stage3_mnist.sh", "train_pagoda", "mnist16to32")])
+@pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "diffusion", "mnist16"),
+                                                    ("stage2_mnist.sh", "pagoda", "mnist16"),
+                                                    ("stage3_mnist.sh", "pagoda", "mnist16to32")])
 def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, preset):
     """`--preset mnist16` / `mnist16to32` are the recipes' settings; the two must not drift apart."""
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    module = __import__(script)
+    from pagoda import methods
+
+    module = methods.get(script)
 
     recipe_config = configs[recipe]
     assert module.PRESETS[preset], f"{script} preset {preset} is empty"

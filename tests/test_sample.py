@@ -10,7 +10,7 @@ import torch
 
 from pagoda import checkpoint
 from pagoda.generator import generator_sidecar
-from pagoda.objectives import teacher_sidecar
+from pagoda.precond import teacher_sidecar
 from pagoda.sample_util import sample_labels
 from pagoda.unet import UNetModel
 

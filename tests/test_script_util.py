@@ -109,13 +109,9 @@ def test_config_changes_by_class_with_nested_records():
 
 def test_every_training_flag_has_a_deliberate_class():
     """New flags default to "guarded" (refused on resume unless allowed); these are the ones that are not."""
-    import sys
+    from pagoda import methods
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import train_pagoda
-    import train_teacher
-
-    flags = {k for groups in (train_teacher.GROUPS, train_pagoda.GROUPS) for g in groups.values() for k in g}
+    flags = {k for name in methods.METHODS for g in methods.get(name).GROUPS.values() for k in g}
     free = {k for k in flags if script_util.flag_class(k) == "free"}
     fixed = {k for k in flags if script_util.flag_class(k) == "fixed"}
     assert free == {"total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps",

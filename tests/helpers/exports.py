@@ -4,7 +4,7 @@ import torch
 
 from pagoda import checkpoint
 from pagoda.generator import generator_sidecar
-from pagoda.objectives import teacher_sidecar
+from pagoda.precond import teacher_sidecar
 from pagoda.unet import UNetModel
 
 TINY = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),

@@ -9,10 +9,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import encode  # noqa: E402
-import train_pagoda  # noqa: E402
-import train_teacher  # noqa: E402
 
 from pagoda import logger  # noqa: E402
+from tests.helpers.methods import entry  # noqa: E402
 
 TEACHER_FLAGS = ["--image_size", "8", "--model_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
                  "--attention_resolutions", "2", "--num_head_channels", "32", "--global_batch_size", "4",
@@ -33,8 +32,8 @@ def tiny_dataset(folder, n=12, size=12):
 
 
 def teacher_run(run_dir, data, *extra):
-    """train_teacher.py with TEACHER_FLAGS (later flags win); returns the EMA export's path."""
-    _main(train_teacher, ["--data_dir", data, "--run_dir", str(run_dir), *TEACHER_FLAGS, *extra])
+    """train.py --method diffusion with TEACHER_FLAGS (later flags win); returns the EMA export's path."""
+    _main(entry("diffusion"), ["--data_dir", data, "--run_dir", str(run_dir), *TEACHER_FLAGS, *extra])
     return os.path.join(str(run_dir), "exports", "denoiser_ema0.999.pt")
 
 
@@ -46,8 +45,8 @@ def encode_run(out_dir, teacher, data, *extra):
 
 
 def stage2_run(run_dir, teacher, latents, *extra):
-    """train_pagoda.py (stage 2) with STAGE2_FLAGS (later flags win); returns the EMA export's path."""
-    _main(train_pagoda, ["--init_from", teacher, "--latent_dir", latents, "--run_dir", str(run_dir), *STAGE2_FLAGS,
+    """train.py --method pagoda (stage 2) with STAGE2_FLAGS (later flags win); returns the EMA export's path."""
+    _main(entry("pagoda"), ["--init_from", teacher, "--latent_dir", latents, "--run_dir", str(run_dir), *STAGE2_FLAGS,
                          *extra])
     return os.path.join(str(run_dir), "exports", "generator_ema0.999.pt")
 

@@ -1,0 +1,342 @@
+"""PaGoDA stages 2 and 3 (pagoda-method.md 3-4): distil a one-step generator from the teacher on (latent, image)
+pairs, or grow it to 2x/4x/8x resolution.
+
+    # stage 2: G starts as a copy of the teacher, trained on (latent, image) pairs at the teacher's resolution
+    python scripts/train.py --method pagoda --preset mnist16 --init_from runs/teacher/exports/denoiser_ema0.999.pt \
+        --latent_dir runs/latents --run_dir runs/stage2
+    # stage 3: grow the stage-2 generator to 2x, train on the same latents and 2x images
+    python scripts/train.py --method pagoda --preset mnist16to32 \
+        --init_from runs/stage2/exports/generator_ema0.999.pt --latent_dir runs/latents --run_dir runs/stage3
+
+Exports: <run_dir>/exports/generator_ema<rate>.pt (+ .json sidecar).
+"""
+
+import torch
+
+from .. import dist_util, logger, script_util
+from ..callbacks import GeneratorMetric, GeneratorPreview
+from ..features import create_feature_network
+from ..generator import freeze_for_growth, generate, generator_sidecar, grow_generator
+from ..image_datasets import check_labels
+from ..image_util import psnr
+from ..losses import (PixelLoss, PseudoHuberLoss, ReconstructionLoss, adaptive_weight, weight_grad_norm)
+from ..model_io import load_generator_or_teacher_backbone
+from ..pair_datasets import PairDataset, check_latent_teacher
+from ..train_util import Objective, OptimSpec
+from . import common, gan
+
+TITLES = ("stage 2: one-step generator", "stage 3: grown generator")
+GROUPS = {
+    "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True),
+    "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), refit_head=False,
+                  use_checkpoint=False, sigma_max=80.0, sigma_data=0.5),
+    "discriminator": gan.DISCRIMINATOR_FLAGS,
+    "loss": dict(recon_loss="feature", discriminator_weight=0.2, adaptive_weight=True, separate_update=False,
+                 recon_discriminator=False, recon_discriminator_weight=0.5),
+    "train": common.train_group(run_dir="runs/stage2", lr_generator=8e-6, lr_discriminator=2e-3,
+                                total_steps=600000, monitor_interval=0, monitor_samples=256,
+                                monitor_network="random_conv"),
+}
+
+PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
+             num_workers=8, cache_images=False, save_interval=10000, preview_interval=10000)
+PRESETS = {
+    # CPU recipes on the bundled digits (16 px teacher). Short runs need far larger learning rates than the paper's.
+    "mnist16": dict(recon_loss="pseudo_huber", feature_networks=("tf_efficientnet_lite0",), feature_resolution=64,
+                    d_norm="group", discriminator_weight=6.0, lr_generator=2e-3, lr_discriminator=1e-3,
+                    d_channel_scale=0.25,
+                    ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
+                    log_interval=50),
+    "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
+                        discriminator_weight=1.0,
+                        lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
+                        total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
+                        log_interval=50),
+    # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
+    "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
+    "imagenet64to128": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, global_batch_size=256),
+    "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
+                             adaptive_weight=False, global_batch_size=360),
+    "imagenet256to512": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
+                             adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
+                             recon_discriminator=True),
+}
+
+_c = script_util
+CONSTRAINTS = {
+    **common.TRAIN_CONSTRAINTS, **gan.DISCRIMINATOR_CONSTRAINTS,
+    "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
+    "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
+    "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "discriminator_weight": _c.at_least(0),
+    "recon_discriminator_weight": _c.at_least(0), "sigma_max": _c.greater_than(0), "sigma_data": _c.greater_than(0),
+    "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "monitor_interval": _c.at_least(0),
+    "monitor_samples": _c.at_least(2),
+}
+
+
+class PaGoDAObjective(Objective):
+    """G(z, y) learns to map each encoded latent back to its image (reconstruction loss) while a projected
+    discriminator keeps samples from fresh prior latents sharp.
+
+    Generator phase: L = L_rec(G(z_data, y), x) + w_D * lambda * L_G(G(z ~ N(0, sigma_max^2), y)), lambda the
+    adaptive weight at G's last ResBlock conv (or 1). Discriminator phase, on its own batch: the GAN loss on
+    reals vs fresh fakes, with the same DiffAugment parameters on both. Steps alternate: even steps are G phases,
+    odd steps D phases, as in the official loop. `separate_update` splits the G phase into a reconstruction update and
+    a GAN update (the official 256/512 setting). An optional `recon_discriminator` (the official 512 setting)
+    separates reconstructions G(z_data) from reals; the generator then adds w_r * lambda_r * L_G(D_r(G(z_data)))
+    with lambda_r the adaptive ratio against L_rec, and D_r updates right after every generator step.
+    Stage 3 is this objective with a grown generator and high-resolution images: a config, not a new loop.
+    """
+
+    def __init__(self, *, generator, discriminator, reconstruction, augment, discriminator_weight=0.2,
+                 adaptive=True, separate_update=False, gan_loss="hinge", r1_gamma=0.0, r1_interval=16,
+                 recon_discriminator=None, recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5,
+                 ema_rates=(0.999,), lineage=None):
+        self.generator, self.discriminator, self.recon_discriminator = generator, discriminator, recon_discriminator
+        self.adversary = gan.Adversary(discriminator, augment=augment, gan_loss=gan_loss, r1_gamma=r1_gamma,
+                                       r1_interval=r1_interval)
+        self.players = {"generator": generator, "discriminator": self.adversary.player}
+        self.recon_adversary = None
+        if recon_discriminator is not None:
+            self.recon_adversary = gan.Adversary(recon_discriminator, augment=augment, gan_loss=gan_loss)
+            self.players["recon_discriminator"] = self.recon_adversary.player
+        self.reconstruction, self.augment, self.w_r = reconstruction, augment, recon_discriminator_weight
+        self.w_D, self.adaptive, self.separate_update = discriminator_weight, adaptive, separate_update
+        self.sigma_max, self.sigma_data = sigma_max, sigma_data
+        self._ema_rates = tuple(ema_rates)
+        self._rec_grad_norm = None
+        # sidecar entries naming what the generator came from (teacher_sha256: the teacher its latents need)
+        self.lineage = dict(lineage or {})
+
+    # -- schedule --------------------------------------------------------------------------------------
+    def phases(self, step):
+        if step % 2:
+            return ["discriminator"]
+        g = ["generator:rec", "generator:gan"] if self.separate_update else ["generator"]
+        return g + (["recon_discriminator"] if self.recon_adversary is not None else [])
+
+    # -- losses ----------------------------------------------------------------------------------------
+    def losses(self, phase, nets, batch, *, step, generator):
+        if phase == "discriminator":
+            with torch.no_grad():
+                x_fake = self._g(self.generator, self._fresh_latents(batch["z"], generator), batch.get("y"))
+            return self.adversary.discriminator_terms(nets["discriminator"], batch["x"], x_fake, batch.get("y"),
+                                                      d_step=step // 2, generator=generator)
+        if phase == "recon_discriminator":
+            return self._recon_discriminator_losses(nets, batch, generator)
+        return self._generator_losses(phase, nets, batch, generator)
+
+    def _fresh_latents(self, z_like, generator):
+        return torch.randn(z_like.shape, device=z_like.device, generator=generator) * self.sigma_max
+
+    def _g(self, net, z, y):
+        return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data).float()
+
+    def _generator_losses(self, phase, nets, batch, generator):
+        x, z, y = batch["x"], batch["z"], batch.get("y")
+        n = x.shape[0]
+        want_rec, want_gan = phase in ("generator", "generator:rec"), phase in ("generator", "generator:gan")
+        z_in = torch.cat([z, self._fresh_latents(z, generator)]) if want_rec and want_gan else (
+            z if want_rec else self._fresh_latents(z, generator))
+        y_in = None if y is None else (torch.cat([y, y]) if want_rec and want_gan else y)
+        out = self._g(nets["generator"], z_in, y_in)  # one forward for both terms: one DDP forward per backward
+        terms, last = {}, self.generator.last_resblock_conv().weight
+        loss = 0.0
+        if want_rec:
+            x_rec = out[:n]
+            rec = self.reconstruction(x_rec, x, generator=generator)
+            terms.update(rec=rec.detach(), psnr=psnr(x_rec.detach().clamp(-1, 1), x))
+            loss = loss + rec
+            if self.recon_adversary is not None:
+                recon_gan = self.recon_adversary.generator_term(x_rec, y, generator=generator)
+                lam_r = adaptive_weight(rec, recon_gan, last)
+                terms.update(recon_gan=recon_gan.detach(), recon_adaptive_weight=lam_r.expand(n))
+                loss = loss + self.w_r * lam_r * recon_gan
+        if want_gan:
+            gan_term = self.adversary.generator_term(out[-n:], y, generator=generator)
+            lam = self._lambda(rec if want_rec else None, gan_term, last)
+            at_clamp = ((lam >= gan.ADAPTIVE_CLIP[1]) | (lam <= gan.ADAPTIVE_CLIP[0])).float()
+            terms.update(gan=gan_term.detach(), adaptive_weight=lam.expand(n), adaptive_at_clamp=at_clamp.expand(n))
+            loss = loss + self.w_D * lam * gan_term
+        elif self.adaptive:  # separate update: remember ||dL_rec/dW|| for the GAN phase that follows
+            self._rec_grad_norm = weight_grad_norm(rec, last)
+        terms["loss"] = loss
+        return terms
+
+    def _lambda(self, rec, gan_term, last):
+        if not self.adaptive:
+            return torch.ones((), device=gan_term.device)
+        if rec is not None:
+            return adaptive_weight(rec, gan_term, last, clip=gan.ADAPTIVE_CLIP)
+        if self._rec_grad_norm is None:
+            return torch.ones((), device=gan_term.device)
+        gan_norm = weight_grad_norm(gan_term, last)
+        return (self._rec_grad_norm / (gan_norm + 1e-4)).clamp(0, 1e4).clamp(*gan.ADAPTIVE_CLIP).detach()
+
+    def _recon_discriminator_losses(self, nets, batch, generator):
+        """D_r: reals vs the generator's reconstructions of their own latents, shared augmentation."""
+        x, y = batch["x"], batch.get("y")
+        with torch.no_grad():
+            x_rec = self._g(self.generator, batch["z"], y)
+        terms = self.recon_adversary.discriminator_terms(nets["recon_discriminator"], x, x_rec, y, d_step=1,
+                                                         generator=generator)
+        return {"loss": terms["loss"], "logits_real": terms["logits_real"], "logits_rec": terms["logits_fake"]}
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def ema_rates(self, player):
+        return self._ema_rates if player == "generator" else ()
+
+    def export_sidecar(self, player):
+        if player != "generator":
+            return None
+        return dict(generator_sidecar(self.generator, sigma_max=self.sigma_max, sigma_data=self.sigma_data),
+                    **self.lineage)
+
+    def state_dict(self):
+        # the reconstruction loss's frozen random projections (the discriminator's travel with its player)
+        nets = getattr(self.reconstruction, "feature_networks", [])
+        return {"reconstruction": [net.state_dict() for net in nets]}
+
+    def load_state_dict(self, state):
+        nets = getattr(self.reconstruction, "feature_networks", [])
+        saved = state.get("reconstruction", [])
+        if len(saved) != len(nets):
+            raise ValueError(f"checkpoint has {len(saved)} reconstruction feature networks, this run builds {len(nets)}")
+        for net, sd in zip(nets, saved):
+            net.load_state_dict(sd)
+
+
+def build_generator(init_from, *, device, grow_factor=1, channel_mult_high=(), refit_head=False, seed=0,
+                    sigma_max=80.0, sigma_data=0.5, use_checkpoint=False, activate_from=-1):
+    """(backbone, origin): the generator backbone, the teacher's (stage 2) or a previous generator's, grown for
+    stage 3 (with `refit_head`, its output head re-fitted so that it starts as the previous generator up-sampled);
+    origin: the content hash of the teacher it descends from (None for a generator that predates the record) and
+    the teacher's null class."""
+    if not init_from:
+        raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
+    backbone, side = load_generator_or_teacher_backbone(init_from)
+    origin = {"teacher_sha256": backbone.content_sha256 if side["kind"] == "denoiser" else side.get("teacher_sha256"),
+              "null_class": side.get("null_class")}
+    backbone = backbone.to(device)
+    if grow_factor > 1:
+        backbone, new_keys, fit = grow_generator(
+            backbone, factor=grow_factor, channel_mult_high=[float(m) for m in channel_mult_high] or None,
+            refit_head=refit_head, seed=seed, sigma_max=sigma_max, sigma_data=sigma_data)
+        logger.log(f"grew {side['kind']} from {init_from} to {backbone.config['output_size']} px: "
+                   f"{len(new_keys)} new tensors")
+        if fit:
+            logger.log(f"re-fitted the output head: PSNR against the bicubically up-sampled parent "
+                       f"{fit[0]:.2f} -> {fit[1]:.2f} dB")
+    if use_checkpoint:  # gradient checkpointing is a run setting, not part of the exported architecture
+        for module in backbone.modules():
+            if hasattr(module, "use_checkpoint"):
+                module.use_checkpoint = True
+    backbone.requires_grad_(True).train()
+    if activate_from >= 0:
+        trainable, frozen = freeze_for_growth(backbone, activate_from=activate_from)
+        logger.log(f"training output_blocks[{activate_from}:] + out: {trainable:,} trainable, "
+                   f"{frozen:,} frozen parameters")
+    return backbone, origin
+
+
+def check_pairs(pairs, backbone, origin, *, latent_dir, init_from):
+    """Refuse latents this generator cannot use: another resolution, another teacher, unknown labels."""
+    if pairs.manifest["image_size"] != backbone.config["image_size"]:
+        raise ValueError(f"latents in {latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
+                         f"{backbone.config['image_size']} px latents")
+    check_latent_teacher(pairs.manifest, origin["teacher_sha256"], latent_dir=latent_dir, model=init_from)
+    num_classes = backbone.config["num_classes"]
+    if num_classes:
+        num_classes -= origin["null_class"] is not None
+        check_labels([pairs.images.labels[k] for k in pairs.positions], num_classes,
+                     data=pairs.manifest["data_dir"], model=f"the generator from {init_from}")
+
+
+def build_reconstruction(config, augment, device):
+    kind = config["recon_loss"]
+    if kind == "pixel":
+        return PixelLoss()
+    if kind == "pseudo_huber":
+        return PseudoHuberLoss()
+    if kind != "feature":
+        raise ValueError(f"--recon_loss must be feature, pixel or pseudo_huber, got {kind!r}")
+    # its own instances, seeded apart from the discriminator's, identical on every rank
+    nets = gan.feature_networks(config["feature_networks"], config["feature_weights"], seed=config["feature_seed"] + 1,
+                                resolution=config["feature_resolution"], teacher_sigma=config["teacher_feature_sigma"])
+    nets = {k: v.to(device) for k, v in nets.items()}
+    for name, net in nets.items():
+        dist_util.check_same_across_ranks(net, what=f"reconstruction feature network {name}")
+    return ReconstructionLoss(feature_networks=nets, augment=augment)
+
+
+def build_discriminators(config, *, image_size, num_classes, device):
+    """The projected discriminator and, with --recon_discriminator, the reconstruction one (its own heads over the
+    same frozen feature networks: the official 512 setting)."""
+    d = gan.discriminator_from_flags(config, image_size=image_size, num_classes=num_classes, device=device)
+    d_r = None
+    if config["recon_discriminator"]:
+        d_r = gan.discriminator_from_flags(config, image_size=image_size, num_classes=num_classes, device=device,
+                                           stream="recon_discriminator", nets=dict(d.feature_networks))
+    return d, d_r
+
+
+def monitor_callbacks(config, pairs, device, num_classes):
+    """--monitor_interval: Frechet distance of pooled features of a frozen pagoda feature network between EMA
+    samples and real images (logged as monitor/fd_<network>; a cheap training signal, not FID)."""
+    if not config["monitor_interval"]:
+        return []
+    from evaluations.metrics import feature_stats, monitor_fd
+
+    name = config["monitor_network"]
+    net = create_feature_network(name, seed=12345).to(device)
+
+    def pooled(x):
+        return net(x.to(device))[-1].float().mean(dim=(2, 3)).cpu()
+
+    real = torch.stack([pairs.load(i)["x"] for i in range(min(len(pairs), config["monitor_samples"]))])
+    real_stats = feature_stats(real, pooled)
+    return [GeneratorMetric(interval=config["monitor_interval"], num_samples=config["monitor_samples"],
+                            num_classes=num_classes, sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
+                            metric_fn=lambda fake: monitor_fd(real_stats, fake, pooled, name=name))]
+
+
+GENERATOR_FLAGS = ("grow_factor", "channel_mult_high", "refit_head", "seed", "sigma_max", "sigma_data",
+                   "use_checkpoint", "activate_from")
+
+
+def build(config, device):
+    backbone, origin = build_generator(config["init_from"], device=device,
+                                       **{k: config[k] for k in GENERATOR_FLAGS})
+    dist_util.sync_params(backbone.parameters())
+    image_size = config["image_size"] or backbone.config["output_size"]
+    if image_size != backbone.config["output_size"]:
+        raise ValueError(f"--image_size {image_size} differs from the generator's output size "
+                         f"{backbone.config['output_size']}")
+    pairs = PairDataset(config["latent_dir"], image_size=image_size, data_dir=config["data_dir"] or None,
+                        shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
+                        cache=config["cache_images"])
+    check_pairs(pairs, backbone, origin, latent_dir=config["latent_dir"], init_from=config["init_from"])
+    # the generator's exports name their teacher, so stage 3 can check the latents it is given
+    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else None
+    num_classes = backbone.config["num_classes"]
+    augment = gan.augment_from_flags(config)
+    discriminator, recon_discriminator = build_discriminators(config, image_size=image_size, num_classes=num_classes,
+                                                              device=device)
+    objective = PaGoDAObjective(generator=backbone, discriminator=discriminator,
+                                reconstruction=build_reconstruction(config, augment, device), augment=augment,
+                                discriminator_weight=config["discriminator_weight"],
+                                adaptive=config["adaptive_weight"], separate_update=config["separate_update"],
+                                gan_loss=config["gan_loss"], r1_gamma=config["r1_gamma"],
+                                r1_interval=config["r1_interval"], recon_discriminator=recon_discriminator,
+                                recon_discriminator_weight=config["recon_discriminator_weight"],
+                                sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
+                                ema_rates=config["ema_rates"], lineage=lineage)
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=num_classes,
+                               sigma_max=config["sigma_max"], sigma_data=config["sigma_data"])
+    optim = {"generator": OptimSpec(name="radam", lr=config["lr_generator"]),
+             "discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"]),
+             "recon_discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"])}
+    return common.Run(objective=objective, data=common.stream(pairs, config, labels=bool(num_classes)), optim=optim,
+                      callbacks=[preview] + monitor_callbacks(config, pairs, device, num_classes),
+                      record=dict(generator=backbone.config, num_pairs=len(pairs)),
+                      title=TITLES[config["grow_factor"] > 1])

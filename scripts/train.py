@@ -1,0 +1,71 @@
+"""Train any method in the one training loop: the teacher (stage 1), PaGoDA (stages 2 and 3), the baselines.
+
+    python scripts/train.py --method diffusion --preset mnist16 --run_dir runs/teacher
+    python scripts/train.py --method pagoda --preset mnist16 --init_from runs/teacher/exports/denoiser_ema0.999.pt \
+        --latent_dir runs/latents --run_dir runs/stage2
+    mpiexec -n 8 python scripts/train.py --method pagoda --preset imagenet64 ...
+
+`python scripts/train.py --method NAME --help` lists the method's flags and presets (pagoda/methods/NAME.py).
+Rerunning the same command resumes from the latest training state in --run_dir; exports go to <run_dir>/exports.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagoda import dist_util, logger, methods, random_util, script_util  # noqa: E402
+from pagoda.amp import resolve_precision  # noqa: E402
+from pagoda.train_util import TrainLoop  # noqa: E402
+
+
+def method_name(argv):
+    """--method NAME from argv (the flags that follow depend on it)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--method", choices=methods.METHODS)
+    known, _ = pre.parse_known_args(argv)
+    if known.method is None:
+        pre.error(f"--method is required: one of {', '.join(methods.METHODS)}")
+    return known.method
+
+
+def parser_for(name):
+    """The argument parser of method `name` (its flag groups, presets and constraints, plus --method)."""
+    spec = methods.get(name)
+    doc = f"{__doc__}\n--method {name}: {spec.__doc__}"
+    parser = script_util.create_parser(spec.GROUPS, description=doc, presets=spec.PRESETS,
+                                       constraints=spec.CONSTRAINTS)
+    parser.add_argument("--method", choices=methods.METHODS, default=name, help="the training method")
+    return parser
+
+
+def main(argv=None, *, method=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = method or method_name(argv)
+    spec = methods.get(name)
+    parser = parser_for(name)
+    args = script_util.parse_args(parser, spec.PRESETS, argv)
+    if args.method != name:
+        parser.error(f"--method {args.method} given to the {name} entry point")
+    script_util.handle_dry_run(args)
+    device = dist_util.setup_dist()
+    random_util.seed_all(args.seed, "run", dist_util.get_rank())
+    logger.configure(args.run_dir)
+    args.precision = resolve_precision(args.precision, device, log=logger.log)
+    run = spec.build(script_util.args_to_dict(args, vars(args)), device)
+    config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change, **run.record)
+    loop = TrainLoop(objective=run.objective, data=run.data, run_dir=args.run_dir,
+                     global_batch_size=args.global_batch_size, microbatch=args.microbatch, optim=run.optim,
+                     precision=args.precision, total_steps=args.total_steps, log_interval=args.log_interval,
+                     save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
+                     callbacks=run.callbacks, config=config, title=run.title)
+    loop.run()
+    if run.finish is not None:
+        run.finish()
+    logger.log(f"done: exports in {os.path.join(args.run_dir, 'exports')}")
+    dist_util.cleanup()
+
+
+if __name__ == "__main__":
+    main()
