@@ -72,17 +72,19 @@ class TeacherPreview(_Preview):
 class GeneratorPreview(_Preview):
     """One-step samples G(z, y) from fresh prior latents z ~ N(0, sigma_max^2 I)."""
 
-    def __init__(self, *, interval, sigma_max=80.0, sigma_data=0.5, **kw):
+    def __init__(self, *, interval, sigma_max=80.0, sigma_data=0.5, output="raw", **kw):
         super().__init__(interval=interval, player="generator", **kw)
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
+        self.output = output
 
     def sample(self, net, device):
         cfg = net.config
         shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
         rng, y = self._inputs(device, shape)
         z = rng.randn(shape, device=device) * self.sigma_max
-        return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data).float().clamp(-1, 1)
+        return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data,
+                        output=self.output).float().clamp(-1, 1)
 
 
 class _nullcontext:

@@ -144,7 +144,7 @@ SIDECAR_SCHEMAS = {
     "domain_classifier": {"config": dict, "settings": dict, "record": dict},
 }
 # Entries any sidecar may carry, and their types.
-_OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER,
+_OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER, "output": str,
              CONTENT_HASH: str}
 
 

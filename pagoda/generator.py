@@ -1,7 +1,8 @@
 """The one-step generator G(z, y) and its progressive growth to 2x output resolution.
 
 Parameterisation (official PaGoDA, pagoda-method.md 3.1): G(z, y) = F(c_in(sigma_max) * z, sigma_max, y), the raw
-backbone output, with no c_skip / c_out. A generator initialised from the teacher's backbone therefore starts at
+backbone output, with no c_skip / c_out (output "raw"). GDD's generator is the EDM denoiser itself at sigma_max,
+c_skip z + c_out F(...) (output "denoised"); an export's sidecar entry `output` says which (absent: raw). A generator initialised from the teacher's backbone therefore starts at
 about 2x the teacher's one-step estimate of x0 (c_out(80) ~ 0.5); training removes that factor in a few steps.
 The trained network is the backbone (a UNetModel), so exports are plain ADM state dicts that load into (and
 from) the released PaGoDA checkpoints.
@@ -21,11 +22,13 @@ from .unet import UNetModel
 class Generator(nn.Module):
     """Wraps a backbone F into the one-step map z -> x (latent at the teacher's resolution)."""
 
-    def __init__(self, backbone, *, sigma_max=80.0, sigma_data=0.5):
+    def __init__(self, backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
         super().__init__()
+        _check_output(output)
         self.backbone = backbone
         self.sigma_max = float(sigma_max)
         self.sigma_data = float(sigma_data)
+        self.output = output
 
     @property
     def c_in(self):
@@ -40,7 +43,7 @@ class Generator(nn.Module):
         return self.backbone.config["output_size"] or self.latent_size
 
     def forward(self, z, y=None):
-        return generate(self.backbone, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data)
+        return generate(self.backbone, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data, output=self.output)
 
     @torch.no_grad()
     def sample(self, z, y=None):
@@ -48,14 +51,29 @@ class Generator(nn.Module):
         return self(z, y).float().clamp(-1, 1)
 
     def sidecar(self):
-        return generator_sidecar(self.backbone, sigma_max=self.sigma_max, sigma_data=self.sigma_data)
+        return generator_sidecar(self.backbone, sigma_max=self.sigma_max, sigma_data=self.sigma_data,
+                                 output=self.output)
 
 
-def generate(backbone, z, y=None, *, sigma_max=80.0, sigma_data=0.5):
-    """G(z, y) for any (possibly DDP-wrapped) backbone."""
-    c_in = 1.0 / math.sqrt(sigma_max**2 + sigma_data**2)
+OUTPUTS = ("raw", "denoised")
+
+
+def _check_output(output):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be raw or denoised, got {output!r}")
+
+
+def generate(backbone, z, y=None, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
+    """G(z, y) for any (possibly DDP-wrapped) backbone: F(c_in z, sigma_max, y) ("raw", PaGoDA), or the EDM
+    denoiser c_skip z + c_out F(c_in z, sigma_max, y) ("denoised", GDD), the scalings in float32."""
+    _check_output(output)
+    total = sigma_max**2 + sigma_data**2
     sigma = torch.full((z.shape[0],), sigma_max, device=z.device, dtype=torch.float32)
-    return backbone(z * c_in, sigma, y)
+    F_z = backbone(z * (1.0 / math.sqrt(total)), sigma, y)
+    if output == "raw":
+        return F_z
+    c_skip, c_out = sigma_data**2 / total, sigma_max * sigma_data / math.sqrt(total)
+    return c_skip * z.float() + c_out * F_z.float()
 
 
 @torch.no_grad()
@@ -84,11 +102,17 @@ def reconstruction_psnr(backbone, pairs, indices, *, sigma_max=80.0, sigma_data=
     return torch.cat(out)
 
 
-def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5):
+def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
+    """The export sidecar of a one-step generator; `output` is written only when it is not PaGoDA's raw one, so
+    PaGoDA exports stay byte-identical to those written before the entry existed."""
     cfg = backbone.config
-    return {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
+    side = {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
             "latent_size": cfg["image_size"], "output_size": cfg["output_size"] or cfg["image_size"],
             "num_classes": cfg["num_classes"]}
+    if output != "raw":
+        _check_output(output)
+        side["output"] = output
+    return side
 
 
 def generator_from_teacher(teacher_backbone, *, sigma_max=80.0, sigma_data=0.5):

@@ -229,7 +229,7 @@ FLAG_CLASSES = {
 }
 # Flags added after runs were recorded, with the value that reproduces the behaviour of a run whose config.json
 # predates them: a resume compares against it, so such a run resumes with the default and refuses another value.
-ADDED_FLAGS = {"d_norm": "batch", "feature_resolution": 0}
+ADDED_FLAGS = {"d_norm": "batch", "feature_resolution": 0, "diffaug": True, "r1_interval": 16}
 # Guarded keys that only shape a fresh run's initial weights: after a resume the checkpoint's weights stand.
 INIT_ONLY = ("init_from", "refit_head", "feature_seed")
 HISTORY_FILE = "config_history.jsonl"

@@ -14,7 +14,7 @@ from pagoda.unet import UNetModel, imagenet64_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
-                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare"))
+                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd"))
 
 
 def _flags(recipe):
@@ -28,7 +28,8 @@ def test_every_stage_has_recipes():
     names = set(RECIPES)
     for want in ("stage1_teacher_mnist.sh", "stage1_teacher_imagenet64.sh", "encode_mnist.sh", "encode_imagenet64.sh",
                  "stage2_mnist.sh", "stage2_imagenet64.sh", "stage3_mnist.sh", "stage3_imagenet64to128.sh",
-                 "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh", "compare_mnist.sh"):
+                 "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh", "compare_mnist.sh",
+                 "gdd_mnist.sh", "gdd_imagenet64.sh"):
         assert want in names
 
 
@@ -106,6 +107,29 @@ def test_imagenet_growth_chain_builds_the_released_layouts(configs, compat_dir, 
     assert configs["stage3_imagenet64to512.sh"]["use_checkpoint"] is True
 
 
+def test_gdd_imagenet_recipe_fine_tunes_the_released_teacher(configs, compat_dir, monkeypatch):
+    """GDD's ImageNet-64 recipe through the method's own builder, the released teacher stood in by a meta-device
+    network of its layout: every tensor trains (GDD); with --freeze convs the golden GDD-I set is frozen."""
+    from pagoda.methods import gdd
+
+    config = configs["gdd_imagenet64.sh"]
+    assert [config[k] for k in ("global_batch_size", "lr_generator", "lr_discriminator", "adam_beta1", "adam_beta2",
+                                "r1_gamma", "r1_interval", "gan_loss", "diffaug", "freeze")] == \
+        [512, 8e-6, 4e-5, 0.0, 0.99, 1e-4, 16, "nonsaturating", False, "none"]
+
+    def released(path, expect_kind):
+        with torch.device("meta"):
+            return UNetModel(**imagenet64_config()), {"kind": "denoiser"}
+
+    monkeypatch.setattr(gdd, "load_backbone", released)
+    for kind in ("none", "convs"):
+        net, _ = gdd.build_generator(config["init_from"], freeze_kind=kind, device="meta")
+        assert _keys(net) == _layout(compat_dir / "adm_imagenet64_out64_keys.txt")
+        frozen = sorted(n for n, p in net.named_parameters() if not p.requires_grad)
+        assert frozen == (gdd.frozen_convs(net) if kind == "convs" else [])
+    assert len(frozen) == 188
+
+
 def test_encode_recipe_uses_the_official_solver(configs):
     args = configs["encode_imagenet64.sh"]
     assert (args["num_steps"], args["sigma_min"], args["sigma_max"], args["rho"], args["clamp_denoised"],
@@ -114,7 +138,8 @@ def test_encode_recipe_uses_the_official_solver(configs):
 
 @pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "diffusion", "mnist16"),
                                                     ("stage2_mnist.sh", "pagoda", "mnist16"),
-                                                    ("stage3_mnist.sh", "pagoda", "mnist16to32")])
+                                                    ("stage3_mnist.sh", "pagoda", "mnist16to32"),
+                                                    ("gdd_mnist.sh", "gdd", "mnist16")])
 def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, preset):
     """`--preset mnist16` / `mnist16to32` are the recipes' settings; the two must not drift apart."""
     from pagoda import methods

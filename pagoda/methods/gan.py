@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import dist_util, random_util, script_util
-from ..diffaug import DiffAugment
+from ..diffaug import POLICIES, DiffAugment
 from ..discriminator import HEAD_NORMS, ProjectedDiscriminator
 from ..features import MIN_FEATURE_RESOLUTION, create_feature_network
 from ..losses import hinge_d_loss, hinge_g_loss, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
@@ -19,7 +19,7 @@ from ..losses import hinge_d_loss, hinge_g_loss, nonsaturating_d_loss, nonsatura
 # The flags of the discriminator and its loss; methods override the defaults in their own group definitions.
 DISCRIMINATOR_FLAGS = dict(feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
                            feature_resolution=0, teacher_feature_sigma=0.5, d_channel_scale=1.0, d_norm="batch",
-                           gan_loss="hinge", r1_gamma=0.0, r1_interval=16, translation_ratio=0.125,
+                           gan_loss="hinge", r1_gamma=0.0, r1_interval=16, diffaug=True, translation_ratio=0.125,
                            cutout_ratio=0.2)
 _c = script_util
 DISCRIMINATOR_CONSTRAINTS = {
@@ -62,7 +62,9 @@ def discriminator_from_flags(config, *, image_size, num_classes, device, stream=
 
 
 def augment_from_flags(config):
-    return DiffAugment(translation_ratio=config["translation_ratio"], cutout_ratio=config["cutout_ratio"])
+    """DiffAugment (colour, translation, cutout) on reals and fakes alike, or none with --diffaug false."""
+    return DiffAugment(policy=POLICIES if config["diffaug"] else (), translation_ratio=config["translation_ratio"],
+                       cutout_ratio=config["cutout_ratio"])
 
 
 def lazy_regularised(lr, betas, interval):

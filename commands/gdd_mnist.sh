@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GDD on the bundled data (Zheng & Yang 2024): the stage-1 teacher's own denoiser at sigma 80, fine-tuned by the
+# projected GAN alone (no reconstruction, no latents: real digits only), the discriminator that works on the
+# digits (EfficientNet-lite0 features at 64 px, GroupNorm heads at a quarter width, as stage2_mnist.sh), the
+# non-saturating loss, lazy R1 (gamma 1e-4 every 16 D steps), Adam betas (0, 0.99), no DiffAugment.
+# GDD-I: pass `--freeze convs` (and another RUN_DIR): the residual blocks' 3x3 convs and the attention output
+# projections stay the teacher's.
+# In:  $TEACHER.  Out: $RUN_DIR/exports/generator_ema0.99.pt.  Budget: 500 steps of one G and one D update each on
+# batches of 32, PaGoDA stage 2's 1,000 alternating steps (stage2_mnist.sh).  Target: the teacher's domain FD.
+set -euo pipefail
+source "$(dirname "$0")/_launch.sh"
+TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
+RUN_DIR=${RUN_DIR:-runs/mnist/gdd}
+
+DATA_FLAGS="--data_dir bundled:mnist"
+MODEL_FLAGS="--init_from $TEACHER"
+LOSS_FLAGS="--feature_networks tf_efficientnet_lite0 --feature_resolution 64 --d_norm group --d_channel_scale 0.25 --gan_loss nonsaturating --r1_gamma 1e-4 --r1_interval 16 --diffaug false"
+TRAIN_FLAGS="--global_batch_size 32 --lr_generator ${LR_G:-2e-4} --lr_discriminator 1e-3 --adam_beta1 0 --adam_beta2 0.99 --lazy_r1_adam true --ema_rates 0.99 --total_steps ${STEPS:-500} --save_interval 100 --log_interval 25 --preview_interval 100"
+
+launch scripts/train.py --method gdd --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
