@@ -188,6 +188,18 @@ def _show(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def parse_cli(groups, argv=None, *, description, constraints=None, presets=None, required=None):
+    """Every script's preamble: the parser of `groups`, parsed with presets and checked, --dry_run, then each flag of
+    `required` ({flag: what to give}) an argparse error (exit 2) when it is empty. Returns (parser, args)."""
+    parser = create_parser(groups, description=description, presets=presets, constraints=constraints)
+    args = parse_args(parser, presets, argv)
+    handle_dry_run(args)
+    missing = [f"--{flag} ({what})" for flag, what in (required or {}).items() if not getattr(args, flag)]
+    if missing:
+        parser.error(f"required: {'; '.join(missing)}")
+    return parser, args
+
+
 def resolved_config(args):
     config = {k: v for k, v in vars(args).items() if k != "dry_run"}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

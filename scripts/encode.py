@@ -78,11 +78,8 @@ def encoder_sigmas(args, device):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
-    if not args.teacher:
-        parser.error("--teacher is required (a teacher export or the released edm_imagenet64_ema.pt)")
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                    required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)

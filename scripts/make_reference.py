@@ -25,11 +25,8 @@ CONSTRAINTS = {"image_size": script_util.at_least(1), "num_images": script_util.
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
-    if not args.out:
-        parser.error("--out is required")
+    parser, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                         required={"out": "the reference .npz to write"})
     dataset = ImageDataset(open_source(args.data_dir), image_size=args.image_size)
     if args.skip + args.num_images > len(dataset):
         parser.error(f"--skip {args.skip} + --num_images {args.num_images} exceeds the {len(dataset)} images of "

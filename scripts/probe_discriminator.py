@@ -141,11 +141,8 @@ def _take_rows(features, rows):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
-    if not args.generator:
-        parser.error("--generator is required (a stage-2 or stage-3 generator export)")
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                    required={"generator": "a stage-2 or stage-3 generator export"})
     weights = list(args.feature_weights) + [""] * (len(args.feature_networks) - len(args.feature_weights))
     generator = load_generator(args.generator)
     size, num_classes = generator.backbone.config["output_size"], generator.backbone.config["num_classes"]

@@ -307,9 +307,7 @@ CONSTRAINTS = {"speed_batch": script_util.at_least(1), "num_inception": script_u
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS)
     start = time.time()
     compare = read_compare(args.run_dir)
     by_label = {r["label"]: r for r in compare["rows"]}

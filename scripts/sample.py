@@ -53,11 +53,8 @@ def sampling_identity(args):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
-    if not args.model:
-        parser.error("--model is required (an export .pt, or a released checkpoint)")
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                    required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     sampler = build_sampler(args, device)

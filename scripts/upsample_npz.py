@@ -19,11 +19,8 @@ CONSTRAINTS = {"image_size": script_util.at_least(1)}
 
 
 def main(argv=None):
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
-    args = script_util.parse_args(parser, None, argv)
-    script_util.handle_dry_run(args)
-    if not args.input or not args.out_dir:
-        parser.error("--input and --out_dir are required")
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                    required={"input": "the .npz of samples to up-sample", "out_dir": "where to write"})
     try:
         with np.load(args.input) as data:
             images, labels = data["arr_0"], data["arr_1"]

@@ -149,3 +149,14 @@ def test_a_config_from_before_the_discriminator_flags_resumes_with_their_old_beh
                                    "    --feature_resolution: 0 -> 128")
     # a run whose flags never had them (the teacher's) compares nothing new
     assert script_util.config_changes({"lr": 1e-3}, {"lr": 1e-3}) == []
+
+
+def test_parse_cli_names_every_missing_required_flag(capsys):
+    groups = {"io": {"input": "", "out_dir": "", "size": 8}}
+    with pytest.raises(SystemExit) as exit_info:
+        script_util.parse_cli(groups, ["--size", "4"], description="", required={"input": "the npz", "out_dir": "where"})
+    assert exit_info.value.code == 2
+    assert "error: required: --input (the npz); --out_dir (where)\n" in capsys.readouterr().err
+    _, args = script_util.parse_cli(groups, ["--input", "a.npz", "--out_dir", "o"], description="",
+                                    required={"input": "the npz"})
+    assert (args.input, args.out_dir, args.size) == ("a.npz", "o", 8)
