@@ -27,19 +27,8 @@ else
   RUN=${RUN_DIR:-runs/quickstart}
   TEACHER_STEPS=1000 ENCODE_LIMIT=2000 ENCODE_STEPS=12 STAGE2_STEPS=1000 STAGE3_STEPS=1000 NUM=300 NPER=500 HEUN_STEPS=18 SPEED_BATCH=50
 fi
-mkdir -p "$RUN/timings"
-
-timed() {  # timed STAGE cmd... : run a stage, adding its wall time to $RUN/timings/STAGE.sec
-  local stage=$1; shift
-  local start; start=$(date +%s.%N)
-  "$@"
-  "$PYTHON" - "$RUN/timings/$stage.sec" "$start" <<'PY'
-import os, sys, time
-path, start = sys.argv[1], float(sys.argv[2])
-before = float(open(path).read()) if os.path.exists(path) else 0.0
-open(path, "w").write(f"{before + time.time() - start:.1f}")
-PY
-}
+TIMINGS="$RUN/timings"
+source commands/_timed.sh
 
 echo "== stage 1: teacher =="
 timed teacher env RUN_DIR="$RUN/teacher" STEPS=$TEACHER_STEPS bash commands/stage1_teacher_mnist.sh \
