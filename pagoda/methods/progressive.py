@@ -48,7 +48,7 @@ GROUPS = {
 }
 PRESETS = {
     # One round of commands/progressive_mnist.sh (the 16 px bundled teacher); the recipe adds the round's flags.
-    "mnist16": dict(global_batch_size=32, lr=5e-4, total_steps=200, log_interval=50, save_interval=100,
+    "mnist16": dict(global_batch_size=32, lr=1e-3, total_steps=200, log_interval=50, save_interval=100,
                     preview_interval=200),
     # PD's ImageNet-64 settings (paper, appendix; official config): batch 2048, Adam lr 1e-4 annealed linearly to 0
     # in each round of 50k updates, gradient clipping at 1, no EMA, dropout 0.
