@@ -12,7 +12,7 @@ from .generator import generate
 from .image_util import save_grid, to_uint8
 from .precond import Denoiser
 from .random_util import StackedRandomGenerator
-from .sampling import heun_sample, karras_sigmas
+from .sampling import euler_sample, heun_sample, karras_sigmas
 
 
 class _Preview:
@@ -67,6 +67,23 @@ class TeacherPreview(_Preview):
         denoiser = Denoiser(net, sigma_data=self.sigma_data)
         sigmas = karras_sigmas(self.num_steps, device=device)
         return heun_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y)
+
+
+class DistilledPreview(_Preview):
+    """Deterministic Euler samples of a distilled k-step denoiser on its own grid `sigmas` (k + 1 values)."""
+
+    def __init__(self, *, interval, sigmas, sigma_data=0.5, player="student", **kw):
+        super().__init__(interval=interval, player=player, **kw)
+        self.sigmas = list(sigmas)
+        self.sigma_data = sigma_data
+
+    def sample(self, net, device):
+        cfg = net.config
+        shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        rng, y = self._inputs(device, shape)
+        denoiser = Denoiser(net, sigma_data=self.sigma_data)
+        sigmas = torch.tensor(self.sigmas, device=device)
+        return euler_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y).clamp(-1, 1)
 
 
 class GeneratorPreview(_Preview):

@@ -8,6 +8,7 @@ Every load uses weights_only=True and map_location="cpu".
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -144,8 +145,25 @@ SIDECAR_SCHEMAS = {
     "domain_classifier": {"config": dict, "settings": dict, "record": dict},
 }
 # Entries any sidecar may carry, and their types.
-_OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER, "output": str,
-             CONTENT_HASH: str}
+# output: what a generator's network output is ("raw" or "denoised", pagoda.generator);
+# sigmas: the noise grid a distilled k-step denoiser samples on (k + 1 values, strictly decreasing, ending in 0);
+# distilled_from: the content hash of the export it was distilled from.
+GENERATOR_OUTPUTS = ("raw", "denoised")
+_OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER,
+             "output": str, "sigmas": list, "distilled_from": str, CONTENT_HASH: str}
+
+
+def grid_problem(sigmas):
+    """What is wrong with a sampling grid `sigmas` (a list), or None: it must hold at least two finite numbers,
+    strictly decreasing, the last one 0."""
+    numbers = all(isinstance(s, _NUMBER) and not isinstance(s, bool) and math.isfinite(s) for s in sigmas)
+    if len(sigmas) < 2 or not numbers:
+        return "must be a list of at least two finite numbers"
+    if any(a <= b for a, b in zip(sigmas[:-1], sigmas[1:])):
+        return "must be strictly decreasing"
+    if sigmas[-1] != 0:
+        return "must end in 0"
+    return None
 
 
 def sidecar_path(path):
@@ -198,6 +216,13 @@ def validate_sidecar(sidecar, *, source, kind=None):
             names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
             raise ValueError(f"{source}: entry {key!r} must be {names}, got {type(value).__name__} {value!r}; "
                              "re-export the network")
+    problem = grid_problem(sidecar["sigmas"]) if "sigmas" in sidecar else None
+    if problem:
+        raise ValueError(f"{source}: entry 'sigmas' {problem} (the grid a distilled denoiser samples on), got "
+                         f"{sidecar['sigmas']!r}; re-export the network")
+    if sidecar.get("output", "raw") not in GENERATOR_OUTPUTS:
+        raise ValueError(f"{source}: entry 'output' must be one of {', '.join(GENERATOR_OUTPUTS)} (what the "
+                         f"generator's network output is), got {sidecar['output']!r}; re-export the network")
 
 
 def read_sidecar(path, *, expect_kind=None):

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from .checkpoint import GENERATOR_OUTPUTS
 from .image_util import psnr
 from .random_util import seeded
 from .unet import UNetModel
@@ -55,11 +56,8 @@ class Generator(nn.Module):
                                  output=self.output)
 
 
-OUTPUTS = ("raw", "denoised")
-
-
 def _check_output(output):
-    if output not in OUTPUTS:
+    if output not in GENERATOR_OUTPUTS:
         raise ValueError(f"output must be raw or denoised, got {output!r}")
 
 

@@ -56,11 +56,13 @@ def load_backbone(path, *, expect_kind):
 
 
 def load_teacher(path, *, device="cpu"):
-    """A frozen EDM denoiser D(x, sigma, y) in eval mode."""
+    """A frozen EDM denoiser D(x, sigma, y) in eval mode. `.sigmas` is the grid a distilled k-step denoiser samples
+    on (its sidecar's, k + 1 values ending in 0), None for a teacher sampled on any grid."""
     backbone, side = load_backbone(path, expect_kind="denoiser")
     denoiser = Denoiser(backbone, sigma_data=side.get("sigma_data", 0.5), sigma_min=side.get("sigma_min", 0.002),
                         sigma_max=side.get("sigma_max", 80.0))
     denoiser.null_class = side.get("null_class")
+    denoiser.sigmas = side.get("sigmas")
     return denoiser.requires_grad_(False).eval().to(device)
 
 

@@ -55,7 +55,11 @@ class GeneratorSampler:
 
 
 class TeacherSampler:
-    """The teacher with a chosen ODE/SDE sampler and step count (EDM algorithm 2)."""
+    """The teacher with a chosen ODE/SDE sampler and step count (EDM algorithm 2).
+
+    A distilled k-step denoiser (its export carries `sigmas`, e.g. a progressive-distillation student) was trained
+    for deterministic Euler on exactly that grid: it samples so, NFE k, whatever sampler and step count are asked
+    for (logged once, here)."""
 
     def __init__(self, denoiser, *, sampler="heun", num_steps=40, rho=7.0, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0, guidance_scale=1.0):
@@ -66,12 +70,25 @@ class TeacherSampler:
         self.guidance_scale = guidance_scale
         size = denoiser.backbone.config["image_size"]
         self.latent_shape = (denoiser.backbone.config["in_channels"], size, size)
-        self.nfe = 2 * num_steps - 1 if sampler != "euler" else num_steps
+        self.own_grid = getattr(denoiser, "sigmas", None)
+        if self.own_grid is not None:
+            steps = len(self.own_grid) - 1
+            logger.log(f"this denoiser was distilled for {steps}-step deterministic Euler on its own grid: sampling "
+                       f"with that (NFE {steps}); the sampler settings asked for (sampler={sampler}, "
+                       f"num_steps={num_steps}, rho={rho:g}, s_churn={s_churn:g}) do not apply to it")
+            self.sampler, self.num_steps = "euler", steps
+        self.nfe = 2 * self.num_steps - 1 if self.sampler != "euler" else self.num_steps
+
+    def sigmas(self, device=None):
+        """The grid this sampler integrates on: the export's own, else karras_sigmas(num_steps) of its range."""
+        if self.own_grid is not None:
+            return torch.tensor(self.own_grid, dtype=torch.float32, device=device)
+        return karras_sigmas(self.num_steps, self.denoiser.sigma_min, self.denoiser.sigma_max, self.rho,
+                             device=device)
 
     def __call__(self, rng, y):
         device = next(self.denoiser.parameters()).device
-        sigmas = karras_sigmas(self.num_steps, self.denoiser.sigma_min, self.denoiser.sigma_max, self.rho,
-                               device=device)
+        sigmas = self.sigmas(device)
         x = rng.randn((len(rng.seeds),) + self.latent_shape, device=device) * sigmas[0]
         denoise = self.denoiser
         if self.guidance_scale != 1.0:

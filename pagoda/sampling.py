@@ -10,6 +10,8 @@ Every solver keeps its state in at least float32 and never depends on the batch 
 import torch
 from tqdm.auto import tqdm
 
+from .nn import append_dims
+
 
 def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, device=None):
     """Karras et al. 2022 eq. 5: `num_steps` sigmas from sigma_max down to sigma_min, then a final 0."""
@@ -24,6 +26,38 @@ def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, device=No
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     return sigmas.to(device=device, dtype=torch.float32)
+
+
+def halved_grid(sigmas):
+    """The grid of a student distilled from a teacher on `sigmas` (N steps, ending in 0): every second point,
+    then 0, so N / 2 steps. Not karras_sigmas(N / 2): its last nonzero point is sigmas[N - 2], not sigma_min; on a
+    Karras grid every second point is itself a rho-grid (sigma^(1/rho) is linear in the index)."""
+    sigmas = torch.as_tensor(sigmas).flatten()
+    num_steps = len(sigmas) - 1
+    if num_steps < 2 or num_steps % 2 or sigmas[-1] != 0:
+        raise ValueError(f"halving needs a grid of an even number of steps ending in 0; got {num_steps} steps "
+                         f"ending in {sigmas[-1].item() if len(sigmas) else None}")
+    return torch.cat([sigmas[0:num_steps:2], sigmas.new_zeros(1)])
+
+
+def euler_step(x, denoised, sigma, sigma_next):
+    """One Euler (DDIM) step of the PF-ODE from sigma to sigma_next, per-sample sigmas of shape (N,) or scalars:
+    x_next = denoised + (sigma_next / sigma) (x - denoised)."""
+    ratio = _per_sample(sigma_next, x) / _per_sample(sigma, x)
+    return denoised + ratio * (x - denoised)
+
+
+def euler_target(x, x_next, sigma, sigma_next):
+    """The denoised estimate whose Euler step from x at sigma lands exactly on x_next at sigma_next (the inverse of
+    euler_step in `denoised`): (x_next - r x) / (1 - r), r = sigma_next / sigma < 1. For sigma_next = 0, x_next."""
+    ratio = _per_sample(sigma_next, x) / _per_sample(sigma, x)
+    return (x_next - ratio * x) / (1 - ratio)
+
+
+def _per_sample(sigma, x):
+    """A scalar or per-sample (N,) sigma, shaped to broadcast against x, in x's dtype."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    return append_dims(sigma, x.ndim) if sigma.ndim else sigma
 
 
 def _state(x):

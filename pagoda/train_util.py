@@ -57,6 +57,9 @@ class OptimSpec:
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps of this player
+    # linear anneal to 0 over this many optimiser steps (0: none); progressive distillation anneals each round
+    decay_steps: int = 0
+    grad_clip: float = 0.0  # clip the gradient norm to this (0: no clipping)
 
     def create(self, params):
         classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
@@ -65,9 +68,14 @@ class OptimSpec:
         return classes[self.name](params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
 
     def lr_at(self, opt_step):
-        if self.warmup_steps <= 0:
-            return self.lr
-        return self.lr * min(1.0, (opt_step + 1) / self.warmup_steps)
+        """The learning rate of optimiser step `opt_step` (0-based): warm-up times the linear anneal; with
+        decay_steps = T the first step takes the full rate and step T - 1 takes lr / T."""
+        lr = self.lr
+        if self.warmup_steps > 0:
+            lr *= min(1.0, (opt_step + 1) / self.warmup_steps)
+        if self.decay_steps > 0:
+            lr *= max(0.0, 1.0 - opt_step / self.decay_steps)
+        return lr
 
 
 class LayoutChangedError(ValueError):
@@ -91,7 +99,7 @@ class _Player:
         if not self.params:
             raise ValueError(f"player {name!r} has no trainable parameters")
         self.opt = spec.create(self.params)
-        self.mp = MixedPrecision(precision=precision, device=device)
+        self.mp = MixedPrecision(precision=precision, device=device, grad_clip=spec.grad_clip or None)
         self.ema = EMA(module, rates=ema_rates) if ema_rates else None
         self.opt_steps = 0
         self.net = module

@@ -9,7 +9,8 @@ A row is LABEL=EXPORT[@key=value,...]; keys: sampler (heun|euler|stochastic) and
 (classifier-free scale; a guided step costs 2 network calls and counts so in NFE), n (samples per seed, default
 --num_samples), upsample (bicubic up-sampling of the row's samples to that size: the baseline stage 3 must beat).
 The export's sidecar says whether it is a teacher or a one-step generator; another method adds a row by naming
-its export.
+its export. A distilled k-step denoiser (progressive distillation) samples Euler on its own grid at NFE k: sampler
+and steps do not apply to its row.
 
 Protocol (evaluations/protocol.py): the domain classifier of `--data_dir` (evaluations/domain.py, trained once
 and cached) gives FD, KID, precision/recall and class fidelity; reals are the held-out split, cut into a reference

@@ -5,8 +5,9 @@
     mpiexec -n 8 python scripts/sample.py --model edm_imagenet64_ema.pt --num_samples 50000 ...
 
 The export's sidecar says what it is (a one-step generator at any grown size, or a teacher); no architecture
-flags. Per-sample seeds: the output is identical for any process count and batch size; a rerun completes the
-missing samples.
+flags. A distilled k-step denoiser (progressive distillation: its sidecar has `sigmas`) samples with Euler on its own
+grid, NFE k; --sampler and --num_steps do not apply to it (logged). Per-sample seeds: the output is identical for any
+process count and batch size; a rerun completes the missing samples.
 """
 
 import json

@@ -1,6 +1,7 @@
 """GDD / GDD-I: the generator is the teacher's denoiser at sigma_max, trained by the shared GAN part alone;
 GDD-I's frozen set; lazy R1 and its Adam correction; exports that sample and score like any other."""
 
+import json
 import os
 import subprocess
 import sys
@@ -160,3 +161,15 @@ def test_gdd_export_samples_and_scores_without_architecture_flags(tmp_path, monk
     monkeypatch.setattr(evaluator, "load_inception", lambda *a, **k: random_inception(input_size=75))
     metrics = evaluator.evaluate(path, path)
     assert metrics["num_sample_images"] == 10 and abs(metrics["fid"]) < 1e-3
+
+
+def test_a_sidecar_with_an_unknown_output_is_refused_naming_the_file(tmp_path):
+    path = tiny_export(tmp_path / "g.pt", kind="generator")
+    side = checkpoint.read_sidecar(path)
+    side.pop(checkpoint.CONTENT_HASH)  # a sidecar from before the hash: read as it is
+    with pytest.raises(ValueError, match=r"g.json: entry 'output' must be one of raw, denoised .* got 'x0'"):
+        checkpoint.export_network(torch.load(path, weights_only=True), dict(side, output="x0"), path)
+    with open(checkpoint.sidecar_path(path), "w") as f:
+        json.dump(dict(side, output="x0"), f)
+    with pytest.raises(ValueError, match=r"g.json: entry 'output' must be one of raw, denoised .* got 'x0'"):
+        load_generator(path)

@@ -14,13 +14,13 @@ from pagoda.unet import UNetModel, imagenet64_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
-                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd"))
+                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd", "progressive"))
 
 
 def _flags(recipe):
     text = open(os.path.join(COMMANDS, recipe)).read()
-    groups = re.findall(r'^[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)
-    launch = [line for line in text.splitlines() if line.startswith("launch ")]
+    groups = re.findall(r'^\s*[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)  # indented: inside a loop over rounds
+    launch = [line.strip() for line in text.splitlines() if line.strip().startswith("launch ")]
     return re.findall(r"--(\w+)", " ".join(groups + launch))
 
 
@@ -29,7 +29,7 @@ def test_every_stage_has_recipes():
     for want in ("stage1_teacher_mnist.sh", "stage1_teacher_imagenet64.sh", "encode_mnist.sh", "encode_imagenet64.sh",
                  "stage2_mnist.sh", "stage2_imagenet64.sh", "stage3_mnist.sh", "stage3_imagenet64to128.sh",
                  "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh", "compare_mnist.sh",
-                 "gdd_mnist.sh", "gdd_imagenet64.sh"):
+                 "gdd_mnist.sh", "gdd_imagenet64.sh", "progressive_mnist.sh", "progressive_imagenet64.sh"):
         assert want in names
 
 
@@ -165,3 +165,57 @@ def test_method_table_recipe_rows(configs):
         "sampler=heun,steps=18", "sampler=heun,steps=6", "sampler=heun,steps=3", "sampler=euler,steps=1"]
     assert cfg["row"][-1].endswith("@upsample=32") and cfg["gap_row"] == "stage_2+bicubic"
     assert (cfg["data_dir"], cfg["num_seeds"], cfg["num_samples"]) == ("bundled:mnist", 3, 5000)
+
+
+@pytest.mark.parametrize("recipe, preset, start", [("progressive_mnist.sh", "mnist16", 32),
+                                                   ("progressive_imagenet64.sh", "imagenet64", 256)])
+def test_progressive_recipes_chain_their_rounds(configs, recipe, preset, start):
+    """A multi-round recipe's --dry_run is one object of every round's config, keyed by its run: each round distils
+    the previous round's export at twice its steps (the first, the teacher at START_STEPS), with the preset's
+    settings (PD's ImageNet-64 ones: batch 2048, lr 1e-4 annealed in each round of 50k updates, no EMA)."""
+    from pagoda.methods import progressive
+
+    rounds = configs[recipe]
+    steps = [start // 2**k for k in range(1, start.bit_length())]
+    assert list(rounds) == [f"steps{k}" for k in steps]
+    run = os.path.dirname(rounds["steps1"]["run_dir"])
+    for k in steps:
+        config = rounds[f"steps{k}"]
+        assert config["teacher_steps"] == 2 * k and config["run_dir"] == f"{run}/steps{k}"
+        if 2 * k < start:
+            assert config["init_from"] == f"{run}/steps{2 * k}/exports/student.pt"
+        assert (config["method"], config["lr_schedule"], config["ema_rates"], config["dropout"], config["rho"],
+                config["grad_clip"]) == ("progressive", "linear", [], 0.0, 7.0, 1.0)
+        for key, value in progressive.PRESETS[preset].items():
+            assert config[key] == value, f"{preset}.{key} = {value!r} but {recipe} resolves it to {config[key]!r}"
+    first = rounds[f"steps{start // 2}"]["init_from"]
+    assert first.endswith("edm_imagenet64_ema.pt" if "imagenet" in recipe else "teacher/exports/denoiser_ema0.999.pt")
+
+
+def test_progressive_recipe_resumes_without_retraining_finished_rounds(tmp_path):
+    """On a tiny teacher (4 -> 2 -> 1 steps, 2 updates a round): the rounds run in order; a rerun skips the finished
+    ones (exports untouched) and trains only what is missing."""
+    from tests.helpers.exports import tiny_export
+    from tests.helpers.tiny_runs import tiny_dataset
+
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", TEACHER=tiny_export(tmp_path / "teacher.pt"),
+               RUN=str(tmp_path / "pd"), DATA_DIR=tiny_dataset(tmp_path), START_STEPS="4", STEPS_PER_ROUND="2")
+    extra = ["--image_size", "8", "--global_batch_size", "4", "--preview_interval", "0"]
+
+    def recipe(**more):
+        return subprocess.run(["bash", os.path.join(COMMANDS, "progressive_mnist.sh"), *extra],
+                              env=dict(env, **more), capture_output=True, text=True, timeout=300)
+
+    first = recipe(ROUNDS="2")  # stopped after the first round
+    assert first.returncode == 0, first.stderr
+    two = tmp_path / "pd" / "steps2" / "exports" / "student.pt"
+    stamp = os.stat(two).st_mtime_ns
+    assert not (tmp_path / "pd" / "steps1").exists()
+    second = recipe()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[0] == "steps2: finished (2 steps), skipped"
+    assert os.stat(two).st_mtime_ns == stamp
+    one = tmp_path / "pd" / "steps1" / "exports" / "student.json"
+    assert json.loads(one.read_text())["sigmas"] == [80.0, 0.0]
+    third = recipe()
+    assert third.stdout.splitlines() == ["steps2: finished (2 steps), skipped", "steps1: finished (2 steps), skipped"]

@@ -76,6 +76,35 @@ def test_export_writes_state_dict_and_sidecar(tmp_path):
     assert not (tmp_path / "exports" / "critic.pt").exists()  # no sidecar -> not exported
 
 
+def test_optim_spec_anneals_the_learning_rate_linearly_to_zero():
+    """decay_steps = T: step t takes lr (1 - t / T), so step 0 the full rate, step T - 1 lr / T, then 0; times the
+    warm-up when both are set."""
+    spec = OptimSpec(lr=2.0, decay_steps=4)
+    assert [spec.lr_at(t) for t in range(6)] == [2.0, 1.5, 1.0, 0.5, 0.0, 0.0]
+    both = OptimSpec(lr=1.0, warmup_steps=2, decay_steps=4)
+    assert [both.lr_at(t) for t in range(4)] == [0.5, 0.75, 0.5, 0.25]
+    assert [OptimSpec(lr=1.0).lr_at(t) for t in (0, 10**6)] == [1.0, 1.0]  # no schedule: constant
+
+
+def test_loop_applies_the_decay_and_the_gradient_clip_of_the_spec(tmp_path):
+    logger.configure(None)
+    loop = TrainLoop(objective=ToyObjective(), data=toy_data(8), run_dir=str(tmp_path), global_batch_size=8,
+                     optim={"model": OptimSpec(lr=1e-2, decay_steps=4, grad_clip=1e-3),
+                            "critic": OptimSpec(lr=1e-2)},
+                     total_steps=4, log_interval=100, save_interval=100)
+    model = loop.players["model"]
+    seen = []
+    for step in range(3):
+        loop.step = step * 3  # phases of steps 0, 3, 6: the model alone
+        loop.run_step()
+        seen.append(model.opt.param_groups[0]["lr"])
+        # clipped in place before the update: the gradient the optimiser saw has norm grad_clip
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.params]))
+        assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+    assert seen == pytest.approx([1e-2, 7.5e-3, 5e-3])
+    assert loop.players["critic"].mp.grad_clip is None
+
+
 def test_batch_not_divisible_by_world_or_microbatch(tmp_path):
     with pytest.raises(ValueError, match="not divisible by microbatch 3"):
         _loop(tmp_path, microbatch=3)
