@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import protocol  # noqa: E402
 from evaluations.evaluator import evaluate  # noqa: E402
 from pagoda import script_util  # noqa: E402
-from pagoda.generator import grow_generator, reconstruction_psnr  # noqa: E402
+from pagoda.generator import reconstruction_psnr  # noqa: E402
+from pagoda.methods import pagoda as pagoda_method  # noqa: E402
 from pagoda.image_util import make_grid, resize_bicubic  # noqa: E402
 from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
 from pagoda.pair_datasets import PairDataset  # noqa: E402
@@ -106,6 +107,11 @@ def floor_rows(run_dir, compare, inception):
     return floors
 
 
+# The generator builder's flags, with their defaults for a run whose config.json predates one.
+GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values() for k, v in group.items()
+                      if k in pagoda_method.GENERATOR_FLAGS}
+
+
 def reconstruction_rows(run_dir, exports, num_pairs=256):
     """PSNR of G(z_data) against the image paired with z_data (the first `num_pairs` encoded digits), for the
     stage-2 and stage-3 generators at initialisation (teacher copy / grown stage-2 network) and after training,
@@ -115,19 +121,19 @@ def reconstruction_rows(run_dir, exports, num_pairs=256):
         with open(os.path.join(run_dir, stage, "config.json")) as f:
             cfg = json.load(f)
         trained, _ = load_generator_or_teacher_backbone(exports[stage])
-        init, _ = load_generator_or_teacher_backbone(cfg["init_from"])
+        parent, _ = load_generator_or_teacher_backbone(cfg["init_from"])
         size = trained.config["output_size"]
         pairs = PairDataset(cfg["latent_dir"], image_size=size)
         indices = list(range(min(num_pairs, len(pairs))))
         kw = dict(sigma_max=cfg["sigma_max"], sigma_data=cfg["sigma_data"])
         row = {"stage": stage, "resolution": size, "num_pairs": len(indices), "bicubic_db": None,
                "init": "teacher copy"}
-        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically, then the network stage 3 started from
-            row["bicubic_db"] = reconstruction_psnr(init, pairs, indices, upsample_to=size, **kw).mean().item()
-            high = [float(m) for m in cfg["channel_mult_high"]] or None
-            init, _, _ = grow_generator(init, factor=cfg["grow_factor"], channel_mult_high=high,
-                                        refit_head=cfg.get("refit_head", False), seed=cfg["seed"], **kw)
+        if cfg["grow_factor"] > 1:  # the parent up-sampled bicubically
+            row["bicubic_db"] = reconstruction_psnr(parent, pairs, indices, upsample_to=size, **kw).mean().item()
             row["init"] = "grown stage 2" + (", head re-fitted" if cfg.get("refit_head") else "")
+        # the network the run started from, built by the method's own builder from the run's recorded flags
+        init, _ = pagoda_method.build_generator(cfg["init_from"], device="cpu",
+                                                **{k: cfg.get(k, d) for k, d in GENERATOR_DEFAULTS.items()})
         row["init_db"] = reconstruction_psnr(init, pairs, indices, **kw).mean().item()
         row["trained_db"] = reconstruction_psnr(trained, pairs, indices, **kw).mean().item()
         rows.append(row)

@@ -104,6 +104,13 @@ ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks"
                 "num_head_channels", "dropout", "use_checkpoint", "init_from")
 
 
+def preset_architecture(preset):
+    """The ARCHITECTURE flags of `preset` (the defaults where it sets none): build_backbone's arguments."""
+    flags = {k: v for group in GROUPS.values() for k, v in group.items()}
+    flags.update(PRESETS[preset])
+    return {k: flags[k] for k in ARCHITECTURE}
+
+
 def build(config, device):
     source, dataset = common.image_dataset(config, image_size=config["image_size"])
     guided = config["label_dropout"] > 0 and config["class_cond"]
