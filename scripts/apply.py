@@ -144,7 +144,76 @@ def super_resolve(args, teacher, generator, low, refs, labels, classifier):
         scores["domain_fd"] = fd_blocks(classifier(), refs, {"super_resolved": out, "bicubic": bicubic},
                                         args.num_blocks)
     rows = [app.nearest_enlarge(low, size), bicubic, out] + ([refs] if refs is not None else [])
-    return out, scores, rows
+    return out, scores, rows, labels, None
+
+
+def transfer_targets(args, labels, num_classes):
+    """--target_label for every image, else a seeded random class other than each image's own."""
+    if args.target_label >= 0:
+        if args.target_label >= num_classes:
+            raise ValueError(f"--target_label {args.target_label}: the models know {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return np.full(len(labels), args.target_label, np.int64)
+    gen = np.random.default_rng(args.seed)
+    return (labels + gen.integers(1, num_classes, len(labels))) % num_classes
+
+
+def reals_rate(classifier, refs_or_low, labels=None):
+    """Rate of real images classified with confidence >= 0.9 (as their own label when `labels` is given)."""
+    pred, conf = app.classify(classifier, refs_or_low)
+    hit = conf >= 0.9 if labels is None else (conf >= 0.9) & (pred == labels)
+    return hit.astype(np.float64)
+
+
+def transfer(args, teacher, generator, low, refs, labels, classifier):
+    """Encode with the image's label, decode the same latent with another one."""
+    num_classes = teacher.backbone.config["num_classes"]
+    if not num_classes:
+        raise ValueError(f"class transfer needs class-conditional models; {args.teacher} is unconditional")
+    targets = transfer_targets(args, labels, num_classes)
+    z = encode_all(args, teacher, low, labels)
+    out = decode_all(args, generator, z, targets)
+    kept = decode_all(args, generator, z, labels)
+    pred, conf = app.classify(classifier(), out)
+    reals = refs if refs is not None else low
+    scores = {"target_confident_rate": score(((pred == targets) & (conf >= 0.9)).astype(np.float64),
+                                             args.num_blocks),
+              "real_confident_rate": score(reals_rate(classifier(), reals, labels), args.num_blocks),
+              "targets": targets.tolist()}
+    size = generator.output_size
+    return out, scores, [app.nearest_enlarge(low, size), kept, out], targets, None
+
+
+def interpolate(args, teacher, generator, low, refs, labels, classifier):
+    """Pairs (2k, 2k + 1) of the images: slerp between their latents, each point decoded in one call with the
+    label of the nearer end; the midpoint's class confidence is scored against real images'."""
+    pairs = min(args.num_pairs, len(low) // 2)
+    if pairs < 1:
+        raise ValueError(f"interpolation needs at least 2 images, got {len(low)}")
+    low, labels = low[:2 * pairs], labels[:2 * pairs]
+    z = encode_all(args, teacher, low, labels)
+    ts = np.linspace(0, 1, args.num_interp)
+    strips = []
+    for t in ts:
+        zt = app.slerp(z[0::2], z[1::2], float(t))
+        strips.append(decode_all(args, generator, zt, labels[0::2] if t <= 0.5 else labels[1::2]))
+    strips = np.stack(strips, 1)  # (pairs, num_interp, H, W, C)
+    os.makedirs(os.path.join(args.out_dir, "strips"), exist_ok=True)
+    for k in range(pairs):
+        save_grid(strips[k], os.path.join(args.out_dir, "strips", f"pair_{k:03d}.png"), ncols=args.num_interp,
+                  scale=max(1, 128 // strips.shape[2]))
+    mid = strips[:, args.num_interp // 2]
+    _, conf = app.classify(classifier(), mid)
+    reals = refs if refs is not None else low
+    scores = {"midpoint_t": float(ts[args.num_interp // 2]),
+              "midpoint_confident_rate": score((conf >= 0.9).astype(np.float64), min(args.num_blocks, pairs)),
+              "real_confident_rate": score(reals_rate(classifier(), reals), args.num_blocks)}
+    size = generator.output_size
+    rows = [app.nearest_enlarge(low[0::2], size)] + [strips[:, j] for j in range(args.num_interp)] + \
+        [app.nearest_enlarge(low[1::2], size)]
+    ids = [f"pair_{k:03d}_t{j}" for k in range(pairs) for j in range(args.num_interp)]
+    out_labels = np.repeat(labels[0::2], args.num_interp)
+    return strips.reshape(-1, *strips.shape[2:]), scores, rows, out_labels, ids
 
 
 def write_outputs(args, images, labels, rows, scores, ids):
@@ -196,17 +265,20 @@ def run(args):
         return cache["model"]
 
     labels, origin = choose_labels(args, teacher, source, indices, low, classifier)
-    images, scores, rows = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels, classifier)
+    images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
+                                                                    classifier)
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
                   encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None
                                                                            and args.task == "super_resolve" else []))
     logger.log(summary(scores))
-    write_outputs(args, images, labels, rows, scores, [safe_id(source.ids[i]) for i in indices][:len(images)])
+    write_outputs(args, images, out_labels, rows, scores, ids or [safe_id(source.ids[i]) for i in indices])
     return scores
 
 
-TASK_RUNNERS = {"super_resolve": super_resolve}
-GRID_ROWS = {"super_resolve": ["inputs (enlarged)", "bicubic", "super-resolved"]}
+TASK_RUNNERS = {"super_resolve": super_resolve, "transfer": transfer, "interpolate": interpolate}
+GRID_ROWS = {"super_resolve": ["inputs (enlarged)", "bicubic", "super-resolved"],
+             "transfer": ["inputs (enlarged)", "decoded with their own label", "decoded with the target label"],
+             "interpolate": ["first images (enlarged)", "slerp t = 0 .. 1, one row per t", "second images (enlarged)"]}
 
 
 def main(argv=None):
