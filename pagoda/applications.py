@@ -11,7 +11,7 @@ import torch
 
 from .image_datasets import center_crop_arr
 from .random_util import StackedRandomGenerator
-from .sampling import heun_invert, karras_sigmas
+from .sampling import _heun_step, heun_invert, karras_sigmas
 
 LABEL_SOURCES = ("given", "data", "null", "classifier")
 
@@ -125,3 +125,93 @@ def nearest_enlarge(images_uint8, size):
 def latent_error(z_hat, z):
     """Per-sample relative L2 error ||z_hat - z|| / ||z||."""
     return ((z_hat - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp_min(1e-12))
+
+
+# --- inpainting: masks, the naive fill, latent search through G, the teacher's replacement sampler ---------------
+MASKS = ("center", "half", "strokes")
+
+
+def builtin_mask(kind, size, n, *, seed=0):
+    """(n, 1, size, size) masks, 1 where the pixel is observed: the centre box (half the side), the right half,
+    or 3 random straight strokes of width size / 8 per image (seeded)."""
+    m = torch.ones(n, 1, size, size)
+    if kind == "center":
+        m[..., size // 4:size - size // 4, size // 4:size - size // 4] = 0
+    elif kind == "half":
+        m[..., size // 2:] = 0
+    elif kind == "strokes":
+        gen = torch.Generator().manual_seed(seed)
+        grid = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"), -1).float()
+        for i in range(n):
+            for _ in range(3):
+                a, b = torch.rand(2, 2, generator=gen) * size
+                t = ((grid - a) @ (b - a) / (b - a).dot(b - a).clamp_min(1e-6)).clamp(0, 1)
+                dist = (grid - (a + t[..., None] * (b - a))).norm(dim=-1)
+                m[i, 0][dist < size / 16] = 0
+    else:
+        raise ValueError(f"unknown mask {kind!r}; built in: {', '.join(MASKS)}, or a .png / .npy file")
+    return m
+
+
+def load_mask(path, size, n):
+    """A mask file (.npy or a grey image; nonzero = observed) for every image; it must be size x size."""
+    import os
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"mask {path} does not exist; use a .png / .npy file or one of {', '.join(MASKS)}")
+    if path.endswith(".npy"):
+        arr = np.load(path)
+    else:
+        from PIL import Image
+        with Image.open(path) as image:
+            arr = np.asarray(image.convert("L"))
+    arr = np.squeeze(np.asarray(arr))
+    if arr.shape != (size, size):
+        raise ValueError(f"mask {path} is {'x'.join(map(str, arr.shape))} but the images are {size}x{size} "
+                         "(the generator's output resolution); make the mask that size")
+    return torch.from_numpy((arr > 0).astype(np.float32))[None, None].expand(n, 1, size, size).clone()
+
+
+def naive_fill(x, m):
+    """The baseline: every missing pixel set to the mean of the image's observed pixels."""
+    mean = (x * m).sum((1, 2, 3), keepdim=True) / (m.sum((1, 2, 3), keepdim=True) * x.shape[1]).clamp_min(1)
+    return x * m + mean * (1 - m)
+
+
+def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
+    """argmin_z  mean over observed pixels of (G(z, y) - x_obs)^2 + prior_weight ||z||^2 / (2 sigma_max^2 d),
+    by Adam from z0 (the encoded observation), through the one-step generator; returns (z, G(z) clamped).
+    The prior term is the negative log-density of N(0, sigma_max^2 I) per dimension: it keeps z where G was
+    trained instead of letting it fit the observation with an atypical latent."""
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    count = m.sum((1, 2, 3)).clamp_min(1) * x_obs.shape[1]
+    for _ in range(steps):
+        x = generator(z, y).float()
+        fit = (((x - x_obs) * m) ** 2).sum((1, 2, 3)) / count
+        prior = (z ** 2).flatten(1).mean(1) / (2 * generator.sigma_max ** 2)
+        opt.zero_grad(set_to_none=True)
+        (fit + prior_weight * prior).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        return z.detach(), generator(z, y).float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds):
+    """The teacher's multi-step replacement method: Heun sampling from noise, and after each step the observed
+    pixels replaced by the observation noised to the new sigma (same noise draw throughout)."""
+    rng = StackedRandomGenerator(x_obs.device, list(seeds))
+    x = rng.randn(x_obs.shape, dtype=torch.float32) * float(sigmas[0])
+    eps = rng.randn(x_obs.shape, dtype=torch.float32)
+    path = [float(s) for s in sigmas]
+    for sigma, sigma_next in zip(path[:-1], path[1:]):
+        x = _heun_step(teacher, x, sigma, sigma_next, y, False)
+        x = m * (x_obs + sigma_next * eps) + (1 - m) * x
+    return x.clamp(-1, 1)
+
+
+
+def masked_psnr(a, b, region):
+    """Per-image PSNR (dB) of images in [-1, 1] over the pixels where `region` is 1."""
+    mse = (((a - b) ** 2) * region).sum((1, 2, 3)) / (region.sum((1, 2, 3)) * a.shape[1]).clamp_min(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))

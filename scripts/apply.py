@@ -30,15 +30,17 @@ from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # 
 from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
 from pagoda.latent_store import image_subset  # noqa: E402
 from pagoda.model_io import load_generator, load_teacher  # noqa: E402
+from pagoda.sampling import karras_sigmas  # noqa: E402
 
 LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
-TASKS = ("super_resolve", "transfer", "interpolate")
+TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
 GROUPS = {
     "data": dict(task="super_resolve", input="", limit=0, label=-1, use_data_labels=False, batch_size=100),
     "models": dict(teacher="", generator="", encoder="ode", num_steps=12, start_sigma=0.1, sigma_min=0.002,
                    sigma_max=80.0, rho=7.0, seed=0),
-    "task": dict(target_label=-1, num_pairs=8, num_interp=7),
+    "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
+                 prior_weight=1e-3, replacement_steps=0),
     "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist"),
 }
 _c = script_util
@@ -48,7 +50,8 @@ CONSTRAINTS = {
     "sigma_min": _c.greater_than(0), "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing,
     ("start_sigma", "sigma_max"): _c.increasing, "rho": _c.greater_than(0), "seed": _c.at_least(0),
     "target_label": _c.at_least(-1), "num_pairs": _c.at_least(1), "num_interp": _c.at_least(3),
-    "num_blocks": _c.at_least(1), "grid_images": _c.at_least(1),
+    "search_steps": _c.at_least(1), "search_lr": _c.greater_than(0), "prior_weight": _c.at_least(0),
+    "replacement_steps": _c.at_least(0), "num_blocks": _c.at_least(1), "grid_images": _c.at_least(1),
 }
 
 
@@ -73,13 +76,14 @@ def load_models(args):
     return teacher, generator
 
 
-def choose_labels(args, teacher, source, indices, low, classifier):
+def choose_labels(args, teacher, source, indices, low, classifier, seen=None):
+    """`seen`: what the classifier may look at when it predicts (the observation when inpainting), else `low`."""
     data_labels = [source.labels[i] for i in indices] if args.use_data_labels else None
     if data_labels is not None and not source.conditional:
         raise ValueError(f"--use_data_labels: {args.input} has no labels")
     labels, origin = app.pick_labels(n=len(low), given=args.label, data_labels=data_labels,
                                      null_class=getattr(teacher, "null_class", None),
-                                     predict=lambda: app.classify(classifier(), low)[0])
+                                     predict=lambda: app.classify(classifier(), low if seen is None else seen)[0])
     check_labels(labels.tolist(), teacher.backbone.config["num_classes"] or 0, data=args.input,
                  model=f"the teacher {args.teacher}")
     logger.log(f"labels: {LABEL_ORIGINS[origin]}")
@@ -145,6 +149,84 @@ def super_resolve(args, teacher, generator, low, refs, labels, classifier):
                                         args.num_blocks)
     rows = [app.nearest_enlarge(low, size), bicubic, out] + ([refs] if refs is not None else [])
     return out, scores, rows, labels, None
+
+
+def inpaint_truth(generator, low, refs):
+    """The complete images at the generator's resolution, which the masks are applied to."""
+    size = generator.output_size
+    if size == low.shape[1]:
+        return low
+    if refs is None:
+        raise ValueError(f"inpainting with a {size} px generator needs images larger than the teacher's "
+                         f"{low.shape[1]} px resolution")
+    return refs
+
+
+def search_batches(args, teacher, generator, truth, m, labels):
+    """(latent search outputs before projection, naive fills, seconds) over all images, in batches."""
+    t_size = teacher.backbone.config["image_size"]
+    x_true = from_uint8(truth)
+    fill = app.naive_fill(x_true * m, m)
+    z0 = encode_all(args, teacher, app.adm_resize(to_uint8(fill), t_size), labels)
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(truth), args.batch_size), desc="search", unit="batch"):
+        sl = slice(b, b + args.batch_size)
+        outs.append(app.latent_search(generator, z0[sl], torch.from_numpy(labels[sl]), x_true[sl], m[sl],
+                                      steps=args.search_steps, lr=args.search_lr,
+                                      prior_weight=args.prior_weight)[1])
+    return torch.cat(outs), fill, time.time() - start
+
+
+def replacement_batches(args, teacher, x_obs, m, labels, search_seconds):
+    """The teacher's replacement sampler with as many Heun steps as fit in the latent search's wall time (or
+    --replacement_steps); (outputs, steps, seconds)."""
+    steps = args.replacement_steps
+    if not steps:
+        with torch.no_grad():
+            start = time.time()
+            teacher(x_obs[:args.batch_size], torch.full((len(x_obs[:args.batch_size]),), 1.0),
+                    torch.from_numpy(labels[:args.batch_size]))
+            per_call = (time.time() - start) * len(x_obs) / len(x_obs[:args.batch_size])
+        steps = max(2, int(search_seconds / per_call + 1) // 2)
+    sigmas = karras_sigmas(steps, args.sigma_min, args.sigma_max, args.rho)
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(x_obs), args.batch_size), desc="replacement", unit="batch"):
+        sl = slice(b, b + args.batch_size)
+        outs.append(app.replacement_inpaint(teacher, x_obs[sl], m[sl], torch.from_numpy(labels[sl]), sigmas,
+                                            seeds=range(b, b + len(x_obs[sl]))))
+    return torch.cat(outs), steps, time.time() - start
+
+
+def inpaint_observation(args, generator, low, refs):
+    """(complete images, masks (N, 1, H, W), the naive fill of the observation as uint8)."""
+    truth = inpaint_truth(generator, low, refs)
+    size = truth.shape[1]
+    m = (app.builtin_mask(args.mask, size, len(truth), seed=args.seed) if args.mask in app.MASKS
+         else app.load_mask(args.mask, size, len(truth)))
+    return truth, m, to_uint8(app.naive_fill(from_uint8(truth) * m, m))
+
+
+def inpaint(args, teacher, generator, low, refs, labels, classifier):
+    """Latent search through G from the encoded observation, against the naive fill and the teacher's replacement
+    method at equal wall time (when the generator works at the teacher's resolution)."""
+    truth, m, _ = inpaint_observation(args, generator, low, refs)
+    size = truth.shape[1]
+    x_true = from_uint8(truth)
+    raw, fill, seconds = search_batches(args, teacher, generator, truth, m, labels)
+    results = {"latent_search": raw * (1 - m) + x_true * m, "naive_fill": fill}
+    scores = {"consistency_psnr_db": score(app.masked_psnr(raw, x_true, m).numpy(), args.num_blocks),
+              "search_seconds": seconds}
+    if size == teacher.backbone.config["image_size"]:
+        rep, steps, rep_seconds = replacement_batches(args, teacher, x_true * m, m, labels, seconds)
+        results["replacement"] = rep * (1 - m) + x_true * m
+        scores.update(replacement_steps=steps, replacement_seconds=rep_seconds)
+    scores["psnr_in_mask_db"] = {k: score(app.masked_psnr(v, x_true, 1 - m).numpy(), args.num_blocks)
+                                 for k, v in results.items()}
+    images = {k: to_uint8(v) for k, v in results.items()}
+    scores["domain_fd"] = fd_blocks(classifier(), truth, images, args.num_blocks)
+    rows = [truth, to_uint8(x_true * m - (1 - m)), images["naive_fill"], images["latent_search"]] + \
+        ([images["replacement"]] if "replacement" in images else [])
+    return images["latent_search"], scores, rows, labels, None
 
 
 def transfer_targets(args, labels, num_classes):
@@ -264,7 +346,9 @@ def run(args):
             cache["model"] = load_or_train(args.classifier_data, progress=False)
         return cache["model"]
 
-    labels, origin = choose_labels(args, teacher, source, indices, low, classifier)
+    # inpainting: a predicted label must come from the observation, never from the complete image
+    seen = inpaint_observation(args, generator, low, refs)[2] if args.task == "inpaint" else None
+    labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
                                                                     classifier)
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
@@ -275,8 +359,10 @@ def run(args):
     return scores
 
 
-TASK_RUNNERS = {"super_resolve": super_resolve, "transfer": transfer, "interpolate": interpolate}
+TASK_RUNNERS = {"super_resolve": super_resolve, "inpaint": inpaint, "transfer": transfer, "interpolate": interpolate}
 GRID_ROWS = {"super_resolve": ["inputs (enlarged)", "bicubic", "super-resolved"],
+             "inpaint": ["references", "observed (missing black)", "naive fill", "latent search",
+                         "teacher replacement (equal wall time, teacher-resolution generators only)"],
              "transfer": ["inputs (enlarged)", "decoded with their own label", "decoded with the target label"],
              "interpolate": ["first images (enlarged)", "slerp t = 0 .. 1, one row per t", "second images (enlarged)"]}
 

@@ -126,3 +126,48 @@ def test_script_super_resolves_a_folder_to_the_generators_resolution(tmp_path):
     with np.load(tmp_path / "o" / "samples_5x8x8x3.npz") as f:
         assert f["arr_0"].shape == (5, 8, 8, 3) and f["arr_1"].tolist() == [0, 1, 2, 3, 0]
     assert len(os.listdir(tmp_path / "o" / "images")) == 5 and os.path.exists(tmp_path / "o" / "grid.png")
+
+
+STAGE2 = os.path.join(BUNDLED, "stage2/exports/generator_ema0.99.pt")
+
+
+@pytest.mark.skipif(not (os.path.exists(TEACHER) and os.path.exists(STAGE2)), reason="bundled models not present")
+def test_latent_search_is_consistent_outside_the_mask_and_beats_the_naive_fill_inside():
+    """Measured on 100 held-out digits, centre box: consistency 35.4 dB (std 0.7 over 5 blocks); floor 30 dB on 20.
+    Consistency is G(z) against the observation outside the mask, before the observed pixels are pasted back."""
+    from pagoda.image_datasets import center_crop_arr, open_source
+    teacher, generator = load_teacher(TEACHER), load_generator(STAGE2)
+    source = open_source("bundled:mnist_test")
+    x = from_uint8(np.stack([center_crop_arr(source.load_pil(i), 16) for i in range(20)]))
+    y = torch.tensor(source.labels[:20])
+    m = app.builtin_mask("center", 16, 20)
+    fill = app.naive_fill(x * m, m)
+    sigmas = app.ode_sigmas(num_steps=12, start_sigma=0.1, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+    z0 = app.encode_ode(teacher, fill, y, sigmas, start_sigma=0.1, seeds=range(20))
+    _, out = app.latent_search(generator, z0, y, x, m, steps=40, lr=1.0, prior_weight=1e-3)
+    assert app.masked_psnr(out, x, m).mean() >= 30.0
+    assert app.masked_psnr(out, x, 1 - m).mean() > app.masked_psnr(fill, x, 1 - m).mean() + 1.0
+
+
+def test_builtin_masks_hide_what_they_say_and_the_naive_fill_is_the_visible_mean():
+    assert app.builtin_mask("center", 16, 2).mean() == 0.75
+    assert app.builtin_mask("half", 16, 2).mean() == 0.5
+    strokes = app.builtin_mask("strokes", 16, 4, seed=1)
+    assert 0 < strokes.mean() < 1 and torch.equal(strokes, app.builtin_mask("strokes", 16, 4, seed=1))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    m = app.builtin_mask("half", 16, 2)
+    fill = app.naive_fill(x * m, m)
+    torch.testing.assert_close(fill[:, :, :, 8:], x[:, :, :, :8].mean((1, 2, 3))[:, None, None, None].expand(
+        2, 3, 16, 8))
+    with pytest.raises(ValueError, match=r"^unknown mask 'ring'; built in: center, half, strokes, or a \.png / "
+                                         r"\.npy file$"):
+        app.builtin_mask("ring", 16, 1)
+
+
+def test_a_mask_of_the_wrong_size_is_refused(tmp_path):
+    path = str(tmp_path / "m.npy")
+    np.save(path, np.ones((8, 8)))
+    with pytest.raises(ValueError, match=rf"^mask {path} is 8x8 but the images are 16x16 \(the generator's output "
+                                         r"resolution\); make the mask that size$"):
+        app.load_mask(path, 16, 2)
+    assert app.load_mask(path, 8, 3).shape == (3, 1, 8, 8)
