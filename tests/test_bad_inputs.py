@@ -21,7 +21,7 @@ from pagoda.image_datasets import open_source
 from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_backbone, load_generator, load_teacher
 from pagoda.pair_datasets import PairDataset
-from scripts import compare, encode, make_reference, probe_discriminator, quickstart_report, sample, upsample_npz
+from scripts import apply, compare, encode, make_reference, probe_discriminator, quickstart_report, sample, upsample_npz
 from tests.helpers.exports import tiny_export as _export
 from tests.helpers.methods import entry
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
@@ -201,7 +201,7 @@ def _numeric(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@pytest.mark.parametrize("module", [encode, sample, entry("diffusion"), entry("pagoda"), compare, make_reference,
+@pytest.mark.parametrize("module", [apply, encode, sample, entry("diffusion"), entry("pagoda"), compare, make_reference,
                                     upsample_npz, quickstart_report, domain, probe_discriminator])
 def test_data_every_numeric_flag_has_a_parse_time_check(module):
     groups = module._flag_defaults() if module is domain else module.GROUPS

@@ -14,7 +14,8 @@ from pagoda.unet import UNetModel, imagenet64_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
-                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd", "progressive"))
+                 ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd", "progressive",
+                  "super", "transfer.sh", "interpolate.sh", "inpaint.sh"))
 
 
 def _flags(recipe):

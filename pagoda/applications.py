@@ -1,0 +1,217 @@
+"""Applications of the one-step generator on the user's own images: super-resolution, inpainting (latent search),
+class transfer and interpolation, all built on one step, the teacher's PF-ODE encoding z = E(x) of an image.
+
+The teacher works at low resolution, so an image x at the teacher's size is encoded by the PF-ODE (or the
+amortised encoder) to z at sigma_max, and any one-step generator decodes z, at its own (grown) resolution:
+G(E(x), y) is x super-resolved, G(E(x), y') is x in class y', G(slerp(z_a, z_b, t)) interpolates.
+"""
+
+import numpy as np
+import torch
+
+from .image_datasets import center_crop_arr
+from .random_util import StackedRandomGenerator
+from .sampling import _heun_step, heun_invert, karras_sigmas
+
+LABEL_SOURCES = ("given", "data", "null", "classifier")
+
+
+def check_models(teacher, generator, *, teacher_path, generator_path):
+    """A teacher and a generator can be chained only if the generator's latent is the teacher's image size and both
+    know the same classes; anything else is refused here, before any image is read."""
+    t_cfg, g_cfg = teacher.backbone.config, generator.backbone.config
+    if t_cfg["image_size"] != generator.latent_size:
+        raise ValueError(f"the teacher {teacher_path} works at {t_cfg['image_size']} px but the generator "
+                         f"{generator_path} takes {generator.latent_size} px latents; use the generator distilled "
+                         "from this teacher")
+    t_classes, g_classes = t_cfg["num_classes"], g_cfg["num_classes"]
+    if t_classes != g_classes:
+        raise ValueError(f"the teacher {teacher_path} knows {t_classes} classes but the generator {generator_path} "
+                         f"knows {g_classes}; use the generator distilled from this teacher")
+    if abs(teacher.sigma_max - generator.sigma_max) > 1e-6:
+        raise ValueError(f"the teacher's sigma_max {teacher.sigma_max} differs from the generator's "
+                         f"{generator.sigma_max}: its latents are not the generator's inputs")
+
+
+def adm_resize(images, size):
+    """uint8 NHWC images at any size -> size x size by the ADM operator (box halving, bicubic, centre crop), the
+    preprocessing the teacher's training data went through; a no-op for images already at `size`."""
+    if images.shape[1:3] == (size, size):
+        return images
+    from PIL import Image
+    return np.stack([center_crop_arr(Image.fromarray(img), size) for img in images])
+
+
+def ode_sigmas(*, num_steps, start_sigma, sigma_min, sigma_max, rho, device=None):
+    """The Karras grid the PF-ODE encoder climbs: from start_sigma when the image is first noised to it (the bundled
+    recipe), from sigma_min (clean data, official) otherwise."""
+    return karras_sigmas(num_steps, start_sigma or sigma_min, sigma_max, rho, device=device)
+
+
+@torch.no_grad()
+def encode_ode(teacher, x, y, sigmas, *, start_sigma, seeds):
+    """z = PF-ODE(x + start_sigma n) at sigmas[0]; n from each image's own seed, so a batch's split changes
+    nothing. As the bundled latents were made: a clean digit is a mode and flows to an atypically small latent."""
+    if start_sigma:
+        x = x + start_sigma * StackedRandomGenerator(x.device, list(seeds)).randn(x.shape, dtype=x.dtype)
+    return heun_invert(teacher, x, sigmas, y, clamp_denoised=True)
+
+
+@torch.no_grad()
+def decode(generator, z, y):
+    """Images in [-1, 1] at the generator's resolution, one network call."""
+    return generator.sample(z, y)
+
+
+def slerp(z_a, z_b, t):
+    """Spherical interpolation between latents (per sample, over all but the first dimension): for Gaussian
+    latents the norm stays near sigma_max sqrt(d) all along, where the straight line dips to 1/sqrt(2) of it."""
+    a, b = z_a.flatten(1), z_b.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    omega = torch.acos(cos.clamp(-1, 1))[:, None]
+    sin = torch.sin(omega)
+    linear = sin.abs() < 1e-6  # (anti)parallel: fall back to the straight line
+    wa = torch.where(linear, torch.full_like(omega, 1 - t), torch.sin((1 - t) * omega) / sin.clamp_min(1e-12))
+    wb = torch.where(linear, torch.full_like(omega, t), torch.sin(t * omega) / sin.clamp_min(1e-12))
+    return (wa * a + wb * b).reshape(z_a.shape)
+
+
+@torch.no_grad()
+def classify(classifier, images_uint8):
+    """(predicted class, its softmax confidence) of each uint8 NHWC image under the domain classifier."""
+    from evaluations.domain import domain_features
+    logits = torch.from_numpy(domain_features(classifier, images_uint8)[1])
+    conf, pred = logits.softmax(1).max(1)
+    return pred.numpy(), conf.numpy()
+
+
+def confident_rate(conf, *, threshold=0.9):
+    """Fraction of images whose classifier confidence reaches `threshold`."""
+    return float(np.mean(np.asarray(conf) >= threshold))
+
+
+def pick_labels(*, n, given=-1, data_labels=None, null_class=None, predict=None):
+    """(labels (n,), where they came from): --label when given, else the data's own labels when asked, else the
+    teacher's null class when it has one, else the domain classifier's prediction (`predict()`)."""
+    if given >= 0:
+        return np.full(n, given, np.int64), "given"
+    if data_labels is not None:
+        return np.asarray(data_labels, np.int64), "data"
+    if null_class is not None:
+        return np.full(n, null_class, np.int64), "null"
+    if predict is None:
+        raise ValueError("no label for the images: pass --label, use the data's labels, or a domain classifier")
+    return np.asarray(predict(), np.int64), "classifier"
+
+
+
+
+def block_spread(values, num_blocks):
+    """(mean, std over `num_blocks` disjoint consecutive blocks of per-image values, per-block means)."""
+    values = np.asarray(values, np.float64)
+    blocks = [b.mean() for b in np.array_split(values, num_blocks) if len(b)]
+    std = float(np.std(blocks, ddof=1)) if len(blocks) > 1 else None
+    return float(values.mean()), std, [float(b) for b in blocks]
+
+
+def nearest_enlarge(images_uint8, size):
+    """uint8 NHWC images enlarged to `size` by pixel repetition, to sit in a grid next to larger ones."""
+    factor = size // images_uint8.shape[1]
+    if factor * images_uint8.shape[1] != size:
+        raise ValueError(f"cannot enlarge {images_uint8.shape[1]} px to {size} px by an integer factor")
+    return images_uint8.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def latent_error(z_hat, z):
+    """Per-sample relative L2 error ||z_hat - z|| / ||z||."""
+    return ((z_hat - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp_min(1e-12))
+
+
+# --- inpainting: masks, the naive fill, latent search through G, the teacher's replacement sampler ---------------
+MASKS = ("center", "half", "strokes")
+
+
+def builtin_mask(kind, size, n, *, seed=0):
+    """(n, 1, size, size) masks, 1 where the pixel is observed: the centre box (half the side), the right half,
+    or 3 random straight strokes of width size / 8 per image (seeded)."""
+    m = torch.ones(n, 1, size, size)
+    if kind == "center":
+        m[..., size // 4:size - size // 4, size // 4:size - size // 4] = 0
+    elif kind == "half":
+        m[..., size // 2:] = 0
+    elif kind == "strokes":
+        gen = torch.Generator().manual_seed(seed)
+        grid = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"), -1).float()
+        for i in range(n):
+            for _ in range(3):
+                a, b = torch.rand(2, 2, generator=gen) * size
+                t = ((grid - a) @ (b - a) / (b - a).dot(b - a).clamp_min(1e-6)).clamp(0, 1)
+                dist = (grid - (a + t[..., None] * (b - a))).norm(dim=-1)
+                m[i, 0][dist < size / 16] = 0
+    else:
+        raise ValueError(f"unknown mask {kind!r}; built in: {', '.join(MASKS)}, or a .png / .npy file")
+    return m
+
+
+def load_mask(path, size, n):
+    """A mask file (.npy or a grey image; nonzero = observed) for every image; it must be size x size."""
+    import os
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"mask {path} does not exist; use a .png / .npy file or one of {', '.join(MASKS)}")
+    if path.endswith(".npy"):
+        arr = np.load(path)
+    else:
+        from PIL import Image
+        with Image.open(path) as image:
+            arr = np.asarray(image.convert("L"))
+    arr = np.squeeze(np.asarray(arr))
+    if arr.shape != (size, size):
+        raise ValueError(f"mask {path} is {'x'.join(map(str, arr.shape))} but the images are {size}x{size} "
+                         "(the generator's output resolution); make the mask that size")
+    return torch.from_numpy((arr > 0).astype(np.float32))[None, None].expand(n, 1, size, size).clone()
+
+
+def naive_fill(x, m):
+    """The baseline: every missing pixel set to the mean of the image's observed pixels."""
+    mean = (x * m).sum((1, 2, 3), keepdim=True) / (m.sum((1, 2, 3), keepdim=True) * x.shape[1]).clamp_min(1)
+    return x * m + mean * (1 - m)
+
+
+def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
+    """argmin_z  mean over observed pixels of (G(z, y) - x_obs)^2 + prior_weight ||z||^2 / (2 sigma_max^2 d),
+    by Adam from z0 (the encoded observation), through the one-step generator; returns (z, G(z) clamped).
+    The prior term is the negative log-density of N(0, sigma_max^2 I) per dimension: it keeps z where G was
+    trained instead of letting it fit the observation with an atypical latent."""
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    count = m.sum((1, 2, 3)).clamp_min(1) * x_obs.shape[1]
+    for _ in range(steps):
+        x = generator(z, y).float()
+        fit = (((x - x_obs) * m) ** 2).sum((1, 2, 3)) / count
+        prior = (z ** 2).flatten(1).mean(1) / (2 * generator.sigma_max ** 2)
+        opt.zero_grad(set_to_none=True)
+        (fit + prior_weight * prior).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        return z.detach(), generator(z, y).float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds):
+    """The teacher's multi-step replacement method: Heun sampling from noise, and after each step the observed
+    pixels replaced by the observation noised to the new sigma (same noise draw throughout)."""
+    rng = StackedRandomGenerator(x_obs.device, list(seeds))
+    x = rng.randn(x_obs.shape, dtype=torch.float32) * float(sigmas[0])
+    eps = rng.randn(x_obs.shape, dtype=torch.float32)
+    path = [float(s) for s in sigmas]
+    for sigma, sigma_next in zip(path[:-1], path[1:]):
+        x = _heun_step(teacher, x, sigma, sigma_next, y, False)
+        x = m * (x_obs + sigma_next * eps) + (1 - m) * x
+    return x.clamp(-1, 1)
+
+
+
+def masked_psnr(a, b, region):
+    """Per-image PSNR (dB) of images in [-1, 1] over the pixels where `region` is 1."""
+    mse = (((a - b) ** 2) * region).sum((1, 2, 3)) / (region.sum((1, 2, 3)) * a.shape[1]).clamp_min(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))

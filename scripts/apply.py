@@ -1,0 +1,381 @@
+"""Applications of the one-step generator on your own images: super-resolution, class transfer, interpolation.
+
+    python scripts/apply.py --task super_resolve --input my_digits/ --teacher T.pt --generator G32.pt --out_dir out
+    python scripts/apply.py --task transfer --input bundled:mnist_test --limit 500 ...
+    python scripts/apply.py --task interpolate --input imgs.npz --num_pairs 8 ...
+
+Each image is ADM-resized to the teacher's resolution when it has another size (logged), encoded to its latent z at
+sigma_max by the teacher's PF-ODE (Heun, from x + start_sigma n as the bundled latents were made), then decoded by
+the generator in one call: at its own resolution (super_resolve), with another label (transfer), or along the
+spherical path between two images' latents (interpolate). Labels: --label when you know it, else the data's own
+with --use_data_labels, else the teacher's null class, else the domain classifier's prediction; the log and JSON
+say which. Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's resolution
+serve as references (PSNR, domain FD against them). Cheap enough not to need resuming: a rerun redoes it all.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagoda import applications as app  # noqa: E402
+from pagoda import logger, script_util  # noqa: E402
+from pagoda.checkpoint import atomic_write_text  # noqa: E402
+from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
+from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
+from pagoda.latent_store import image_subset  # noqa: E402
+from pagoda.model_io import load_generator, load_teacher  # noqa: E402
+from pagoda.sampling import karras_sigmas  # noqa: E402
+
+LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
+                 "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
+TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
+GROUPS = {
+    "data": dict(task="super_resolve", input="", limit=0, label=-1, use_data_labels=False, batch_size=100),
+    "models": dict(teacher="", generator="", encoder="ode", num_steps=12, start_sigma=0.1, sigma_min=0.002,
+                   sigma_max=80.0, rho=7.0, seed=0),
+    "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
+                 prior_weight=1e-3, replacement_steps=0),
+    "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist"),
+}
+_c = script_util
+CONSTRAINTS = {
+    "task": _c.one_of(*TASKS), "limit": _c.at_least(0), "label": _c.at_least(-1), "batch_size": _c.at_least(1),
+    "encoder": _c.one_of("ode"), "num_steps": _c.at_least(2), "start_sigma": _c.at_least(0),
+    "sigma_min": _c.greater_than(0), "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing,
+    ("start_sigma", "sigma_max"): _c.increasing, "rho": _c.greater_than(0), "seed": _c.at_least(0),
+    "target_label": _c.at_least(-1), "num_pairs": _c.at_least(1), "num_interp": _c.at_least(3),
+    "search_steps": _c.at_least(1), "search_lr": _c.greater_than(0), "prior_weight": _c.at_least(0),
+    "replacement_steps": _c.at_least(0), "num_blocks": _c.at_least(1), "grid_images": _c.at_least(1),
+}
+
+
+def read_images(source, indices, teacher_size, out_size):
+    """(low-res uint8 NHWC at the teacher's size, references at the output size or None, number resized).
+    References exist when every image is larger than the teacher's resolution (e.g. 28 px digits for a 16 px
+    teacher: their ADM crop at 32 px is what the grown generator was trained on)."""
+    low, refs, resized = [], [], 0
+    for i in logger.progress(indices, desc="read", unit="img"):
+        pil = source.load_pil(i)
+        resized += pil.size != (teacher_size, teacher_size)
+        low.append(center_crop_arr(pil, teacher_size))
+        refs.append(center_crop_arr(pil, out_size) if min(pil.size) > teacher_size else None)
+    refs = np.stack(refs) if all(r is not None for r in refs) else None
+    return np.stack(low), refs, resized
+
+
+def load_models(args):
+    teacher = load_teacher(args.teacher)
+    generator = load_generator(args.generator)
+    app.check_models(teacher, generator, teacher_path=args.teacher, generator_path=args.generator)
+    return teacher, generator
+
+
+def choose_labels(args, teacher, source, indices, low, classifier, seen=None):
+    """`seen`: what the classifier may look at when it predicts (the observation when inpainting), else `low`."""
+    data_labels = [source.labels[i] for i in indices] if args.use_data_labels else None
+    if data_labels is not None and not source.conditional:
+        raise ValueError(f"--use_data_labels: {args.input} has no labels")
+    labels, origin = app.pick_labels(n=len(low), given=args.label, data_labels=data_labels,
+                                     null_class=getattr(teacher, "null_class", None),
+                                     predict=lambda: app.classify(classifier(), low if seen is None else seen)[0])
+    check_labels(labels.tolist(), teacher.backbone.config["num_classes"] or 0, data=args.input,
+                 model=f"the teacher {args.teacher}")
+    logger.log(f"labels: {LABEL_ORIGINS[origin]}")
+    return labels, origin
+
+
+def encode_all(args, teacher, low, labels):
+    """Latents of every low-resolution image, in batches, with a progress bar; seeds are the image positions."""
+    sigmas = app.ode_sigmas(num_steps=args.num_steps, start_sigma=args.start_sigma, sigma_min=args.sigma_min,
+                            sigma_max=args.sigma_max, rho=args.rho)
+    z = []
+    for b in logger.progress(range(0, len(low), args.batch_size), desc="encode", unit="batch"):
+        x = from_uint8(low[b:b + args.batch_size])
+        y = torch.from_numpy(labels[b:b + args.batch_size])
+        seeds = [args.seed * 1_000_003 + b + k for k in range(len(x))]
+        z.append(app.encode_ode(teacher, x, y, sigmas, start_sigma=args.start_sigma, seeds=seeds))
+    return torch.cat(z)
+
+
+def decode_all(args, generator, z, labels):
+    out = []
+    for b in range(0, len(z), args.batch_size):
+        out.append(to_uint8(app.decode(generator, z[b:b + args.batch_size],
+                                       torch.from_numpy(np.asarray(labels[b:b + args.batch_size])))))
+    return np.concatenate(out)
+
+
+def fd_blocks(classifier, refs, candidates, num_blocks):
+    """Domain FD of each of `num_blocks` disjoint blocks of each candidate set against all references:
+    {name: {mean, std, blocks}}; the spread is over the blocks."""
+    from evaluations.domain import domain_features
+    from evaluations.metrics import FeatureStats
+    ref_stats = FeatureStats.from_features(domain_features(classifier, refs)[0])
+    out = {}
+    for name, images in candidates.items():
+        feats = domain_features(classifier, images)[0]
+        fds = [ref_stats.frechet_distance(FeatureStats.from_features(f)) for f in np.array_split(feats, num_blocks)]
+        out[name] = {"mean": float(np.mean(fds)), "std": float(np.std(fds, ddof=1)) if len(fds) > 1 else None,
+                     "blocks": [float(f) for f in fds]}
+    return out
+
+
+def score(values, num_blocks):
+    mean, std, blocks = app.block_spread(values, num_blocks)
+    return {"mean": mean, "std": std, "blocks": blocks}
+
+
+def super_resolve(args, teacher, generator, low, refs, labels, classifier):
+    size = generator.output_size
+    t0 = time.time()
+    z = encode_all(args, teacher, low, labels)
+    out = decode_all(args, generator, z, labels)
+    seconds = time.time() - t0
+    bicubic = resize_bicubic(low, size)
+    back = app.adm_resize(out, low.shape[1])
+    scores = {"seconds_per_image": seconds / len(low), "consistency_psnr_db": score(
+        psnr(from_uint8(back), from_uint8(low)).numpy(), args.num_blocks)}
+    if refs is not None:
+        ref_t = from_uint8(refs)
+        scores["psnr_db"] = {"super_resolved": score(psnr(from_uint8(out), ref_t).numpy(), args.num_blocks),
+                             "bicubic": score(psnr(from_uint8(bicubic), ref_t).numpy(), args.num_blocks)}
+        scores["domain_fd"] = fd_blocks(classifier(), refs, {"super_resolved": out, "bicubic": bicubic},
+                                        args.num_blocks)
+    rows = [app.nearest_enlarge(low, size), bicubic, out] + ([refs] if refs is not None else [])
+    return out, scores, rows, labels, None
+
+
+def inpaint_truth(generator, low, refs):
+    """The complete images at the generator's resolution, which the masks are applied to."""
+    size = generator.output_size
+    if size == low.shape[1]:
+        return low
+    if refs is None:
+        raise ValueError(f"inpainting with a {size} px generator needs images larger than the teacher's "
+                         f"{low.shape[1]} px resolution")
+    return refs
+
+
+def search_batches(args, teacher, generator, truth, m, labels):
+    """(latent search outputs before projection, naive fills, seconds) over all images, in batches."""
+    t_size = teacher.backbone.config["image_size"]
+    x_true = from_uint8(truth)
+    fill = app.naive_fill(x_true * m, m)
+    z0 = encode_all(args, teacher, app.adm_resize(to_uint8(fill), t_size), labels)
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(truth), args.batch_size), desc="search", unit="batch"):
+        sl = slice(b, b + args.batch_size)
+        outs.append(app.latent_search(generator, z0[sl], torch.from_numpy(labels[sl]), x_true[sl], m[sl],
+                                      steps=args.search_steps, lr=args.search_lr,
+                                      prior_weight=args.prior_weight)[1])
+    return torch.cat(outs), fill, time.time() - start
+
+
+def replacement_batches(args, teacher, x_obs, m, labels, search_seconds):
+    """The teacher's replacement sampler with as many Heun steps as fit in the latent search's wall time (or
+    --replacement_steps); (outputs, steps, seconds)."""
+    steps = args.replacement_steps
+    if not steps:
+        with torch.no_grad():
+            start = time.time()
+            teacher(x_obs[:args.batch_size], torch.full((len(x_obs[:args.batch_size]),), 1.0),
+                    torch.from_numpy(labels[:args.batch_size]))
+            per_call = (time.time() - start) * len(x_obs) / len(x_obs[:args.batch_size])
+        steps = max(2, int(search_seconds / per_call + 1) // 2)
+    sigmas = karras_sigmas(steps, args.sigma_min, args.sigma_max, args.rho)
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(x_obs), args.batch_size), desc="replacement", unit="batch"):
+        sl = slice(b, b + args.batch_size)
+        outs.append(app.replacement_inpaint(teacher, x_obs[sl], m[sl], torch.from_numpy(labels[sl]), sigmas,
+                                            seeds=range(b, b + len(x_obs[sl]))))
+    return torch.cat(outs), steps, time.time() - start
+
+
+def inpaint_observation(args, generator, low, refs):
+    """(complete images, masks (N, 1, H, W), the naive fill of the observation as uint8)."""
+    truth = inpaint_truth(generator, low, refs)
+    size = truth.shape[1]
+    m = (app.builtin_mask(args.mask, size, len(truth), seed=args.seed) if args.mask in app.MASKS
+         else app.load_mask(args.mask, size, len(truth)))
+    return truth, m, to_uint8(app.naive_fill(from_uint8(truth) * m, m))
+
+
+def inpaint(args, teacher, generator, low, refs, labels, classifier):
+    """Latent search through G from the encoded observation, against the naive fill and the teacher's replacement
+    method at equal wall time (when the generator works at the teacher's resolution)."""
+    truth, m, _ = inpaint_observation(args, generator, low, refs)
+    size = truth.shape[1]
+    x_true = from_uint8(truth)
+    raw, fill, seconds = search_batches(args, teacher, generator, truth, m, labels)
+    results = {"latent_search": raw * (1 - m) + x_true * m, "naive_fill": fill}
+    scores = {"consistency_psnr_db": score(app.masked_psnr(raw, x_true, m).numpy(), args.num_blocks),
+              "search_seconds": seconds}
+    if size == teacher.backbone.config["image_size"]:
+        rep, steps, rep_seconds = replacement_batches(args, teacher, x_true * m, m, labels, seconds)
+        results["replacement"] = rep * (1 - m) + x_true * m
+        scores.update(replacement_steps=steps, replacement_seconds=rep_seconds)
+    scores["psnr_in_mask_db"] = {k: score(app.masked_psnr(v, x_true, 1 - m).numpy(), args.num_blocks)
+                                 for k, v in results.items()}
+    images = {k: to_uint8(v) for k, v in results.items()}
+    scores["domain_fd"] = fd_blocks(classifier(), truth, images, args.num_blocks)
+    rows = [truth, to_uint8(x_true * m - (1 - m)), images["naive_fill"], images["latent_search"]] + \
+        ([images["replacement"]] if "replacement" in images else [])
+    return images["latent_search"], scores, rows, labels, None
+
+
+def transfer_targets(args, labels, num_classes):
+    """--target_label for every image, else a seeded random class other than each image's own."""
+    if args.target_label >= 0:
+        if args.target_label >= num_classes:
+            raise ValueError(f"--target_label {args.target_label}: the models know {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return np.full(len(labels), args.target_label, np.int64)
+    gen = np.random.default_rng(args.seed)
+    return (labels + gen.integers(1, num_classes, len(labels))) % num_classes
+
+
+def reals_rate(classifier, refs_or_low, labels=None):
+    """Rate of real images classified with confidence >= 0.9 (as their own label when `labels` is given)."""
+    pred, conf = app.classify(classifier, refs_or_low)
+    hit = conf >= 0.9 if labels is None else (conf >= 0.9) & (pred == labels)
+    return hit.astype(np.float64)
+
+
+def transfer(args, teacher, generator, low, refs, labels, classifier):
+    """Encode with the image's label, decode the same latent with another one."""
+    num_classes = teacher.backbone.config["num_classes"]
+    if not num_classes:
+        raise ValueError(f"class transfer needs class-conditional models; {args.teacher} is unconditional")
+    targets = transfer_targets(args, labels, num_classes)
+    z = encode_all(args, teacher, low, labels)
+    out = decode_all(args, generator, z, targets)
+    kept = decode_all(args, generator, z, labels)
+    pred, conf = app.classify(classifier(), out)
+    reals = refs if refs is not None else low
+    scores = {"target_confident_rate": score(((pred == targets) & (conf >= 0.9)).astype(np.float64),
+                                             args.num_blocks),
+              "real_confident_rate": score(reals_rate(classifier(), reals, labels), args.num_blocks),
+              "targets": targets.tolist()}
+    size = generator.output_size
+    return out, scores, [app.nearest_enlarge(low, size), kept, out], targets, None
+
+
+def interpolate(args, teacher, generator, low, refs, labels, classifier):
+    """Pairs (2k, 2k + 1) of the images: slerp between their latents, each point decoded in one call with the
+    label of the nearer end; the midpoint's class confidence is scored against real images'."""
+    pairs = min(args.num_pairs, len(low) // 2)
+    if pairs < 1:
+        raise ValueError(f"interpolation needs at least 2 images, got {len(low)}")
+    low, labels = low[:2 * pairs], labels[:2 * pairs]
+    z = encode_all(args, teacher, low, labels)
+    ts = np.linspace(0, 1, args.num_interp)
+    strips = []
+    for t in ts:
+        zt = app.slerp(z[0::2], z[1::2], float(t))
+        strips.append(decode_all(args, generator, zt, labels[0::2] if t <= 0.5 else labels[1::2]))
+    strips = np.stack(strips, 1)  # (pairs, num_interp, H, W, C)
+    os.makedirs(os.path.join(args.out_dir, "strips"), exist_ok=True)
+    for k in range(pairs):
+        save_grid(strips[k], os.path.join(args.out_dir, "strips", f"pair_{k:03d}.png"), ncols=args.num_interp,
+                  scale=max(1, 128 // strips.shape[2]))
+    mid = strips[:, args.num_interp // 2]
+    _, conf = app.classify(classifier(), mid)
+    reals = refs if refs is not None else low
+    scores = {"midpoint_t": float(ts[args.num_interp // 2]),
+              "midpoint_confident_rate": score((conf >= 0.9).astype(np.float64), min(args.num_blocks, pairs)),
+              "real_confident_rate": score(reals_rate(classifier(), reals), args.num_blocks)}
+    size = generator.output_size
+    rows = [app.nearest_enlarge(low[0::2], size)] + [strips[:, j] for j in range(args.num_interp)] + \
+        [app.nearest_enlarge(low[1::2], size)]
+    ids = [f"pair_{k:03d}_t{j}" for k in range(pairs) for j in range(args.num_interp)]
+    out_labels = np.repeat(labels[0::2], args.num_interp)
+    return strips.reshape(-1, *strips.shape[2:]), scores, rows, out_labels, ids
+
+
+def write_outputs(args, images, labels, rows, scores, ids):
+    os.makedirs(os.path.join(args.out_dir, "images"), exist_ok=True)
+    from PIL import Image
+    for image, image_id in zip(images, ids):
+        Image.fromarray(image).save(os.path.join(args.out_dir, "images", f"{image_id}.png"))
+    n, h, w, c = images.shape
+    path = os.path.join(args.out_dir, f"samples_{n}x{h}x{w}x{c}.npz")
+    np.savez(path + ".tmp.npz", arr_0=images, arr_1=np.asarray(labels))
+    os.replace(path + ".tmp.npz", path)
+    k = min(args.grid_images, len(rows[0]))
+    save_grid(np.concatenate([r[:k] for r in rows]), os.path.join(args.out_dir, "grid.png"), ncols=k,
+              scale=max(1, 128 // h))
+    atomic_write_text(json.dumps(scores, indent=1), os.path.join(args.out_dir, "scores.json"))
+    logger.log(f"wrote {path}, grid.png (rows: {', '.join(scores['grid_rows'])}) and scores.json")
+
+
+def safe_id(image_id):
+    return os.path.splitext(str(image_id))[0].replace(os.sep, "_").replace(" ", "_")
+
+
+def summary(scores):
+    lines = []
+    for key, value in scores.items():
+        if isinstance(value, dict) and "mean" in value:
+            lines.append(f"{key}: {value['mean']:.3f} +- {value['std'] or 0:.3f}")
+        elif isinstance(value, dict):
+            lines += [f"{key} {k}: {v['mean']:.3f} +- {v['std'] or 0:.3f}" for k, v in value.items()
+                      if isinstance(v, dict) and "mean" in v]
+    return "\n".join(lines)
+
+
+def run(args):
+    logger.configure(args.out_dir)
+    teacher, generator = load_models(args)
+    source = open_source(args.input)
+    indices = image_subset(len(source), args.limit)
+    t_size, o_size = teacher.backbone.config["image_size"], generator.output_size
+    low, refs, resized = read_images(source, indices, t_size, o_size)
+    if resized:
+        logger.log(f"{resized} of {len(low)} images are not {t_size} px: ADM-resized to the teacher's {t_size} px")
+    cache = {}
+
+    def classifier():
+        if "model" not in cache:
+            from evaluations.domain import load_or_train
+            cache["model"] = load_or_train(args.classifier_data, progress=False)
+        return cache["model"]
+
+    # inpainting: a predicted label must come from the observation, never from the complete image
+    seen = inpaint_observation(args, generator, low, refs)[2] if args.task == "inpaint" else None
+    labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
+    images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
+                                                                    classifier)
+    scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
+                  encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None
+                                                                           and args.task == "super_resolve" else []))
+    logger.log(summary(scores))
+    write_outputs(args, images, out_labels, rows, scores, ids or [safe_id(source.ids[i]) for i in indices])
+    return scores
+
+
+TASK_RUNNERS = {"super_resolve": super_resolve, "inpaint": inpaint, "transfer": transfer, "interpolate": interpolate}
+GRID_ROWS = {"super_resolve": ["inputs (enlarged)", "bicubic", "super-resolved"],
+             "inpaint": ["references", "observed (missing black)", "naive fill", "latent search",
+                         "teacher replacement (equal wall time, teacher-resolution generators only)"],
+             "transfer": ["inputs (enlarged)", "decoded with their own label", "decoded with the target label"],
+             "interpolate": ["first images (enlarged)", "slerp t = 0 .. 1, one row per t", "second images (enlarged)"]}
+
+
+def main(argv=None):
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+                                    required={"input": "a folder of images or an ADM .npz",
+                                              "teacher": "the teacher export", "generator": "a generator export"})
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
