@@ -10,16 +10,8 @@
 #      stage-2 generator, at the teacher's resolution, so the replacement baseline runs too).
 # Out: $OUT_DIR/{images/*.png, samples_NxHxWx3.npz, grid.png, scores.json}.
 set -euo pipefail
-source "$(dirname "$0")/_launch.sh"
-INPUT=bundled:mnist_test
-if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then INPUT=$1; shift; fi
-TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
-GENERATOR=${GENERATOR:-runs/mnist/stage2/exports/generator_ema0.99.pt}
-OUT_DIR=${OUT_DIR:-runs/mnist/inpaint}
-
-DATA_FLAGS="--task inpaint --input $INPUT --limit ${LIMIT:-500} --batch_size 100"
-MODEL_FLAGS="--teacher $TEACHER --generator $GENERATOR --encoder ${ENCODER:-ode} --num_steps 12 --start_sigma 0.1 --sigma_min 0.002 --sigma_max 80 --rho 7 --seed 0"
+TASK=inpaint
+GENERATOR_DEFAULT=runs/mnist/stage2/exports/generator_ema0.99.pt
+LIMIT_DEFAULT=500
 TASK_FLAGS="--mask ${MASK:-center} --search_steps 40 --search_lr 1.0 --prior_weight 1e-3 --replacement_steps 0"
-OUTPUT_FLAGS="--out_dir $OUT_DIR --num_blocks 5 --grid_images 16"
-
-launch scripts/apply.py $DATA_FLAGS $MODEL_FLAGS $TASK_FLAGS $OUTPUT_FLAGS "$@"
+source "$(dirname "$0")/_apply.sh"

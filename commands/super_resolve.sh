@@ -8,15 +8,8 @@
 #      $TEACHER, $GENERATOR (the grown generator distilled from that teacher).
 # Out: $OUT_DIR/{images/*.png, samples_NxHxWx3.npz, grid.png (inputs, bicubic, outputs, references), scores.json}.
 set -euo pipefail
-source "$(dirname "$0")/_launch.sh"
-INPUT=bundled:mnist_test
-if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then INPUT=$1; shift; fi
-TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
-GENERATOR=${GENERATOR:-runs/mnist/stage3/exports/generator_ema0.99.pt}
-OUT_DIR=${OUT_DIR:-runs/mnist/super_resolve}
-
-DATA_FLAGS="--task super_resolve --input $INPUT --limit ${LIMIT:-0} --batch_size 100"
-MODEL_FLAGS="--teacher $TEACHER --generator $GENERATOR --encoder ${ENCODER:-ode} --num_steps 12 --start_sigma 0.1 --sigma_min 0.002 --sigma_max 80 --rho 7 --seed 0"
-OUTPUT_FLAGS="--out_dir $OUT_DIR --num_blocks 5 --grid_images 16"
-
-launch scripts/apply.py $DATA_FLAGS $MODEL_FLAGS $OUTPUT_FLAGS "$@"
+TASK=super_resolve
+GENERATOR_DEFAULT=runs/mnist/stage3/exports/generator_ema0.99.pt
+LIMIT_DEFAULT=0
+TASK_FLAGS=""
+source "$(dirname "$0")/_apply.sh"

@@ -20,6 +20,8 @@ RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.spli
 
 def _flags(recipe):
     text = open(os.path.join(COMMANDS, recipe)).read()
+    if "/_apply.sh" in text:  # the application recipes' shared flags and launch line
+        text += open(os.path.join(COMMANDS, "_apply.sh")).read()
     groups = re.findall(r'^\s*[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)  # indented: inside a loop over rounds
     launch = [line.strip() for line in text.splitlines() if line.strip().startswith("launch ")]
     return re.findall(r"--(\w+)", " ".join(groups + launch))
