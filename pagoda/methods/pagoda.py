@@ -316,9 +316,9 @@ def build(config, device):
                         shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                         cache=config["cache_images"])
     check_pairs(pairs, backbone, origin, latent_dir=config["latent_dir"], init_from=config["init_from"])
-    # the generator's exports name their teacher, so stage 3 can check the latents it is given
-    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else None
+    lineage = common.export_lineage(origin)
     num_classes = backbone.config["num_classes"]
+    real_classes = num_classes - (origin["null_class"] is not None) if num_classes else num_classes
     augment = gan.augment_from_flags(config)
     discriminator, recon_discriminator = build_discriminators(config, image_size=image_size, num_classes=num_classes,
                                                               device=device)
@@ -331,12 +331,12 @@ def build(config, device):
                                 recon_discriminator_weight=config["recon_discriminator_weight"],
                                 sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
                                 ema_rates=config["ema_rates"], lineage=lineage)
-    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=num_classes,
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=real_classes,
                                sigma_max=config["sigma_max"], sigma_data=config["sigma_data"])
     optim = {"generator": OptimSpec(name="radam", lr=config["lr_generator"]),
              "discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"]),
              "recon_discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"])}
     return common.Run(objective=objective, data=common.stream(pairs, config, labels=bool(num_classes)), optim=optim,
-                      callbacks=[preview] + monitor_callbacks(config, pairs, device, num_classes),
+                      callbacks=[preview] + monitor_callbacks(config, pairs, device, real_classes),
                       record=dict(generator=backbone.config, num_pairs=len(pairs)),
                       title=TITLES[config["grow_factor"] > 1])
