@@ -134,6 +134,20 @@ def generator_from_teacher(teacher_backbone, *, sigma_max=80.0, sigma_data=0.5):
     return Generator(backbone, sigma_max=sigma_max, sigma_data=sigma_data)
 
 
+def with_guidance_input(backbone, *, seed=0):
+    """The same network with a w-embedding (pagoda.unet._guidance_embedding) whose last layer is zero: G(z, y, w)
+    that starts as G(z, y) at every w. A network that has one is returned as it is (stage 3 keeps the trained one)."""
+    if backbone.config.get("guidance_embed"):
+        return backbone
+    with seeded(seed, "guidance_embed"):
+        net = UNetModel(**dict(backbone.config, guidance_embed=True))
+    missing, unexpected = net.load_state_dict(backbone.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
+        raise ValueError(f"cannot add a w input: weights differ ({unexpected[:3]}, {missing[:3]})")
+    net.content_sha256 = getattr(backbone, "content_sha256", None)
+    return net.to(next(backbone.parameters()).device).train(backbone.training)
+
+
 def grown_config(config, factor=2):
     """The backbone config with the output resolution multiplied by `factor` (a power of two)."""
     if factor < 2 or factor & (factor - 1):

@@ -102,3 +102,63 @@ def test_an_export_without_a_w_input_loads_strictly_and_samples_as_before(tmp_pa
     expected = Generator(gen.backbone).sample(z, y)  # G(z, y) as it was computed before w existed
     got = GeneratorSampler(gen)(StackedRandomGenerator("cpu", [0, 1, 2]), y)
     assert torch.equal(got, expected)
+
+
+def _decode(out_dir, teacher, *extra):
+    """encode.py --direction decode: 10 guided pairs in chunks of 4, 3 Heun steps."""
+    from tests.helpers.tiny_runs import _main  # noqa: PLC0415 (the in-process runner that resets the logger)
+    from tests.helpers.tiny_runs import encode  # noqa: PLC0415
+    _main(encode, ["--teacher", teacher, "--direction", "decode", "--num_pairs", "10", "--out_dir", str(out_dir),
+                   "--num_steps", "3", "--chunk_size", "4", "--batch_size", "3", "--storage", "fp32", *extra])
+    return str(out_dir)
+
+
+def test_guided_pairs_are_deterministic_rank_independent_and_resumable(guided_stage2, tmp_path, monkeypatch):
+    from pagoda import dist_util  # noqa: PLC0415
+    from pagoda.guided_pairs import guided_decode, load_guided_pairs, pair_inputs  # noqa: PLC0415
+    from pagoda.model_io import load_teacher  # noqa: PLC0415
+    teacher = guided_stage2["teacher"]
+    whole = load_guided_pairs(_decode(tmp_path / "one", teacher))
+    assert whole["w"].tolist() == [1.5, 2.0, 3.0, 4.0] * 2 + [1.5, 2.0]
+    assert whole["y"].max() <= 3  # the null class is never a pair's label
+    # two "ranks" (shards 1 and 0 of 2; rank 0 finishes the folder) write the same folder: identical pairs
+    for rank in (1, 0):
+        monkeypatch.setattr(dist_util, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(dist_util, "get_world_size", lambda: 2)
+        _decode(tmp_path / "two", teacher)
+    monkeypatch.undo()
+    # a rerun finds every chunk done and changes nothing
+    _decode(tmp_path / "two", teacher)
+    split = load_guided_pairs(str(tmp_path / "two"))
+    for k in ("z", "x", "y", "w"):
+        assert torch.equal(whole[k], split[k]), k
+    # pair 5 made alone is row 5: a pure function of (seed, 5)
+    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4, scales=[1.5, 2.0, 3.0, 4.0])
+    from pagoda.sampling import karras_sigmas  # noqa: PLC0415
+    x = guided_decode(load_teacher(teacher), z, y, w, karras_sigmas(3, 0.002, 80.0, 7.0))
+    assert torch.equal(z, whole["z"][5:6]) and torch.allclose(x, whole["x"][5:6], atol=1e-5)
+
+
+def test_guided_pairs_from_a_teacher_without_a_null_class_are_refused(tmp_path):
+    teacher = tiny_export(tmp_path / "t.pt")
+    with pytest.raises(ValueError, match=r"^--guidance_scales 1.5,2.0,3.0,4.0 needs a teacher trained with label "
+                                         r"dropout \(a null class\); .* has none, so it can only decode at w = 1"):
+        _decode(tmp_path / "pairs", teacher)
+
+
+def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_keeps(guided_stage2, tmp_path):
+    from tests.helpers.tiny_runs import _main, entry  # noqa: PLC0415
+    pairs = _decode(tmp_path / "pairs", guided_stage2["teacher"])
+    path = stage2_run(tmp_path / "s2", guided_stage2["teacher"], guided_stage2["latents"], "--guided_pairs", pairs)
+    gen = load_generator(path)
+    assert gen.backbone.config["guidance_embed"] is True and gen.null_class == 4
+    assert gen.backbone.guidance_embed[-1].weight.any()  # the distillation term reached the w-embedding
+    z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
+    assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
+    GeneratorSampler(gen, guidance_scale=3.0)  # accepted: w is an input
+    _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
+                            str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",
+                            "tiny", "--d_channel_scale", "0.25", "--global_batch_size", "4", "--total_steps", "1",
+                            "--save_interval", "1", "--preview_interval", "0"])
+    grown = load_generator(str(tmp_path / "s3" / "exports" / "generator_ema0.999.pt"))
+    assert grown.backbone.config["guidance_embed"] is True and grown.output_size == 16 and grown.null_class == 4
