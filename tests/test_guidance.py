@@ -155,7 +155,8 @@ def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_k
     assert gen.backbone.guidance_embed[-1].weight.any()  # the distillation term reached the w-embedding
     z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
     assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
-    GeneratorSampler(gen, guidance_scale=3.0)  # accepted: w is an input
+    from scripts.compare import Row, row_nfe  # noqa: PLC0415
+    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance=3.0)) == 1
     _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
                             str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",
                             "tiny", "--d_channel_scale", "0.25", "--global_batch_size", "4", "--total_steps", "1",
