@@ -23,13 +23,15 @@ from .unet import UNetModel
 class Generator(nn.Module):
     """Wraps a backbone F into the one-step map z -> x (latent at the teacher's resolution)."""
 
-    def __init__(self, backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
+    def __init__(self, backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw", null_class=None):
         super().__init__()
         _check_output(output)
         self.backbone = backbone
         self.sigma_max = float(sigma_max)
         self.sigma_data = float(sigma_data)
         self.output = output
+        # the teacher's null class: an embedding row G inherited but never samples (sample_util.sampler_classes)
+        self.null_class = null_class
 
     @property
     def c_in(self):
@@ -43,17 +45,23 @@ class Generator(nn.Module):
     def output_size(self):
         return self.backbone.config["output_size"] or self.latent_size
 
-    def forward(self, z, y=None):
-        return generate(self.backbone, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data, output=self.output)
+    @property
+    def guidance_input(self):
+        """Whether G takes the guidance scale w (a w-embedding in its UNet)."""
+        return bool(self.backbone.config.get("guidance_embed"))
+
+    def forward(self, z, y=None, w=None):
+        return generate(self.backbone, z, y, w, sigma_max=self.sigma_max, sigma_data=self.sigma_data,
+                        output=self.output)
 
     @torch.no_grad()
-    def sample(self, z, y=None):
+    def sample(self, z, y=None, w=None):
         """Images in [-1, 1] (the output is clamped only when sampling, not in training)."""
-        return self(z, y).float().clamp(-1, 1)
+        return self(z, y, w).float().clamp(-1, 1)
 
     def sidecar(self):
         return generator_sidecar(self.backbone, sigma_max=self.sigma_max, sigma_data=self.sigma_data,
-                                 output=self.output)
+                                 output=self.output, null_class=self.null_class)
 
 
 def _check_output(output):
@@ -61,13 +69,15 @@ def _check_output(output):
         raise ValueError(f"output must be raw or denoised, got {output!r}")
 
 
-def generate(backbone, z, y=None, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
-    """G(z, y) for any (possibly DDP-wrapped) backbone: F(c_in z, sigma_max, y) ("raw", PaGoDA), or the EDM
-    denoiser c_skip z + c_out F(c_in z, sigma_max, y) ("denoised", GDD), the scalings in float32."""
+def generate(backbone, z, y=None, w=None, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
+    """G(z, y[, w]) for any (possibly DDP-wrapped) backbone: F(c_in z, sigma_max, y) ("raw", PaGoDA), or the EDM
+    denoiser c_skip z + c_out F(c_in z, sigma_max, y) ("denoised", GDD), the scalings in float32. The guidance
+    scale w (N,) reaches only a guidance-conditioned backbone; None leaves the call as it always was."""
     _check_output(output)
     total = sigma_max**2 + sigma_data**2
     sigma = torch.full((z.shape[0],), sigma_max, device=z.device, dtype=torch.float32)
-    F_z = backbone(z * (1.0 / math.sqrt(total)), sigma, y)
+    extra = {} if w is None else {"w": w}
+    F_z = backbone(z * (1.0 / math.sqrt(total)), sigma, y, **extra)
     if output == "raw":
         return F_z
     c_skip, c_out = sigma_data**2 / total, sigma_max * sigma_data / math.sqrt(total)
@@ -100,9 +110,10 @@ def reconstruction_psnr(backbone, pairs, indices, *, sigma_max=80.0, sigma_data=
     return torch.cat(out)
 
 
-def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw"):
-    """The export sidecar of a one-step generator; `output` is written only when it is not PaGoDA's raw one, so
-    PaGoDA exports stay byte-identical to those written before the entry existed."""
+def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw", null_class=None):
+    """The export sidecar of a one-step generator; `output` is written only when it is not PaGoDA's raw one, and
+    `null_class` (the guided teacher's, which G never samples) only when there is one, so PaGoDA exports stay
+    byte-identical to those written before the entries existed."""
     cfg = backbone.config
     side = {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
             "latent_size": cfg["image_size"], "output_size": cfg["output_size"] or cfg["image_size"],
@@ -110,6 +121,8 @@ def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw")
     if output != "raw":
         _check_output(output)
         side["output"] = output
+    if null_class is not None:
+        side["null_class"] = int(null_class)
     return side
 
 
@@ -119,6 +132,20 @@ def generator_from_teacher(teacher_backbone, *, sigma_max=80.0, sigma_data=0.5):
     backbone.requires_grad_(True)
     backbone.train()
     return Generator(backbone, sigma_max=sigma_max, sigma_data=sigma_data)
+
+
+def with_guidance_input(backbone, *, seed=0):
+    """The same network with a w-embedding (pagoda.unet._guidance_embedding) whose last layer is zero: G(z, y, w)
+    that starts as G(z, y) at every w. A network that has one is returned as it is (stage 3 keeps the trained one)."""
+    if backbone.config.get("guidance_embed"):
+        return backbone
+    with seeded(seed, "guidance_embed"):
+        net = UNetModel(**dict(backbone.config, guidance_embed=True))
+    missing, unexpected = net.load_state_dict(backbone.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
+        raise ValueError(f"cannot add a w input: weights differ ({unexpected[:3]}, {missing[:3]})")
+    net.content_sha256 = getattr(backbone, "content_sha256", None)
+    return net.to(next(backbone.parameters()).device).train(backbone.training)
 
 
 def grown_config(config, factor=2):

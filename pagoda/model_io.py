@@ -70,7 +70,7 @@ def load_generator(path, *, device="cpu"):
     """A one-step generator (stage 2, or grown by stage 3) in eval mode."""
     backbone, side = load_backbone(path, expect_kind="generator")
     gen = Generator(backbone, sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
-                    output=side.get("output", "raw"))
+                    output=side.get("output", "raw"), null_class=side.get("null_class"))
     return gen.eval().to(device)
 
 

@@ -40,18 +40,29 @@ def sample_labels(indices, *, num_classes, mode="uniform", base_seed=0, device="
 
 
 class GeneratorSampler:
-    """One network evaluation: x = clamp(G(sigma_max * eps, y), -1, 1)."""
+    """One network evaluation: x = clamp(G(sigma_max * eps, y, w), -1, 1).
+
+    The guidance scale w is an input of a guidance-conditioned generator (its UNet has a w-embedding), so guided
+    sampling still costs one call. A generator without that input has one fixed w (1): asking it for another is an
+    error, not a silently unguided sample."""
 
     nfe = 1
 
-    def __init__(self, generator):
+    def __init__(self, generator, *, guidance_scale=1.0):
         self.generator = generator
         self.latent_shape = (3, generator.latent_size, generator.latent_size)
+        self.guidance_input = generator.guidance_input
+        if guidance_scale != 1.0 and not self.guidance_input:
+            raise ValueError(f"guidance_scale {guidance_scale:g} needs a guidance-conditioned generator G(z, y, w) "
+                             "(stage 2 with --guided_pairs); this generator has no w input and samples only w = 1")
+        self.guidance_scale = float(guidance_scale)
 
     def __call__(self, rng, y):
         device = next(self.generator.parameters()).device
-        z = rng.randn((len(rng.seeds),) + self.latent_shape, device=device) * self.generator.sigma_max
-        return self.generator.sample(z, y)
+        n = len(rng.seeds)
+        z = rng.randn((n,) + self.latent_shape, device=device) * self.generator.sigma_max
+        w = torch.full((n,), self.guidance_scale, device=device) if self.guidance_input else None
+        return self.generator.sample(z, y, w)
 
 
 class TeacherSampler:
@@ -110,7 +121,7 @@ def sampler_for_export(path, *, kind="auto", device="cpu", sampler="heun", num_s
     if kind == "auto":
         kind = (checkpoint.read_sidecar(path) or {}).get("kind", "denoiser")
     if kind == "generator":
-        return GeneratorSampler(load_generator(path, device=device))
+        return GeneratorSampler(load_generator(path, device=device), guidance_scale=guidance_scale)
     if kind == "denoiser":
         return TeacherSampler(load_teacher(path, device=device), sampler=sampler, num_steps=num_steps, rho=rho,
                               s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
@@ -119,8 +130,8 @@ def sampler_for_export(path, *, kind="auto", device="cpu", sampler="heun", num_s
 
 
 def sampler_classes(sampler):
-    """The number of classes labels are drawn from (None when unconditional; a guided teacher's null class is
-    not one of them)."""
+    """The number of classes labels are drawn from (None when unconditional; the null class of a guided teacher,
+    and of a generator distilled from one, is not one of them)."""
     net = getattr(sampler, "generator", None) or sampler.denoiser
     num_classes = net.backbone.config["num_classes"]
     null_class = getattr(net, "null_class", None)

@@ -168,7 +168,8 @@ class UNetModel(nn.Module):
     def __init__(self, *, image_size, model_channels, num_res_blocks, in_channels=3, out_channels=3,
                  attention_resolutions=(2, 4, 8), dropout=0.0, channel_mult=(1, 2, 3, 4), num_classes=None,
                  num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True, use_checkpoint=False,
-                 output_size=None, channels_high=None, num_res_blocks_high=2, channel_mult_high=None):
+                 output_size=None, channels_high=None, num_res_blocks_high=2, channel_mult_high=None,
+                 guidance_embed=False):
         super().__init__()
         output_size = image_size if output_size is None else output_size
         channels_high = model_channels if channels_high is None else channels_high
@@ -185,6 +186,8 @@ class UNetModel(nn.Module):
             channels_high=channels_high, num_res_blocks_high=num_res_blocks_high,
             channel_mult_high=list(channel_mult_high),
         )
+        if guidance_embed:  # recorded only when present: configs (and sidecars) of networks without it are unchanged
+            self.config["guidance_embed"] = True
         self.model_channels = model_channels
         self.num_classes = num_classes
         self.in_channels = in_channels
@@ -195,6 +198,9 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
+        self.guidance_embed = None
+        if guidance_embed:
+            self.guidance_embed = _guidance_embedding(model_channels, emb_dim)
 
         widths = [_level_width(model_channels, m, "level") for m in channel_mult]
         block = dict(emb_channels=emb_dim, dropout=dropout, use_checkpoint=use_checkpoint)
@@ -334,8 +340,9 @@ class UNetModel(nn.Module):
         c_noise = 250.0 * torch.log(sigma + 1e-44)
         return self.time_embed(timestep_embedding(c_noise, self.model_channels))
 
-    def forward(self, x, sigma, y=None):
-        """Raw output F for inputs x (already scaled by c_in), noise levels sigma ((N,) or scalar), labels y."""
+    def forward(self, x, sigma, y=None, w=None):
+        """Raw output F for inputs x (already scaled by c_in), noise levels sigma ((N,) or scalar), labels y and,
+        for a guidance-conditioned network, guidance scales w ((N,); None: w = 1, the unguided point)."""
         self._check_inputs(x, y)
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
         if sigma.ndim == 0:
@@ -345,6 +352,7 @@ class UNetModel(nn.Module):
         emb = self.noise_embedding(sigma)
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
+        emb = self._add_guidance(emb, w)
         skips = []
         h = x
         for module in self.input_blocks:
@@ -357,6 +365,19 @@ class UNetModel(nn.Module):
             h = module(h, emb)
         return self.out(h)
 
+    def _add_guidance(self, emb, w):
+        if self.guidance_embed is None:
+            if w is not None:
+                raise ValueError("this network has no guidance-scale input (guidance_embed=False); pass w=None")
+            return emb
+        w = torch.ones(emb.shape[0], device=emb.device) if w is None else torch.as_tensor(w, device=emb.device)
+        if tuple(w.shape) != (emb.shape[0],):
+            raise ValueError(f"w must have shape ({emb.shape[0]},) to match the batch; got {tuple(w.shape)}")
+        # c_w = 250 (w - 1): w = 1 sits at the embedding's origin and a step of 0.5 in w moves it as far as a
+        # 125-step move of ADM's noise index, well resolved by the sinusoid's slower frequencies
+        c_w = 250.0 * (w.float() - 1.0)
+        return emb + self.guidance_embed(timestep_embedding(c_w, self.model_channels)).to(emb.dtype)
+
     def _check_inputs(self, x, y):
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -366,6 +387,16 @@ class UNetModel(nn.Module):
             raise ValueError(f"this network has num_classes={self.num_classes}, so it needs {need}")
         if y is not None and tuple(y.shape) != (x.shape[0],):
             raise ValueError(f"y must have shape ({x.shape[0]},) to match the batch; got {tuple(y.shape)}")
+
+
+def _guidance_embedding(model_channels, emb_dim):
+    """The w-embedding of a guidance-conditioned generator G(z, y, w): a sinusoid of w through a 2-layer MLP like
+    the noise embedding's, added to the noise + class embedding (so w modulates every ResBlock as y does, the
+    conditioning path ADM already has). Its last layer is zero-initialised: adding it to a trained network (stage 2
+    from the teacher, stage 3 growth) leaves that network's function unchanged until training moves it."""
+    mlp = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+    zero_module(mlp[-1])
+    return mlp
 
 
 class _StridedConvDown(nn.Module):

@@ -129,7 +129,10 @@ def draw_samples(row, total, args):
 
 
 def row_nfe(sampler, row):
-    """Network calls per sample: a guided step evaluates the conditional and the unconditional branch."""
+    """Network calls per sample: a guided teacher step evaluates the conditional and the unconditional branch; a
+    guidance-conditioned generator takes w as an input (one call)."""
+    if getattr(sampler, "guidance_input", False):
+        return sampler.nfe
     return sampler.nfe * (2 if row.guidance != 1.0 else 1)
 
 

@@ -12,6 +12,11 @@ rather than the first N, which in a dataset stored class by class are a few clas
 the official code) climbs from x + S * n instead of clean x at sigma_min, n seeded per (image, flip): clean images
 are modes, and modes flow to atypically small latents (see pagoda/encoding.start_state). --verify N decodes N
 latents back and reports reconstruction PSNR (also written to verify.json).
+
+--direction decode runs it the other way (pagoda/guided_pairs.py): --num_pairs fresh prior latents, decoded by the
+teacher's Heun at the guidance scales of --guidance_scales (cycled over the pair index), stored in the same chunks;
+the training pairs of a guidance-conditioned generator (stage 2 --guided_pairs). --data_dir, --flips, --limit,
+--start_sigma and --verify do not apply to it.
 """
 
 import json
@@ -26,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pagoda import dist_util, logger, script_util  # noqa: E402
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
+from pagoda import guided_pairs  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
 from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity  # noqa: E402
 from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
@@ -37,6 +43,7 @@ GROUPS = {
     "teacher": dict(teacher="", num_steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0, clamp_denoised=True,
                     start_sigma=0.0, precision="auto"),
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
+    "decode": dict(direction="encode", num_pairs=0, guidance_scales=(1.5, 2.0, 3.0, 4.0), seed=0),
 }
 CONSTRAINTS = {
     "image_size": script_util.at_least(0), "flips": script_util.each(script_util.one_of(0, 1), nonempty=True,
@@ -48,6 +55,9 @@ CONSTRAINTS = {
     ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of(*PRECISION_CHOICES),
     "storage": script_util.one_of("fp16", "fp32"), "chunk_size": script_util.at_least(1),
     "batch_size": script_util.at_least(1), "verify": script_util.at_least(0),
+    "direction": script_util.one_of("encode", "decode"), "num_pairs": script_util.at_least(0),
+    "guidance_scales": script_util.each(script_util.at_least(1), nonempty=True, distinct=True),
+    "seed": script_util.at_least(0),
 }
 
 
@@ -83,6 +93,8 @@ def main(argv=None):
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
+    if args.direction == "decode":
+        return decode_main(args, teacher, device)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     image_size = args.image_size or teacher.backbone.config["image_size"]
     if image_size != teacher.backbone.config["image_size"]:
@@ -122,6 +134,50 @@ def main(argv=None):
     dist_util.barrier()
     if dist_util.is_main():
         finish(args, store, dataset, items, image_size, n, teacher, sigmas)
+    dist_util.barrier()
+    dist_util.cleanup()
+
+
+def decode_main(args, teacher, device):
+    """--direction decode: the guided pairs (pagoda/guided_pairs.py), sharded and resumable like the latents."""
+    if not args.num_pairs:
+        raise ValueError("--direction decode needs --num_pairs N (the number of guided pairs to make)")
+    if any(w != 1 for w in args.guidance_scales) and teacher.null_class is None:
+        raise ValueError(f"--guidance_scales {','.join(map(str, args.guidance_scales))} needs a teacher trained with "
+                         f"label dropout (a null class); {args.teacher} has none, so it can only decode at w = 1")
+    num_classes = teacher_classes(teacher)
+    sigmas = karras_sigmas(args.num_steps, args.sigma_min, args.sigma_max, args.rho, device=device)
+    settings = {"teacher_sha256": teacher.backbone.content_sha256, "num_steps": args.num_steps, "rho": args.rho,
+                "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "storage": args.storage, "seed": args.seed,
+                "guidance_scales": [float(w) for w in args.guidance_scales], "num_classes": num_classes}
+    chunks = num_chunks(args.num_pairs, args.chunk_size)
+    manifest_ = dict(settings, settings=settings, teacher=os.path.abspath(args.teacher), num_pairs=args.num_pairs,
+                     num_chunks=chunks, chunk_size=args.chunk_size, image_size=teacher.backbone.config["image_size"],
+                     format=guided_pairs.FORMAT)
+    store, rank, world = LatentStore(args.out_dir), dist_util.get_rank(), dist_util.get_world_size()
+    if dist_util.is_main():
+        store.begin(manifest_)
+    dist_util.barrier()
+    todo = guided_pairs.pending(store, args.num_pairs, args.chunk_size, shard=rank, num_shards=world,
+                                settings=settings)
+    calls = sum(2 * (2 * args.num_steps - 1) if w != 1 else 2 * args.num_steps - 1 for w in args.guidance_scales)
+    logger.log(f"decoding {args.num_pairs} guided pairs in {chunks} chunks ({calls / len(args.guidance_scales):.0f} "
+               f"teacher calls per pair on average); rank {rank}: {len(todo)} chunks to do")
+    start = time.time()
+    done = guided_pairs.decode_chunks(teacher, store, todo, num_pairs=args.num_pairs, chunk_size=args.chunk_size,
+                                      batch_size=args.batch_size, sigmas=sigmas, scales=args.guidance_scales,
+                                      seed=args.seed, num_classes=num_classes, settings=settings,
+                                      dtype=np.float16 if args.storage == "fp16" else np.float32)
+    if done:
+        logger.log(f"rank {rank}: decoded {done} pairs in {time.time() - start:.1f}s")
+    dist_util.barrier()
+    if dist_util.is_main():
+        bad = [c for c in range(chunks) if store.check_chunk(c, expected_settings=settings) is not None]
+        if bad:
+            raise RuntimeError(f"chunks {bad[:10]} are incomplete after decoding; rerun the same command")
+        store.write_index(range(chunks))
+        store.write_manifest(manifest_)
+        logger.log(f"guided pairs complete: {args.out_dir} ({args.num_pairs} pairs)")
     dist_util.barrier()
     dist_util.cleanup()
 

@@ -76,3 +76,13 @@ def image_dataset(config, *, image_size):
                            shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                            on_error=config["on_error"], cache=config["cache_images"])
     return source, dataset
+
+
+def export_lineage(origin):
+    """Sidecar entries the generator's exports carry from its origin: the teacher (so stage 3 can check the
+    latents it is given) and that teacher's null class (an embedding row G inherits but must never be sampled
+    with; absent for an unguided teacher, so those exports are unchanged)."""
+    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else {}
+    if origin["null_class"] is not None:
+        lineage["null_class"] = origin["null_class"]
+    return lineage or None

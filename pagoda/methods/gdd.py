@@ -148,7 +148,7 @@ def build(config, device):
     if config["image_size"] not in (0, size):
         raise ValueError(f"--image_size {config['image_size']} differs from the teacher's resolution {size}")
     source, dataset = common.image_dataset(config, image_size=size)
-    num_classes = backbone.config["num_classes"]
+    num_classes = real_classes = backbone.config["num_classes"]
     if num_classes:
         real_classes = num_classes - (side.get("null_class") is not None)
         check_labels(source.labels, real_classes, data=config["data_dir"], model=f"the teacher {config['init_from']}")
@@ -157,14 +157,15 @@ def build(config, device):
                               r1_gamma=config["r1_gamma"], r1_interval=config["r1_interval"])
     objective = GDDObjective(generator=backbone, adversary=adversary, sigma_max=config["sigma_max"],
                              sigma_data=side.get("sigma_data", 0.5), ema_rates=config["ema_rates"],
-                             lineage={"teacher_sha256": backbone.content_sha256})
+                             lineage=common.export_lineage({"teacher_sha256": backbone.content_sha256,
+                                                                   "null_class": side.get("null_class")}))
     betas = (config["adam_beta1"], config["adam_beta2"])
     lr_d, betas_d = config["lr_discriminator"], betas
     if config["lazy_r1_adam"] and config["r1_gamma"] > 0:
         lr_d, betas_d = gan.lazy_regularised(lr_d, betas, config["r1_interval"])
     optim = {"generator": OptimSpec(name="adam", lr=config["lr_generator"], betas=betas),
              "discriminator": OptimSpec(name="adam", lr=lr_d, betas=betas_d)}
-    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=num_classes,
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=real_classes,
                                sigma_max=config["sigma_max"], sigma_data=side.get("sigma_data", 0.5),
                                output="denoised")
     record = dict(generator=backbone.config, dataset=source.origin, dataset_identity=source_identity(source),

@@ -16,7 +16,8 @@ import torch
 from .. import dist_util, logger, script_util
 from ..callbacks import GeneratorMetric, GeneratorPreview
 from ..features import create_feature_network
-from ..generator import freeze_for_growth, generate, generator_sidecar, grow_generator
+from ..generator import freeze_for_growth, generate, generator_sidecar, grow_generator, with_guidance_input
+from ..guided_pairs import load_guided_pairs
 from ..image_datasets import check_labels
 from ..image_util import psnr
 from ..losses import (PixelLoss, PseudoHuberLoss, ReconstructionLoss, adaptive_weight, weight_grad_norm)
@@ -27,12 +28,13 @@ from . import common, gan
 
 TITLES = ("stage 2: one-step generator", "stage 3: grown generator")
 GROUPS = {
-    "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True),
+    "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True,
+                 guided_pairs=""),
     "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), refit_head=False,
                   use_checkpoint=False, sigma_max=80.0, sigma_data=0.5),
     "discriminator": gan.DISCRIMINATOR_FLAGS,
     "loss": dict(recon_loss="feature", discriminator_weight=0.2, adaptive_weight=True, separate_update=False,
-                 recon_discriminator=False, recon_discriminator_weight=0.5),
+                 recon_discriminator=False, recon_discriminator_weight=0.5, guided_weight=1.0),
     "train": common.train_group(run_dir="runs/stage2", lr_generator=8e-6, lr_discriminator=2e-3,
                                 total_steps=600000, monitor_interval=0, monitor_samples=256,
                                 monitor_network="random_conv"),
@@ -68,7 +70,7 @@ CONSTRAINTS = {
     "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
     "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
     "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "discriminator_weight": _c.at_least(0),
-    "recon_discriminator_weight": _c.at_least(0), "sigma_max": _c.greater_than(0), "sigma_data": _c.greater_than(0),
+    "recon_discriminator_weight": _c.at_least(0), "guided_weight": _c.at_least(0), "sigma_max": _c.greater_than(0), "sigma_data": _c.greater_than(0),
     "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "monitor_interval": _c.at_least(0),
     "monitor_samples": _c.at_least(2),
 }
@@ -86,12 +88,15 @@ class PaGoDAObjective(Objective):
     separates reconstructions G(z_data) from reals; the generator then adds w_r * lambda_r * L_G(D_r(G(z_data)))
     with lambda_r the adaptive ratio against L_rec, and D_r updates right after every generator step.
     Stage 3 is this objective with a grown generator and high-resolution images: a config, not a new loop.
+    With `guided` pairs (a guidance-conditioned G(z, y, w)) the generator phase adds a distillation term
+    guided_weight * L_rec(G(z_w, y, w), x_w) on pairs the guided teacher decoded; the data reconstruction and the GAN
+    (reals: the data, the w = 1 distribution) stay at w = 1 (option (a) of issue 19: no discriminator fights w > 1).
     """
 
     def __init__(self, *, generator, discriminator, reconstruction, augment, discriminator_weight=0.2,
                  adaptive=True, separate_update=False, gan_loss="hinge", r1_gamma=0.0, r1_interval=16,
                  recon_discriminator=None, recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5,
-                 ema_rates=(0.999,), lineage=None):
+                 ema_rates=(0.999,), lineage=None, guided=None, guided_weight=1.0):
         self.generator, self.discriminator, self.recon_discriminator = generator, discriminator, recon_discriminator
         self.adversary = gan.Adversary(discriminator, augment=augment, gan_loss=gan_loss, r1_gamma=r1_gamma,
                                        r1_interval=r1_interval)
@@ -107,6 +112,8 @@ class PaGoDAObjective(Objective):
         self._rec_grad_norm = None
         # sidecar entries naming what the generator came from (teacher_sha256: the teacher its latents need)
         self.lineage = dict(lineage or {})
+        # guided pairs {z, x, y, w} (pagoda.guided_pairs) for the distillation term of a w-conditioned G
+        self.guided, self.guided_weight = guided, guided_weight
 
     # -- schedule --------------------------------------------------------------------------------------
     def phases(self, step):
@@ -129,8 +136,14 @@ class PaGoDAObjective(Objective):
     def _fresh_latents(self, z_like, generator):
         return torch.randn(z_like.shape, device=z_like.device, generator=generator) * self.sigma_max
 
-    def _g(self, net, z, y):
-        return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data).float()
+    def _g(self, net, z, y, w=None):
+        return generate(net, z, y, w, sigma_max=self.sigma_max, sigma_data=self.sigma_data).float()
+
+    def _guided_batch(self, n, generator):
+        """n guided pairs drawn with the step's generator: (z, y, w, x_w)."""
+        idx = torch.randint(len(self.guided["z"]), (n,), generator=generator, device=generator.device)
+        idx = idx.to(self.guided["z"].device)
+        return tuple(None if self.guided[k] is None else self.guided[k][idx] for k in ("z", "y", "w", "x"))
 
     def _generator_losses(self, phase, nets, batch, generator):
         x, z, y = batch["x"], batch["z"], batch.get("y")
@@ -139,7 +152,16 @@ class PaGoDAObjective(Objective):
         z_in = torch.cat([z, self._fresh_latents(z, generator)]) if want_rec and want_gan else (
             z if want_rec else self._fresh_latents(z, generator))
         y_in = None if y is None else (torch.cat([y, y]) if want_rec and want_gan else y)
-        out = self._g(nets["generator"], z_in, y_in)  # one forward for both terms: one DDP forward per backward
+        w_in, guided = None, None
+        if self.guided is not None:  # the data and GAN terms at w = 1, the distillation term at its pairs' w
+            w_in = torch.ones(len(z_in), device=z.device)
+            if want_rec:
+                guided = self._guided_batch(n, generator)
+                z_in, w_in = torch.cat([z_in, guided[0]]), torch.cat([w_in, guided[2]])
+                y_in = None if y_in is None else torch.cat([y_in, guided[1]])
+        out = self._g(nets["generator"], z_in, y_in, w_in)  # one forward for all terms: one DDP forward per backward
+        if guided is not None:
+            out, x_guided = out[:-n], out[-n:]
         terms, last = {}, self.generator.last_resblock_conv().weight
         loss = 0.0
         if want_rec:
@@ -147,6 +169,10 @@ class PaGoDAObjective(Objective):
             rec = self.reconstruction(x_rec, x, generator=generator)
             terms.update(rec=rec.detach(), psnr=psnr(x_rec.detach().clamp(-1, 1), x))
             loss = loss + rec
+            if guided is not None:
+                distill = self.reconstruction(x_guided, guided[3], generator=generator)
+                terms.update(distill=distill.detach(), psnr_guided=psnr(x_guided.detach().clamp(-1, 1), guided[3]))
+                loss = loss + self.guided_weight * distill
             if self.recon_adversary is not None:
                 recon_gan = self.recon_adversary.generator_term(x_rec, y, generator=generator)
                 lam_r = adaptive_weight(rec, recon_gan, last)
@@ -252,6 +278,20 @@ def check_pairs(pairs, backbone, origin, *, latent_dir, init_from):
                      data=pairs.manifest["data_dir"], model=f"the generator from {init_from}")
 
 
+def guided_pairs_for(folder, backbone, origin, *, device):
+    """The guided pairs (pagoda.guided_pairs) on `device`, refused unless the generator's teacher made them at the
+    generator's output size."""
+    pairs = load_guided_pairs(folder)
+    check_latent_teacher(pairs["manifest"], origin["teacher_sha256"], latent_dir=folder, model="this generator")
+    size = backbone.config["output_size"] or backbone.config["image_size"]
+    if pairs["x"].shape[-1] != size:
+        raise ValueError(f"guided pairs in {folder} are {pairs['x'].shape[-1]} px images but the generator makes "
+                         f"{size} px ones")
+    scales = pairs["manifest"]["guidance_scales"]
+    logger.log(f"guided pairs: {len(pairs['z'])} from {folder} at w in {scales} (distillation term)")
+    return {k: None if v is None else v.to(device) for k, v in pairs.items() if k != "manifest"}
+
+
 def build_reconstruction(config, augment, device):
     kind = config["recon_loss"]
     if kind == "pixel":
@@ -307,6 +347,10 @@ GENERATOR_FLAGS = ("grow_factor", "channel_mult_high", "refit_head", "seed", "si
 def build(config, device):
     backbone, origin = build_generator(config["init_from"], device=device,
                                        **{k: config[k] for k in GENERATOR_FLAGS})
+    guided = None
+    if config["guided_pairs"]:
+        guided = guided_pairs_for(config["guided_pairs"], backbone, origin, device=device)
+        backbone = with_guidance_input(backbone, seed=config["seed"])
     dist_util.sync_params(backbone.parameters())
     image_size = config["image_size"] or backbone.config["output_size"]
     if image_size != backbone.config["output_size"]:
@@ -316,9 +360,9 @@ def build(config, device):
                         shard=dist_util.get_rank(), num_shards=dist_util.get_world_size(),
                         cache=config["cache_images"])
     check_pairs(pairs, backbone, origin, latent_dir=config["latent_dir"], init_from=config["init_from"])
-    # the generator's exports name their teacher, so stage 3 can check the latents it is given
-    lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else None
+    lineage = common.export_lineage(origin)
     num_classes = backbone.config["num_classes"]
+    real_classes = num_classes - (origin["null_class"] is not None) if num_classes else num_classes
     augment = gan.augment_from_flags(config)
     discriminator, recon_discriminator = build_discriminators(config, image_size=image_size, num_classes=num_classes,
                                                               device=device)
@@ -330,13 +374,14 @@ def build(config, device):
                                 r1_interval=config["r1_interval"], recon_discriminator=recon_discriminator,
                                 recon_discriminator_weight=config["recon_discriminator_weight"],
                                 sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
-                                ema_rates=config["ema_rates"], lineage=lineage)
-    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=num_classes,
+                                ema_rates=config["ema_rates"], lineage=lineage, guided=guided,
+                                guided_weight=config["guided_weight"])
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=real_classes,
                                sigma_max=config["sigma_max"], sigma_data=config["sigma_data"])
     optim = {"generator": OptimSpec(name="radam", lr=config["lr_generator"]),
              "discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"]),
              "recon_discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"])}
     return common.Run(objective=objective, data=common.stream(pairs, config, labels=bool(num_classes)), optim=optim,
-                      callbacks=[preview] + monitor_callbacks(config, pairs, device, num_classes),
+                      callbacks=[preview] + monitor_callbacks(config, pairs, device, real_classes),
                       record=dict(generator=backbone.config, num_pairs=len(pairs)),
                       title=TITLES[config["grow_factor"] > 1])

@@ -1,0 +1,165 @@
+"""Classifier-free guidance across the pipeline: the null class of a guided teacher travels into the generators
+distilled from it (and is never sampled), and the guidance scale is an input only of a guidance-conditioned
+generator G(z, y, w)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pagoda import logger
+from pagoda.generator import Generator
+from pagoda.model_io import load_generator
+from pagoda.random_util import StackedRandomGenerator
+from pagoda.sample_util import GeneratorSampler, sampler_classes, sampler_for_export
+from pagoda.unet import UNetModel
+from scripts import sample
+from tests.helpers.exports import TINY, tiny_export
+from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
+
+
+def _randomised(net, seed=0):
+    torch.manual_seed(seed)
+    for p in net.parameters():  # zero-initialised output layers would make the network trivial
+        if p.ndim > 1:
+            p.data.normal_(0, 0.05)
+    return net
+
+
+@pytest.fixture(scope="module")
+def guided_stage2(tmp_path_factory):
+    """A tiny teacher trained with label dropout (4 classes + null class 4), its latents and a stage-2 export."""
+    root = tmp_path_factory.mktemp("guided")
+    data = tiny_dataset(root / "data")
+    teacher = teacher_run(root / "teacher", data, "--label_dropout", "0.5")
+    latents = encode_run(root / "latents", teacher, data)
+    return dict(root=root, data=data, teacher=teacher, latents=latents,
+                generator=stage2_run(root / "stage2", teacher, latents))
+
+
+def test_a_generator_of_a_guided_teacher_records_its_null_class_and_never_samples_it(guided_stage2):
+    with open(guided_stage2["generator"].replace(".pt", ".json")) as f:
+        side = json.load(f)
+    assert side["null_class"] == 4 and side["num_classes"] == 5
+    sampler = sampler_for_export(guided_stage2["generator"])
+    assert sampler_classes(sampler) == 4
+    for mode in ("balanced", "uniform"):
+        out = guided_stage2["root"] / f"samples_{mode}"
+        try:
+            sample.main(["--model", guided_stage2["generator"], "--num_samples", "40", "--labels", mode,
+                         "--out_dir", str(out), "--chunk_size", "20", "--batch_size", "20"])
+        finally:  # later tests must not log into this folder
+            logger.configure(None)
+        labels = np.load(out / "samples_40x8x8x3.npz")["arr_1"]
+        assert labels.max() == 3 and labels.min() == 0, mode
+
+
+def test_an_unguided_generator_sidecar_has_no_null_class_entry(tmp_path):
+    path = tiny_export(tmp_path / "g.pt", kind="generator")
+    with open(str(tmp_path / "g.json")) as f:
+        assert "null_class" not in json.load(f)
+    assert load_generator(path).null_class is None
+
+
+def test_guidance_on_a_generator_without_a_w_input_is_an_error(tmp_path):
+    path = tiny_export(tmp_path / "g.pt", kind="generator")
+    with pytest.raises(ValueError, match=r"^guidance_scale 3 needs a guidance-conditioned generator G\(z, y, w\) "
+                                         r"\(stage 2 with --guided_pairs\); this generator has no w input"):
+        sampler_for_export(path, guidance_scale=3.0)
+    assert sampler_for_export(path, guidance_scale=1.0).guidance_input is False
+
+
+def test_a_zeroed_w_embedding_equals_the_network_without_it():
+    plain = _randomised(UNetModel(**TINY))
+    guided = UNetModel(**TINY, guidance_embed=True)
+    missing, unexpected = guided.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["guidance_embed.0.bias", "guidance_embed.0.weight", "guidance_embed.2.bias",
+                               "guidance_embed.2.weight"] and not unexpected
+    assert not guided.guidance_embed[-1].weight.any() and not guided.guidance_embed[-1].bias.any()
+    x, sigma, y = torch.randn(3, 3, 8, 8), torch.tensor([0.5, 3.0, 80.0]), torch.tensor([0, 1, 3])
+    w = torch.tensor([1.0, 2.5, 4.0])
+    assert torch.equal(guided(x, sigma, y, w), plain(x, sigma, y))
+    # trained away from zero, w changes the output, and w = 1 is what w=None means
+    torch.nn.init.normal_(guided.guidance_embed[-1].weight, 0, 0.5)
+    assert not torch.allclose(guided(x, sigma, y, w), plain(x, sigma, y))
+    assert torch.equal(guided(x, sigma, y, torch.ones(3)), guided(x, sigma, y))
+
+
+def test_the_w_input_is_recorded_only_when_present_and_refused_by_a_network_without_it():
+    assert "guidance_embed" not in UNetModel(**TINY).config
+    assert UNetModel(**TINY, guidance_embed=True).config["guidance_embed"] is True
+    with pytest.raises(ValueError, match=r"^this network has no guidance-scale input \(guidance_embed=False\)"):
+        UNetModel(**TINY)(torch.zeros(1, 3, 8, 8), torch.ones(1), torch.zeros(1, dtype=torch.long), torch.ones(1))
+
+
+def test_an_export_without_a_w_input_loads_strictly_and_samples_as_before(tmp_path):
+    path = tiny_export(tmp_path / "g.pt", kind="generator")
+    gen = load_generator(path)
+    assert "guidance_embed" not in gen.backbone.config and gen.backbone.guidance_embed is None
+    rng, y = StackedRandomGenerator("cpu", [0, 1, 2]), torch.tensor([0, 1, 2])
+    z = rng.randn((3, 3, 8, 8)) * 80.0
+    expected = Generator(gen.backbone).sample(z, y)  # G(z, y) as it was computed before w existed
+    got = GeneratorSampler(gen)(StackedRandomGenerator("cpu", [0, 1, 2]), y)
+    assert torch.equal(got, expected)
+
+
+def _decode(out_dir, teacher, *extra):
+    """encode.py --direction decode: 10 guided pairs in chunks of 4, 3 Heun steps."""
+    from tests.helpers.tiny_runs import _main  # noqa: PLC0415 (the in-process runner that resets the logger)
+    from tests.helpers.tiny_runs import encode  # noqa: PLC0415
+    _main(encode, ["--teacher", teacher, "--direction", "decode", "--num_pairs", "10", "--out_dir", str(out_dir),
+                   "--num_steps", "3", "--chunk_size", "4", "--batch_size", "3", "--storage", "fp32", *extra])
+    return str(out_dir)
+
+
+def test_guided_pairs_are_deterministic_rank_independent_and_resumable(guided_stage2, tmp_path, monkeypatch):
+    from pagoda import dist_util  # noqa: PLC0415
+    from pagoda.guided_pairs import guided_decode, load_guided_pairs, pair_inputs  # noqa: PLC0415
+    from pagoda.model_io import load_teacher  # noqa: PLC0415
+    teacher = guided_stage2["teacher"]
+    whole = load_guided_pairs(_decode(tmp_path / "one", teacher))
+    assert whole["w"].tolist() == [1.5, 2.0, 3.0, 4.0] * 2 + [1.5, 2.0]
+    assert whole["y"].max() <= 3  # the null class is never a pair's label
+    # two "ranks" (shards 1 and 0 of 2; rank 0 finishes the folder) write the same folder: identical pairs
+    for rank in (1, 0):
+        monkeypatch.setattr(dist_util, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(dist_util, "get_world_size", lambda: 2)
+        _decode(tmp_path / "two", teacher)
+    monkeypatch.undo()
+    # a rerun finds every chunk done and changes nothing
+    _decode(tmp_path / "two", teacher)
+    split = load_guided_pairs(str(tmp_path / "two"))
+    for k in ("z", "x", "y", "w"):
+        assert torch.equal(whole[k], split[k]), k
+    # pair 5 made alone is row 5: a pure function of (seed, 5)
+    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4, scales=[1.5, 2.0, 3.0, 4.0])
+    from pagoda.sampling import karras_sigmas  # noqa: PLC0415
+    x = guided_decode(load_teacher(teacher), z, y, w, karras_sigmas(3, 0.002, 80.0, 7.0))
+    assert torch.equal(z, whole["z"][5:6]) and torch.allclose(x, whole["x"][5:6], atol=1e-5)
+
+
+def test_guided_pairs_from_a_teacher_without_a_null_class_are_refused(tmp_path):
+    teacher = tiny_export(tmp_path / "t.pt")
+    with pytest.raises(ValueError, match=r"^--guidance_scales 1.5,2.0,3.0,4.0 needs a teacher trained with label "
+                                         r"dropout \(a null class\); .* has none, so it can only decode at w = 1"):
+        _decode(tmp_path / "pairs", teacher)
+
+
+def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_keeps(guided_stage2, tmp_path):
+    from tests.helpers.tiny_runs import _main, entry  # noqa: PLC0415
+    pairs = _decode(tmp_path / "pairs", guided_stage2["teacher"])
+    path = stage2_run(tmp_path / "s2", guided_stage2["teacher"], guided_stage2["latents"], "--guided_pairs", pairs)
+    gen = load_generator(path)
+    assert gen.backbone.config["guidance_embed"] is True and gen.null_class == 4
+    assert gen.backbone.guidance_embed[-1].weight.any()  # the distillation term reached the w-embedding
+    z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
+    assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
+    from scripts.compare import Row, row_nfe  # noqa: PLC0415
+    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance=3.0)) == 1
+    _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
+                            str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",
+                            "tiny", "--d_channel_scale", "0.25", "--global_batch_size", "4", "--total_steps", "1",
+                            "--save_interval", "1", "--preview_interval", "0"])
+    grown = load_generator(str(tmp_path / "s3" / "exports" / "generator_ema0.999.pt"))
+    assert grown.backbone.config["guidance_embed"] is True and grown.output_size == 16 and grown.null_class == 4
