@@ -7,6 +7,10 @@
 # projections stay the teacher's.
 # In:  $TEACHER.  Out: $RUN_DIR/exports/generator_ema0.99.pt.  Budget: 500 steps of one G and one D update each on
 # batches of 32, PaGoDA stage 2's 1,000 alternating steps (stage2_mnist.sh).  Target: the teacher's domain FD.
+# G's learning rate, measured on one teacher (qs16_final; scripts/compare.py, 1000 x 3 samples, domain FD / recall):
+# 1e-3: 241 / 0.00 | 2e-4: 151 / 0.00 | 5e-5: 63.8 / 0.21 | 1e-5: 38.0 / 0.17 | 3e-6: 66.7 / 0.11; with DiffAugment
+# (not GDD's setting) 5e-5: 50.0 / 0.26, 1e-5: 41.7 / 0.21. Every setting collapses towards one digit per class
+# (recall <= 0.26, the teacher's 0.88): GAN-only fine-tuning has nothing that maps each z to its own image.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
@@ -15,6 +19,6 @@ RUN_DIR=${RUN_DIR:-runs/mnist/gdd}
 DATA_FLAGS="--data_dir bundled:mnist"
 MODEL_FLAGS="--init_from $TEACHER"
 LOSS_FLAGS="--feature_networks tf_efficientnet_lite0 --feature_resolution 64 --d_norm group --d_channel_scale 0.25 --gan_loss nonsaturating --r1_gamma 1e-4 --r1_interval 16 --diffaug false"
-TRAIN_FLAGS="--global_batch_size 32 --lr_generator ${LR_G:-2e-4} --lr_discriminator 1e-3 --adam_beta1 0 --adam_beta2 0.99 --lazy_r1_adam true --ema_rates 0.99 --total_steps ${STEPS:-500} --save_interval 100 --log_interval 25 --preview_interval 100"
+TRAIN_FLAGS="--global_batch_size 32 --lr_generator ${LR_G:-1e-5} --lr_discriminator 1e-3 --adam_beta1 0 --adam_beta2 0.99 --lazy_r1_adam true --ema_rates 0.99 --total_steps ${STEPS:-500} --save_interval 100 --log_interval 25 --preview_interval 100"
 
 launch scripts/train.py --method gdd --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"

@@ -45,7 +45,7 @@ PRESETS = {
     # CPU recipe on the bundled digits: the discriminator that works there (pagoda.py's mnist16: EfficientNet-lite0
     # at 64 px, GroupNorm heads at a quarter width); 500 steps = 500 G + 500 D updates, PaGoDA stage 2's budget.
     "mnist16": dict(feature_networks=("tf_efficientnet_lite0",), feature_resolution=64, d_norm="group",
-                    d_channel_scale=0.25, global_batch_size=32, lr_generator=2e-4, lr_discriminator=1e-3,
+                    d_channel_scale=0.25, global_batch_size=32, lr_generator=1e-5, lr_discriminator=1e-3,
                     ema_rates=(0.99,), total_steps=500, save_interval=100, preview_interval=100, log_interval=25),
     # GDD's ImageNet-64 train.sh: batch 512, lr G 8e-6 / D 4e-5, 10 Mimg (19,532 steps), DeiT-B + lite0 at 224.
     "imagenet64": dict(image_size=64, random_flip=True, cache_images=False, num_workers=8, precision="bf16",
