@@ -19,26 +19,8 @@ IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 RUN=${RUN:-runs/imagenet64/progressive}
 START_STEPS=${START_STEPS:-256}
 STEPS_PER_ROUND=${STEPS_PER_ROUND:-50000}
-halvings() { local n=$1; while [ "$n" -gt 1 ]; do n=$((n / 2)); printf '%s ' "$n"; done; }
-ROUNDS=${ROUNDS:-$(halvings "$START_STEPS")}
 
 DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --random_flip true --num_workers 8 --cache_images false"
 TRAIN_FLAGS="--global_batch_size 2048 --microbatch ${MICROBATCH:-0} --lr 1e-4 --lr_schedule linear --grad_clip 1 --precision bf16 --total_steps $STEPS_PER_ROUND --save_interval 5000 --log_interval 100 --preview_interval 5000"
 
-DRY_RUN=0
-for arg in "$@"; do if [ "$arg" = --dry_run ]; then DRY_RUN=1; fi; done
-finished() {  # finished RUN_DIR: its export was written at the last step of the round
-  "$PYTHON" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("step") != int(sys.argv[2]))' \
-    "$1/exports/student.json" "$STEPS_PER_ROUND" 2>/dev/null
-}
-SEP="{"
-for STEPS in $ROUNDS; do
-  TEACHER_STEPS=$((2 * STEPS))
-  INPUT=$RUN/steps$TEACHER_STEPS/exports/student.pt
-  if [ "$TEACHER_STEPS" -eq "$START_STEPS" ]; then INPUT=$TEACHER; fi
-  MODEL_FLAGS="--init_from $INPUT --teacher_steps $TEACHER_STEPS --rho 7 --dropout 0"
-  if [ "$DRY_RUN" = 1 ]; then printf '%s"steps%s": ' "$SEP" "$STEPS"; SEP=","
-  elif finished "$RUN/steps$STEPS"; then echo "steps$STEPS: finished ($STEPS_PER_ROUND steps), skipped"; continue; fi
-  launch scripts/train.py --method progressive --run_dir "$RUN/steps$STEPS" $DATA_FLAGS $MODEL_FLAGS $TRAIN_FLAGS "$@"
-done
-if [ "$DRY_RUN" = 1 ]; then echo "}"; fi
+source "$(dirname "$0")/_rounds.sh"

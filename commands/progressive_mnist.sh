@@ -21,26 +21,8 @@ RUN=${RUN:-runs/mnist/progressive}
 DATA_DIR=${DATA_DIR:-bundled:mnist}
 START_STEPS=${START_STEPS:-32}
 STEPS_PER_ROUND=${STEPS_PER_ROUND:-200}
-halvings() { local n=$1; while [ "$n" -gt 1 ]; do n=$((n / 2)); printf '%s ' "$n"; done; }
-ROUNDS=${ROUNDS:-$(halvings "$START_STEPS")}
 
 DATA_FLAGS="--data_dir $DATA_DIR --image_size 16"
 TRAIN_FLAGS="--global_batch_size 32 --lr 1e-3 --lr_schedule linear --grad_clip 1 --total_steps $STEPS_PER_ROUND --save_interval 100 --log_interval 50 --preview_interval $STEPS_PER_ROUND"
 
-DRY_RUN=0
-for arg in "$@"; do if [ "$arg" = --dry_run ]; then DRY_RUN=1; fi; done
-finished() {  # finished RUN_DIR: its export was written at the last step of the round
-  "$PYTHON" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("step") != int(sys.argv[2]))' \
-    "$1/exports/student.json" "$STEPS_PER_ROUND" 2>/dev/null
-}
-SEP="{"
-for STEPS in $ROUNDS; do
-  TEACHER_STEPS=$((2 * STEPS))
-  INPUT=$RUN/steps$TEACHER_STEPS/exports/student.pt
-  if [ "$TEACHER_STEPS" -eq "$START_STEPS" ]; then INPUT=$TEACHER; fi
-  MODEL_FLAGS="--init_from $INPUT --teacher_steps $TEACHER_STEPS --rho 7 --dropout 0"
-  if [ "$DRY_RUN" = 1 ]; then printf '%s"steps%s": ' "$SEP" "$STEPS"; SEP=","
-  elif finished "$RUN/steps$STEPS"; then echo "steps$STEPS: finished ($STEPS_PER_ROUND steps), skipped"; continue; fi
-  launch scripts/train.py --method progressive --run_dir "$RUN/steps$STEPS" $DATA_FLAGS $MODEL_FLAGS $TRAIN_FLAGS "$@"
-done
-if [ "$DRY_RUN" = 1 ]; then echo "}"; fi
+source "$(dirname "$0")/_rounds.sh"

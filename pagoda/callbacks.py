@@ -53,28 +53,13 @@ class _Preview:
 
 
 class TeacherPreview(_Preview):
-    """Deterministic Heun samples of the teacher being trained."""
+    """Deterministic samples of the denoiser being trained: Heun on the Karras grid of `num_steps`, or, given
+    `sigmas` (a distilled k-step student's own grid), Euler on exactly that grid."""
 
-    def __init__(self, *, interval, num_steps=18, sigma_data=0.5, **kw):
-        super().__init__(interval=interval, player="denoiser", **kw)
-        self.num_steps = num_steps
-        self.sigma_data = sigma_data
-
-    def sample(self, net, device):
-        cfg = net.config
-        shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
-        rng, y = self._inputs(device, shape)
-        denoiser = Denoiser(net, sigma_data=self.sigma_data)
-        sigmas = karras_sigmas(self.num_steps, device=device)
-        return heun_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y)
-
-
-class DistilledPreview(_Preview):
-    """Deterministic Euler samples of a distilled k-step denoiser on its own grid `sigmas` (k + 1 values)."""
-
-    def __init__(self, *, interval, sigmas, sigma_data=0.5, player="student", **kw):
+    def __init__(self, *, interval, num_steps=18, sigmas=None, sigma_data=0.5, player="denoiser", **kw):
         super().__init__(interval=interval, player=player, **kw)
-        self.sigmas = list(sigmas)
+        self.num_steps = num_steps
+        self.sigmas = None if sigmas is None else list(sigmas)
         self.sigma_data = sigma_data
 
     def sample(self, net, device):
@@ -82,6 +67,9 @@ class DistilledPreview(_Preview):
         shape = (self.num_samples, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
         rng, y = self._inputs(device, shape)
         denoiser = Denoiser(net, sigma_data=self.sigma_data)
+        if self.sigmas is None:
+            sigmas = karras_sigmas(self.num_steps, device=device)
+            return heun_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y)
         sigmas = torch.tensor(self.sigmas, device=device)
         return euler_sample(denoiser, rng.randn(shape, device=device) * sigmas[0], sigmas, y).clamp(-1, 1)
 

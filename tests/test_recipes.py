@@ -20,8 +20,9 @@ RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.spli
 
 def _flags(recipe):
     text = open(os.path.join(COMMANDS, recipe)).read()
-    if "/_apply.sh" in text:  # the application recipes' shared flags and launch line
-        text += open(os.path.join(COMMANDS, "_apply.sh")).read()
+    for part in ("_apply.sh", "_rounds.sh"):  # shared flags and launch lines the recipe sources
+        if f"/{part}" in text:
+            text += open(os.path.join(COMMANDS, part)).read()
     groups = re.findall(r'^\s*[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)  # indented: inside a loop over rounds
     launch = [line.strip() for line in text.splitlines() if line.strip().startswith("launch ")]
     return re.findall(r"--(\w+)", " ".join(groups + launch))

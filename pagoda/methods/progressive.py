@@ -29,7 +29,7 @@ continues to sigma_mid and sigma_s on the grid the student must skip.
 import torch
 
 from .. import dist_util, logger, script_util
-from ..callbacks import DistilledPreview
+from ..callbacks import TeacherPreview
 from ..image_datasets import check_labels, source_identity
 from ..model_io import load_teacher
 from ..nn import append_dims, mean_flat
@@ -187,9 +187,9 @@ def build(config, device):
     decay = config["total_steps"] if config["lr_schedule"] == "linear" else 0
     optim = {"student": OptimSpec(name="adam", lr=config["lr"], decay_steps=decay, grad_clip=config["grad_clip"])}
     labels = bool(teacher.backbone.config["num_classes"])
-    preview = DistilledPreview(interval=config["preview_interval"], sigmas=objective.sigmas.tolist(),
-                               sigma_data=teacher.sigma_data, player="student",
-                               num_classes=source.num_classes if labels else None)
+    preview = TeacherPreview(interval=config["preview_interval"], sigmas=objective.sigmas.tolist(),
+                             sigma_data=teacher.sigma_data, player="student",
+                             num_classes=source.num_classes if labels else None)
     record = dict(dataset=source.origin, dataset_identity=source_identity(source), num_images=len(source),
                   num_classes=source.num_classes, unet=student.config, teacher_sigmas=grid.tolist(), **lineage)
     return common.Run(objective=objective, data=common.stream(dataset, config, labels=labels), optim=optim,
