@@ -84,3 +84,64 @@ def write_figure(result, path):
     out.paste(left, (0, 0))
     out.paste(right, (PANEL[0], 0))
     out.save(path)
+
+
+def _linear_panel(series, floor, *, title, xlabel):
+    """series: [(name, colour, [(x, mean, std)])] drawn as lines with error bars; floor: a value drawn dashed, or
+    None. Linear axes: a curve over a few settings (a guidance scale) rather than a cost spanning decades."""
+    w, h = PANEL
+    img = Image.new("RGB", PANEL, "white")
+    draw = ImageDraw.Draw(img)
+    left, top, right, bottom = MARGIN["left"], MARGIN["top"], w - MARGIN["right"], h - MARGIN["bottom"]
+    xs = [p[0] for _, _, pts in series for p in pts]
+    ys = [p[1] + s * (p[2] or 0) for _, _, pts in series for p in pts for s in (-1, 1)]
+    ys += [floor] if floor is not None else []
+    x0, x1 = min(xs), max(xs)
+    pad_x = 0.08 * ((x1 - x0) or 1.0)
+    x0, x1 = x0 - pad_x, x1 + pad_x
+    pad_y = 0.08 * ((max(ys) - min(ys)) or 1.0)
+    y0, y1 = min(ys) - pad_y, max(ys) + pad_y
+
+    def at(x, y):
+        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for tick in sorted(set(xs)):
+        x, _ = at(tick, y0)
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        draw.text((x - 8, bottom + 6), f"{tick:g}", fill="black")
+    for k in range(5):
+        y_value = y0 + (y1 - y0) * k / 4
+        _, y = at(x0, y_value)
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.text((4, y - 6), f"{y_value:.3g}", fill="black")
+    if floor is not None:
+        _, y = at(x0, floor)
+        for x in range(left, right, 10):
+            draw.line([(x, y), (min(x + 5, right), y)], fill="#555555")
+        draw.text((left + 8, y + 2), "real vs real (floor)", fill="#555555")
+    for k, (name, colour, pts) in enumerate(series):
+        pts = sorted(pts)
+        draw.line([at(x, m) for x, m, _ in pts], fill=colour, width=2)
+        for x_value, mean, std in pts:
+            x, y = at(x_value, mean)
+            if std:
+                (_, y_hi), (_, y_lo) = at(x_value, mean + std), at(x_value, mean - std)
+                draw.line([(x, y_hi), (x, y_lo)], fill=colour, width=2)
+                draw.line([(x - 4, y_hi), (x + 4, y_hi)], fill=colour)
+                draw.line([(x - 4, y_lo), (x + 4, y_lo)], fill=colour)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((right - 150, top + 6 + 14 * k), f"-- {name}", fill=colour)  # legend, top right
+    draw.text((left, 8), title, fill="black")
+    draw.text(((left + right) / 2 - 60, h - 18), xlabel, fill="black")
+    return img
+
+
+def write_curve_figure(panels, path, *, xlabel, columns=2):
+    """Linear panels on a grid, `columns` wide: panels = [(title, series, floor)] as _linear_panel takes them."""
+    rows = -(-len(panels) // columns)
+    out = Image.new("RGB", (PANEL[0] * min(columns, len(panels)), PANEL[1] * rows), "white")
+    for i, (title, series, floor) in enumerate(panels):
+        out.paste(_linear_panel(series, floor, title=title, xlabel=xlabel),
+                  ((i % columns) * PANEL[0], (i // columns) * PANEL[1]))
+    out.save(path)

@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
                  ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd", "progressive",
-                  "super", "transfer.sh", "interpolate.sh", "inpaint.sh"))
+                  "super", "transfer.sh", "interpolate.sh", "inpaint.sh", "guided"))
 
 
 def _flags(recipe):
@@ -223,3 +223,27 @@ def test_progressive_recipe_resumes_without_retraining_finished_rounds(tmp_path)
     assert json.loads(one.read_text())["sigmas"] == [80.0, 0.0]
     third = recipe()
     assert third.stdout.splitlines() == ["steps2: finished (2 steps), skipped", "steps1: finished (2 steps), skipped"]
+
+
+def test_guided_recipe_chains_pairs_stage2_and_the_curve(configs):
+    """guided_mnist.sh: 2000 guided pairs from the quickstart's teacher at w in {1.5, 2, 3, 4} (Heun 18), stage 2 at
+    stage2_mnist.sh's settings plus the guided flags only, and the curve of the teacher (Heun 18) and the generator
+    at the same five w, 1000 samples x 3 seeds."""
+    config = configs["guided_mnist.sh"]
+    assert list(config) == ["pairs", "stage2", "curve"]
+    pairs, stage2, curve = config["pairs"], config["stage2"], config["curve"]
+    teacher = "runs/quickstart/teacher/exports/denoiser_ema0.999.pt"
+    assert (pairs["direction"], pairs["num_pairs"], pairs["guidance_scales"], pairs["num_steps"], pairs["teacher"],
+            pairs["out_dir"]) == ("decode", 2000, [1.5, 2.0, 3.0, 4.0], 18, teacher, "runs/quickstart/guided/pairs")
+    assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["init_from"], stage2["latent_dir"]) == (
+        "runs/quickstart/guided/pairs", 1.0, teacher, "runs/quickstart/latents")
+    base = configs["stage2_mnist.sh"]
+    own = {"guided_pairs", "guided_weight", "init_from", "latent_dir", "run_dir", "precision"}
+    assert {k: v for k, v in stage2.items() if k not in own} == {k: v for k, v in base.items() if k not in own}
+    scales = ["1", "1.5", "2", "3", "4"]
+    assert [row.split("=", 1)[0] for row in curve["row"]] == [f"{m}_w{w}" for m in ("teacher", "generator")
+                                                              for w in scales]
+    assert [row.rsplit("@", 1)[1] for row in curve["row"]] == (
+        [f"sampler=heun,steps=18,guidance={w}" for w in scales] + [f"guidance={w}" for w in scales])
+    assert curve["row"][-1].split("=", 1)[1].startswith("runs/quickstart/guided/stage2/exports/generator_ema0.99.pt@")
+    assert (curve["data_dir"], curve["num_samples"], curve["num_seeds"]) == ("bundled:mnist", 1000, 3)
