@@ -191,7 +191,11 @@ def all_gather_objects(obj):
 
 
 def cleanup():
+    """Tear the process group down on every rank together: a rank that destroys it while a peer is still busy
+    (rank 0 writing its last files) can abort at exit in gloo's teardown ("terminate called without an active
+    exception", exit -6 / mpiexec status 6), after all its work is done."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
