@@ -9,7 +9,8 @@
 # batches of 32, PaGoDA stage 2's 1,000 alternating steps (stage2_mnist.sh).  Target: the teacher's domain FD.
 # G's learning rate, measured on one teacher (qs16_final; scripts/compare.py, 1000 x 3 samples, domain FD / recall):
 # 1e-3: 241 / 0.00 | 2e-4: 151 / 0.00 | 5e-5: 63.8 / 0.21 | 1e-5: 38.0 / 0.17 | 3e-6: 66.7 / 0.11; with DiffAugment
-# (not GDD's setting) 5e-5: 50.0 / 0.26, 1e-5: 41.7 / 0.21. Every setting collapses towards one digit per class
+# (not GDD's setting) 5e-5: 50.0 / 0.26, 1e-5: 41.7 / 0.21; D at 5e-5 (GDD's G:D ratio) with G 1e-5: 44.6 / 0.23.
+# Every setting collapses towards one digit per class
 # (recall <= 0.26, the teacher's 0.88): GAN-only fine-tuning has nothing that maps each z to its own image.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
