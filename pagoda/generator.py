@@ -1,9 +1,10 @@
 """The one-step generator G(z, y) and its progressive growth to 2x output resolution.
 
 Parameterisation (official PaGoDA, pagoda-method.md 3.1): G(z, y) = F(c_in(sigma_max) * z, sigma_max, y), the raw
-backbone output, with no c_skip / c_out (output "raw"). GDD's generator is the EDM denoiser itself at sigma_max,
-c_skip z + c_out F(...) (output "denoised"); an export's sidecar entry `output` says which (absent: raw). A generator initialised from the teacher's backbone therefore starts at
-about 2x the teacher's one-step estimate of x0 (c_out(80) ~ 0.5); training removes that factor in a few steps.
+backbone output, with no c_skip / c_out (output "raw"). A generator initialised from the teacher's backbone
+therefore starts at about 2x the teacher's one-step estimate of x0 (c_out(80) ~ 0.5); training removes that factor
+in a few steps. GDD's generator is the EDM denoiser itself at sigma_max, c_skip z + c_out F(...) (output
+"denoised"); an export's sidecar entry `output` says which (absent: raw).
 The trained network is the backbone (a UNetModel), so exports are plain ADM state dicts that load into (and
 from) the released PaGoDA checkpoints.
 """
@@ -190,9 +191,9 @@ def grow(backbone, *, factor=2, channel_mult_high=None):
 
 def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False, num_fit_latents=64, seed=0,
                    sigma_max=80.0, sigma_data=0.5):
-    """Stage 3's initialisation, shared by train_pagoda.py and the quickstart report: grow() on the parent's
-    device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents. The new levels'
-    random weights come from `seed` too, so a report rebuilds the very network a run started from.
+    """Stage 3's initialisation (the pagoda method's build_generator, which the report reuses): grow() on the
+    parent's device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents. The new
+    levels' random weights come from `seed` too, so a report rebuilds the very network a run started from.
     Returns (grown, new_keys, (psnr_before, psnr_after) of the fit or None)."""
     device = next(parent.parameters()).device
     with seeded(seed, "grown_levels"):

@@ -5,7 +5,7 @@ generator's samples at all? Held-out accuracy says whether the adversarial half 
         --feature_networks random_conv,teacher,tf_efficientnet_lite0 --feature_weights ,TEACHER.pt, --out probe.json
 
 For each feature network: a ProjectedDiscriminator as stage 2 builds it (the same heads, shaped by --d_channel_scale,
---d_norm and --feature_resolution as in scripts/train_pagoda.py) is trained with the hinge loss on `--num_train`
+--d_norm and --feature_resolution as in --method pagoda) is trained with the hinge loss on `--num_train`
 reals (the training split of --data_dir) against as many samples of the frozen generator (fresh seeded latents,
 balanced labels), then scored on `--num_heldout` other reals and other samples with the heads in eval mode
 (BatchNorm on its running statistics): accuracy counts a real whose mean logit is > 0 and a sample whose mean

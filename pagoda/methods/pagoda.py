@@ -70,7 +70,8 @@ CONSTRAINTS = {
     "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
     "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
     "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "discriminator_weight": _c.at_least(0),
-    "recon_discriminator_weight": _c.at_least(0), "guided_weight": _c.at_least(0), "sigma_max": _c.greater_than(0), "sigma_data": _c.greater_than(0),
+    "recon_discriminator_weight": _c.at_least(0), "guided_weight": _c.at_least(0), "sigma_max": _c.greater_than(0),
+    "sigma_data": _c.greater_than(0),
     "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "monitor_interval": _c.at_least(0),
     "monitor_samples": _c.at_least(2),
 }
@@ -227,7 +228,8 @@ class PaGoDAObjective(Objective):
         nets = getattr(self.reconstruction, "feature_networks", [])
         saved = state.get("reconstruction", [])
         if len(saved) != len(nets):
-            raise ValueError(f"checkpoint has {len(saved)} reconstruction feature networks, this run builds {len(nets)}")
+            raise ValueError(f"checkpoint has {len(saved)} reconstruction feature networks, this run builds "
+                             f"{len(nets)}")
         for net, sd in zip(nets, saved):
             net.load_state_dict(sd)
 
