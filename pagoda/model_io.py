@@ -55,6 +55,12 @@ def load_backbone(path, *, expect_kind):
     return backbone, sidecar
 
 
+def real_classes(num_classes, null_class):
+    """The classes a network's labels may name: its embedding rows less a guided teacher's null class (None for an
+    unconditional network)."""
+    return num_classes - 1 if (num_classes and null_class is not None) else num_classes
+
+
 def load_teacher(path, *, device="cpu"):
     """A frozen EDM denoiser D(x, sigma, y) in eval mode. `.sigmas` is the grid a distilled k-step denoiser samples
     on (its sidecar's, k + 1 values ending in 0), None for a teacher sampled on any grid."""

@@ -20,7 +20,7 @@ from . import checkpoint, logger
 from .checkpoint import atomic_write_text
 from .faults import kill_point
 from .image_util import save_grid, to_uint8
-from .model_io import load_generator, load_teacher
+from .model_io import load_generator, load_teacher, real_classes
 from .random_util import StackedRandomGenerator
 from .sampling import euler_sample, heun_sample, karras_sigmas, stochastic_sample, classifier_free_guidance
 
@@ -133,9 +133,7 @@ def sampler_classes(sampler):
     """The number of classes labels are drawn from (None when unconditional; the null class of a guided teacher,
     and of a generator distilled from one, is not one of them)."""
     net = getattr(sampler, "generator", None) or sampler.denoiser
-    num_classes = net.backbone.config["num_classes"]
-    null_class = getattr(net, "null_class", None)
-    return num_classes - 1 if (num_classes and null_class is not None) else num_classes
+    return real_classes(net.backbone.config["num_classes"], getattr(net, "null_class", None))
 
 
 def model_identity(path):

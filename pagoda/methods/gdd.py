@@ -24,7 +24,7 @@ from .. import dist_util, logger, script_util
 from ..callbacks import GeneratorPreview
 from ..generator import generate, generator_sidecar
 from ..image_datasets import check_labels, source_identity
-from ..model_io import load_backbone
+from ..model_io import load_backbone, real_classes
 from ..train_util import Objective, OptimSpec
 from ..unet import AttentionBlock, ResBlock, _NearestUpConv, _StridedConvDown
 from . import common, gan
@@ -148,10 +148,11 @@ def build(config, device):
     if config["image_size"] not in (0, size):
         raise ValueError(f"--image_size {config['image_size']} differs from the teacher's resolution {size}")
     source, dataset = common.image_dataset(config, image_size=size)
-    num_classes = real_classes = backbone.config["num_classes"]
-    if num_classes:
-        real_classes = num_classes - (side.get("null_class") is not None)
-        check_labels(source.labels, real_classes, data=config["data_dir"], model=f"the teacher {config['init_from']}")
+    num_classes = backbone.config["num_classes"]
+    sampled_classes = real_classes(num_classes, side.get("null_class"))
+    if sampled_classes:
+        check_labels(source.labels, sampled_classes, data=config["data_dir"],
+                     model=f"the teacher {config['init_from']}")
     d = gan.discriminator_from_flags(config, image_size=size, num_classes=num_classes, device=device)
     adversary = gan.Adversary(d, augment=gan.augment_from_flags(config), gan_loss=config["gan_loss"],
                               r1_gamma=config["r1_gamma"], r1_interval=config["r1_interval"])
@@ -165,7 +166,7 @@ def build(config, device):
         lr_d, betas_d = gan.lazy_regularised(lr_d, betas, config["r1_interval"])
     optim = {"generator": OptimSpec(name="adam", lr=config["lr_generator"], betas=betas),
              "discriminator": OptimSpec(name="adam", lr=lr_d, betas=betas_d)}
-    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=real_classes,
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=sampled_classes,
                                sigma_max=config["sigma_max"], sigma_data=side.get("sigma_data", 0.5),
                                output="denoised")
     record = dict(generator=backbone.config, dataset=source.origin, dataset_identity=source_identity(source),

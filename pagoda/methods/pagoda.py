@@ -21,7 +21,7 @@ from ..guided_pairs import load_guided_pairs
 from ..image_datasets import check_labels
 from ..image_util import psnr
 from ..losses import (PixelLoss, PseudoHuberLoss, ReconstructionLoss, adaptive_weight, weight_grad_norm)
-from ..model_io import load_generator_or_teacher_backbone
+from ..model_io import load_generator_or_teacher_backbone, real_classes
 from ..pair_datasets import PairDataset, check_latent_teacher
 from ..train_util import Objective, OptimSpec
 from . import common, gan
@@ -273,9 +273,8 @@ def check_pairs(pairs, backbone, origin, *, latent_dir, init_from):
         raise ValueError(f"latents in {latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
                          f"{backbone.config['image_size']} px latents")
     check_latent_teacher(pairs.manifest, origin["teacher_sha256"], latent_dir=latent_dir, model=init_from)
-    num_classes = backbone.config["num_classes"]
+    num_classes = real_classes(backbone.config["num_classes"], origin["null_class"])
     if num_classes:
-        num_classes -= origin["null_class"] is not None
         check_labels([pairs.images.labels[k] for k in pairs.positions], num_classes,
                      data=pairs.manifest["data_dir"], model=f"the generator from {init_from}")
 
@@ -364,7 +363,7 @@ def build(config, device):
     check_pairs(pairs, backbone, origin, latent_dir=config["latent_dir"], init_from=config["init_from"])
     lineage = common.export_lineage(origin)
     num_classes = backbone.config["num_classes"]
-    real_classes = num_classes - (origin["null_class"] is not None) if num_classes else num_classes
+    sampled_classes = real_classes(num_classes, origin["null_class"])
     augment = gan.augment_from_flags(config)
     discriminator, recon_discriminator = build_discriminators(config, image_size=image_size, num_classes=num_classes,
                                                               device=device)
@@ -378,12 +377,12 @@ def build(config, device):
                                 sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
                                 ema_rates=config["ema_rates"], lineage=lineage, guided=guided,
                                 guided_weight=config["guided_weight"])
-    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=real_classes,
+    preview = GeneratorPreview(interval=config["preview_interval"], num_classes=sampled_classes,
                                sigma_max=config["sigma_max"], sigma_data=config["sigma_data"])
     optim = {"generator": OptimSpec(name="radam", lr=config["lr_generator"]),
              "discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"]),
              "recon_discriminator": OptimSpec(name="radam", lr=config["lr_discriminator"])}
     return common.Run(objective=objective, data=common.stream(pairs, config, labels=bool(num_classes)), optim=optim,
-                      callbacks=[preview] + monitor_callbacks(config, pairs, device, real_classes),
+                      callbacks=[preview] + monitor_callbacks(config, pairs, device, sampled_classes),
                       record=dict(generator=backbone.config, num_pairs=len(pairs)),
                       title=TITLES[config["grow_factor"] > 1])

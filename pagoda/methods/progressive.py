@@ -31,7 +31,7 @@ import torch
 from .. import dist_util, logger, script_util
 from ..callbacks import TeacherPreview
 from ..image_datasets import check_labels, source_identity
-from ..model_io import load_teacher
+from ..model_io import load_teacher, real_classes
 from ..nn import append_dims, mean_flat
 from ..precond import Denoiser, teacher_sidecar
 from ..sampling import euler_step, euler_target, halved_grid, karras_sigmas
@@ -163,9 +163,8 @@ def data_for(teacher, config):
         raise ValueError(f"--image_size {config['image_size']} differs from the teacher's {image_size} px "
                          f"({config['init_from']}); use 0 or {image_size}")
     source, dataset = common.image_dataset(config, image_size=image_size)
-    num_classes = teacher.backbone.config["num_classes"]
+    num_classes = real_classes(teacher.backbone.config["num_classes"], teacher.null_class)
     if num_classes:
-        num_classes -= teacher.null_class is not None
         check_labels(source.labels, num_classes, data=config["data_dir"], model=f"the teacher {config['init_from']}")
     return source, dataset
 
