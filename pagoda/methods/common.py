@@ -52,13 +52,9 @@ class Run:
     finish: object = None
 
 
-def per_rank_batch(config):
-    return config["global_batch_size"] // dist_util.get_world_size()
-
-
 def stream(dataset, config, *, labels=True):
     """The loop's data function over `dataset` (this rank's shard): batch k is a pure function of (seed, k)."""
-    per_rank = per_rank_batch(config)
+    per_rank = config["global_batch_size"] // dist_util.get_world_size()
 
     def data(start_batch):
         for batch in infinite_batches(dataset, batch_size=per_rank, seed=config["seed"], start_batch=start_batch,
