@@ -190,10 +190,12 @@ def grow(backbone, *, factor=2, channel_mult_high=None):
 
 
 def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False, num_fit_latents=64, seed=0,
-                   sigma_max=80.0, sigma_data=0.5):
+                   sigma_max=80.0, sigma_data=0.5, num_classes=None):
     """Stage 3's initialisation (the pagoda method's build_generator, which the report reuses): grow() on the
-    parent's device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents. The new
-    levels' random weights come from `seed` too, so a report rebuilds the very network a run started from.
+    parent's device, then with `refit_head` fit_output_head() on `num_fit_latents` seeded prior latents, their labels
+    drawn from `num_classes` (default: every embedding row; a guided teacher's descendants pass the real classes so
+    the null class is never fitted on). The new levels' random weights come from `seed` too, so a report rebuilds the
+    very network a run started from.
     Returns (grown, new_keys, (psnr_before, psnr_after) of the fit or None)."""
     device = next(parent.parameters()).device
     with seeded(seed, "grown_levels"):
@@ -201,18 +203,22 @@ def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False
     grown = grown.to(device)
     fit = None
     if refit_head:
-        z, y = prior_latents(parent.config, num_fit_latents, sigma_max=sigma_max, seed=seed)
+        z, y = prior_latents(parent.config, num_fit_latents, sigma_max=sigma_max, seed=seed, num_classes=num_classes)
         fit = fit_output_head(grown, parent, z.to(device), None if y is None else y.to(device),
                               sigma_max=sigma_max, sigma_data=sigma_data)
     return grown, new_keys, fit
 
 
-def prior_latents(config, num, *, sigma_max=80.0, seed=0):
-    """`num` latents z ~ N(0, sigma_max^2 I) of a backbone's input shape, with uniform labels (None if
-    unconditional), from one seeded CPU generator."""
+def prior_latents(config, num, *, sigma_max=80.0, seed=0, num_classes=None):
+    """`num` latents z ~ N(0, sigma_max^2 I) of a backbone's input shape, with labels uniform over `num_classes`
+    (default: the backbone's every class; pass model_io.real_classes to leave out a guided teacher's null class;
+    None if unconditional), from one seeded CPU generator."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(num, config["in_channels"], config["image_size"], config["image_size"], generator=gen) * sigma_max
-    y = torch.randint(0, config["num_classes"], (num,), generator=gen) if config["num_classes"] else None
+    classes = config["num_classes"] if num_classes is None else num_classes
+    if config["num_classes"] and not 0 < classes <= config["num_classes"]:
+        raise ValueError(f"num_classes {classes}: the backbone has {config['num_classes']} label rows")
+    y = torch.randint(0, classes, (num,), generator=gen) if config["num_classes"] else None
     return z, y
 
 

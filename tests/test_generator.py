@@ -163,3 +163,29 @@ def test_freeze_index_out_of_range():
 def test_growth_factor_must_be_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         grown_config(UNetModel(**SMALL).config, 3)
+
+
+def test_prior_latents_draw_only_the_classes_asked_for():
+    config = UNetModel(**SMALL).config
+    _, every = prior_latents(config, 2000, seed=3)
+    _, real = prior_latents(config, 2000, seed=3, num_classes=3)
+    assert set(every.tolist()) == {0, 1, 2, 3} and set(real.tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="num_classes 5: the backbone has 4 label rows"):
+        prior_latents(config, 2, num_classes=5)
+
+
+def test_growth_from_a_guided_teacher_never_fits_the_head_on_its_null_class(tmp_path, monkeypatch):
+    """Stage 3's head re-fit draws labels for its prior latents: from a label-dropout teacher's descendant they must
+    be real classes only (the null class, row 3 here, is never sampled by the generator)."""
+    from pagoda import generator as generator_module
+    from pagoda.methods.pagoda import build_generator
+    from pagoda.precond import teacher_sidecar
+    net = _randomised(UNetModel(**SMALL))
+    path = str(tmp_path / "teacher.pt")
+    checkpoint.export_network(net.state_dict(), teacher_sidecar(net, null_class=3), path)
+    seen = []
+    real_fit = generator_module.fit_output_head
+    monkeypatch.setattr(generator_module, "fit_output_head",
+                        lambda grown, parent, z, y=None, **kw: seen.append(y) or real_fit(grown, parent, z, y, **kw))
+    build_generator(path, device="cpu", grow_factor=2, refit_head=True)
+    assert len(seen) == 1 and len(seen[0]) == 64 and set(seen[0].tolist()) == {0, 1, 2}

@@ -249,7 +249,8 @@ def build_generator(init_from, *, device, grow_factor=1, channel_mult_high=(), r
     if grow_factor > 1:
         backbone, new_keys, fit = grow_generator(
             backbone, factor=grow_factor, channel_mult_high=[float(m) for m in channel_mult_high] or None,
-            refit_head=refit_head, seed=seed, sigma_max=sigma_max, sigma_data=sigma_data)
+            refit_head=refit_head, seed=seed, sigma_max=sigma_max, sigma_data=sigma_data,
+            num_classes=real_classes(backbone.config["num_classes"], origin["null_class"]))
         logger.log(f"grew {side['kind']} from {init_from} to {backbone.config['output_size']} px: "
                    f"{len(new_keys)} new tensors")
         if fit:
