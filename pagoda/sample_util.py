@@ -78,6 +78,11 @@ class TeacherSampler:
             raise ValueError(f"sampler must be heun, euler or stochastic, got {sampler!r}")
         self.denoiser, self.sampler, self.num_steps, self.rho = denoiser, sampler, num_steps, rho
         self.churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+        if guidance_scale != 1.0 and getattr(denoiser, "null_class", None) is None:
+            # checked here, before any sample: the released EDM ImageNet-64 teacher has no null class
+            raise ValueError(f"guidance_scale {guidance_scale:g} needs a teacher trained with label dropout (a null "
+                             "class); this teacher has none (the released EDM ImageNet-64 teacher neither), so it "
+                             "samples only w = 1")
         self.guidance_scale = guidance_scale
         size = denoiser.backbone.config["image_size"]
         self.latent_shape = (denoiser.backbone.config["in_channels"], size, size)
@@ -103,10 +108,8 @@ class TeacherSampler:
         x = rng.randn((len(rng.seeds),) + self.latent_shape, device=device) * sigmas[0]
         denoise = self.denoiser
         if self.guidance_scale != 1.0:
-            null = getattr(self.denoiser, "null_class", None)
-            if null is None:
-                raise ValueError("guidance_scale != 1 needs a teacher trained with label dropout (a null class)")
-            denoise = classifier_free_guidance(self.denoiser, guidance_scale=self.guidance_scale, null_class=null)
+            denoise = classifier_free_guidance(self.denoiser, guidance_scale=self.guidance_scale,
+                                               null_class=self.denoiser.null_class)
         if self.sampler == "heun":
             return heun_sample(denoise, x, sigmas, y).clamp(-1, 1)
         if self.sampler == "euler":

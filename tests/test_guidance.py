@@ -163,3 +163,26 @@ def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_k
                             "--save_interval", "1", "--preview_interval", "0"])
     grown = load_generator(str(tmp_path / "s3" / "exports" / "generator_ema0.999.pt"))
     assert grown.backbone.config["guidance_embed"] is True and grown.output_size == 16 and grown.null_class == 4
+
+
+def test_guidance_from_the_released_imagenet_teacher_is_refused_before_sampling(compat_dir, monkeypatch):
+    """The released EDM ImageNet-64 teacher (a bare state dict of the compat layout, loaded here on the meta device)
+    has no null class: asking it for guidance is an error when the sampler is built, not an unguided run."""
+    from pagoda import checkpoint, model_io
+    from pagoda.sample_util import TeacherSampler
+    from pagoda.unet import imagenet64_config
+    with torch.device("meta"):
+        released = UNetModel(**imagenet64_config()).state_dict()
+    layout = [l.split(" ", 1)[0] for l in (compat_dir / "adm_imagenet64_out64_keys.txt").read_text().splitlines()
+              if l and not l.startswith("#")]
+    assert sorted(released) == sorted(layout)
+    monkeypatch.setattr(checkpoint, "load_export", lambda path, expect_kind: (released, None))
+    monkeypatch.setattr(checkpoint, "weights_digest", lambda state_dict: "released")
+    monkeypatch.setattr(model_io.os.path, "exists", lambda path: True)
+    with torch.device("meta"):
+        teacher = model_io.load_teacher("edm_imagenet64_ema.pt", device="meta")
+    assert teacher.null_class is None and TeacherSampler(teacher, guidance_scale=1.0).guidance_scale == 1.0
+    with pytest.raises(ValueError, match=r"guidance_scale 3 needs a teacher trained with label dropout \(a null "
+                                         r"class\); this teacher has none \(the released EDM ImageNet-64 teacher "
+                                         r"neither\), so it samples only w = 1"):
+        TeacherSampler(teacher, guidance_scale=3.0)
