@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The amortised one-step encoder E(x, y) -> z on the bundled data (pagoda/methods/encoder.py): the teacher's UNet,
-# initialised from its weights and evaluated at sigma 0.002, regresses the stored ODE latents z / sigma_max of the
-# 2000 encoded digits with MSE + L1. Rerunning the same command resumes from the latest state in $RUN_DIR.
+# initialised from its weights, regresses the stored ODE latents z / sigma_max of the 2000 encoded digits (MSE + L1)
+# from the image the ODE started from, x + 0.1 n with the latent's own n, at sigma 0.1 (--encoder_sigma is the level
+# for clean inputs: --noised_input false, or latents encoded with start_sigma 0). Rerunning the same command
+# resumes from the latest state in $RUN_DIR.
 # In:  $RUN with teacher/exports/denoiser_ema0.999.pt and latents/ (the quickstart's layout).
-# Out: $RUN_DIR (default $RUN/encoder)/exports/encoder_ema0.99.pt (+ .json: the teacher's hash and the latents' solver settings), used
-#      by the applications with --encoder amortised --encoder_path FILE (ENCODER=amortised ENCODER_PATH=FILE).
+# Out: $RUN_DIR (default $RUN/encoder)/exports/encoder_ema0.99.pt (+ .json: the teacher's hash, the latents' solver
+#      settings), used by the applications with --encoder amortised --encoder_path FILE (ENCODER=amortised
+#      ENCODER_PATH=FILE in the application recipes).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 RUN=${RUN:-runs/mnist}
 RUN_DIR=${RUN_DIR:-$RUN/encoder}
 
 DATA_FLAGS="--latent_dir $RUN/latents"
-MODEL_FLAGS="--init_from $RUN/teacher/exports/denoiser_ema0.999.pt --encoder_sigma 0.002"
+MODEL_FLAGS="--init_from $RUN/teacher/exports/denoiser_ema0.999.pt --noised_input true --encoder_sigma 0.002"
 TRAIN_FLAGS="--global_batch_size 32 --lr 5e-4 --ema_rates 0.99 --total_steps ${STEPS:-2000} --log_interval 100 --save_interval 500 --preview_interval 0"
 
 launch scripts/train.py --method encoder --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $TRAIN_FLAGS "$@"

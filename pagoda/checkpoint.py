@@ -144,16 +144,18 @@ SIDECAR_SCHEMAS = {
     "generator": {"unet": dict, "sigma_data": _NUMBER, "sigma_max": _NUMBER},
     "domain_classifier": {"config": dict, "settings": dict, "record": dict},
     # the amortised encoder E(x, y) -> z (pagoda.amortised_encoder): what it inverts is in the sidecar
-    "encoder": {"unet": dict, "encoder_sigma": _NUMBER, "sigma_data": _NUMBER, "sigma_max": _NUMBER,
-                "latent_settings": dict},
+    "encoder": {"unet": dict, "encoder_sigma": _NUMBER, "input_sigma": _NUMBER, "sigma_data": _NUMBER,
+                "sigma_max": _NUMBER, "latent_settings": dict},
 }
 # Entries any sidecar may carry, and their types.
 # output: what a generator's network output is ("raw" or "denoised", pagoda.generator);
 # sigmas: the noise grid a distilled k-step denoiser samples on (k + 1 values, strictly decreasing, ending in 0);
 # distilled_from: the content hash of the export it was distilled from.
 GENERATOR_OUTPUTS = ("raw", "denoised")
+# fp16_of: the content hash of the fp32 export whose weights an fp16 copy (the test fixtures) holds; a strict load
+# checks names and shapes, and load_state_dict upcasts the fp16 tensors to the model's fp32 parameters.
 _OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER,
-             "output": str, "sigmas": list, "distilled_from": str, CONTENT_HASH: str}
+             "output": str, "sigmas": list, "distilled_from": str, "fp16_of": str, CONTENT_HASH: str}
 
 
 def grid_problem(sigmas):

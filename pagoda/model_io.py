@@ -97,7 +97,8 @@ def load_encoder(path, *, device="cpu"):
         raise ValueError(f"{path} has no sidecar ({checkpoint.sidecar_path(path)}): an amortised encoder is only "
                          "usable with the sidecar its export wrote (what teacher and latents it inverts)")
     backbone, side = load_backbone(path, expect_kind="encoder")
-    encoder = AmortisedEncoder(backbone, encoder_sigma=side["encoder_sigma"], sigma_max=side["sigma_max"],
-                               sigma_data=side["sigma_data"], null_class=side.get("null_class"))
+    encoder = AmortisedEncoder(backbone, encoder_sigma=side["encoder_sigma"], input_sigma=side["input_sigma"],
+                               sigma_max=side["sigma_max"], sigma_data=side["sigma_data"],
+                               null_class=side.get("null_class"))
     encoder.sidecar = side
     return encoder.requires_grad_(False).eval().to(device)

@@ -110,10 +110,10 @@ def encode_all(args, teacher, low, labels, encoder=None):
     for b in logger.progress(range(0, len(low), args.batch_size), desc="encode", unit="batch"):
         x = from_uint8(low[b:b + args.batch_size])
         y = torch.from_numpy(labels[b:b + args.batch_size])
-        if encoder is not None:
-            z.append(encoder.encode(x, y))
-            continue
         seeds = [args.seed * 1_000_003 + b + k for k in range(len(x))]
+        if encoder is not None:  # the same input noise as the ODE path: the two differ only in the encoder
+            z.append(encoder.encode(x, y, seeds=seeds))
+            continue
         z.append(app.encode_ode(teacher, x, y, sigmas, start_sigma=args.start_sigma, seeds=seeds))
     return torch.cat(z)
 

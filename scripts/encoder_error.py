@@ -39,7 +39,7 @@ def per_image(teacher, generator, encoder, x, y, seeds):
                             sigma_max=s["sigma_max"], rho=s["rho"])
     z_ode = app.encode_ode(teacher, x, y, sigmas, start_sigma=s["start_sigma"], seeds=seeds)
     z_other = app.encode_ode(teacher, x, y, sigmas, start_sigma=s["start_sigma"], seeds=[k + 10**6 for k in seeds])
-    z_enc = encoder.encode(x, y)
+    z_enc = encoder.encode(x, y, seeds=seeds)  # from the same x + start_sigma n as z_ode
     g_ode, g_enc = app.decode(generator, z_ode, y), app.decode(generator, z_enc, y)
     t_ode = heun_decode(teacher, z_ode, sigmas, y).clamp(-1, 1)
     t_enc = heun_decode(teacher, z_enc, sigmas, y).clamp(-1, 1)

@@ -15,7 +15,10 @@ import torch
 from pagoda import applications as app
 from pagoda import checkpoint
 from pagoda.amortised_encoder import AmortisedEncoder, encoder_sidecar, regression_loss
+from pagoda.methods.encoder import NoisedPairs
 from pagoda.model_io import load_encoder, load_teacher
+from pagoda.random_util import StackedRandomGenerator
+from pagoda.sampling import heun_invert
 from pagoda.unet import UNetModel
 from tests.helpers.exports import TINY, tiny_export
 from tests.helpers.methods import entry
@@ -27,7 +30,7 @@ SETTINGS = dict(num_steps=3, start_sigma=0.0, sigma_min=0.002, sigma_max=80.0, r
 
 def _encoder_export(path, **changes):
     net = UNetModel(**{**TINY, **changes})
-    side = encoder_sidecar(net, encoder_sigma=0.002, sigma_max=80.0, sigma_data=0.5, teacher_sha256="ab" * 32,
+    side = encoder_sidecar(net, encoder_sigma=0.002, input_sigma=0.0, sigma_max=80.0, sigma_data=0.5, teacher_sha256="ab" * 32,
                            null_class=None, latent_settings=SETTINGS)
     checkpoint.export_network(net.state_dict(), side, str(path))
     return str(path)
@@ -44,6 +47,32 @@ def test_encoder_is_sigma_max_times_the_backbone_at_its_fixed_sigma():
     assert z.shape == (2, 3, 8, 8)
     want = 80.0 * net(x / (0.3**2 + 0.25) ** 0.5, torch.full((2,), 0.3), y)
     torch.testing.assert_close(z, want)
+
+
+def test_a_noised_input_encoder_draws_the_ode_encoders_noise():
+    """With input_sigma, encode(x, seeds) sees x + input_sigma n with n drawn as applications.encode_ode draws it."""
+    torch.manual_seed(0)
+    net = UNetModel(**TINY)
+    enc = AmortisedEncoder(net, encoder_sigma=0.1, input_sigma=0.1).eval()
+    x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.tensor([0, 2])
+    n = StackedRandomGenerator("cpu", [5, 9]).randn(x.shape)
+    torch.testing.assert_close(enc.encode(x, y, seeds=[5, 9]), enc(x + 0.1 * n, y))
+    with pytest.raises(ValueError, match=r"^this encoder takes x \+ input_sigma n: pass one noise seed per image$"):
+        enc.encode(x, y)
+
+
+def test_training_pairs_carry_the_noise_their_latents_were_encoded_from(tmp_path):
+    """NoisedPairs' n is the encoder's start noise: the teacher's ODE from x + start_sigma n gives the stored z."""
+    data = tiny_dataset(tmp_path)
+    teacher = tiny_export(tmp_path / "teacher.pt")
+    latents = encode_run(tmp_path / "z", teacher, data, "--start_sigma", "0.5")
+    pairs = NoisedPairs(latents, image_size=8)
+    items = [pairs.load(i) for i in range(len(pairs))]
+    x, n, z, y = (torch.stack([it[k] for it in items]) for k in ("x", "n", "z", "y"))
+    sigmas = app.ode_sigmas(num_steps=3, start_sigma=0.5, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+    z_again = heun_invert(load_teacher(teacher), x + 0.5 * n, sigmas, y, clamp_denoised=True)
+    assert app.latent_error(z_again, z).max() < 1e-4
+    assert app.latent_error(heun_invert(load_teacher(teacher), x + 0.5 * n.roll(1, 0), sigmas, y), z).min() > 0.1
 
 
 def test_regression_loss_is_mse_plus_l1_per_sample():
@@ -69,8 +98,8 @@ def trained(tmp_path_factory):
 def test_trained_export_records_what_it_inverts_and_loads_strictly(trained):
     encoder, teacher = load_encoder(trained["encoder"]), load_teacher(trained["teacher"])
     side = json.load(open(checkpoint.sidecar_path(trained["encoder"])))
-    assert (side["kind"], side["image_size"], side["num_classes"], side["sigma_max"], side["encoder_sigma"]) == (
-        "encoder", 8, 4, 80.0, 0.002)
+    assert (side["kind"], side["image_size"], side["num_classes"], side["sigma_max"], side["encoder_sigma"],
+            side["input_sigma"]) == ("encoder", 8, 4, 80.0, 0.002, 0.0)
     assert side["teacher_sha256"] == teacher.backbone.content_sha256 and side["step"] == 4
     assert side["latent_settings"] == dict(SETTINGS, start_sigma=0.0)
     state = checkpoint.torch_load(trained["encoder"])
@@ -99,10 +128,11 @@ def test_apply_super_resolves_with_the_amortised_encoder(trained, tmp_path):
 
 
 def test_loader_refuses_a_missing_file_another_kind_and_a_file_without_sidecar(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"^encoder checkpoint not found: nowhere\.pt\. An amortised encoder "
-                                                r"export is `<run_dir>/exports/encoder_ema<rate>\.pt`, trained by "
-                                                r"commands/encoder_mnist\.sh \(scripts/train\.py --method encoder\)\.$"):
+    with pytest.raises(FileNotFoundError) as err:
         load_encoder("nowhere.pt")
+    assert str(err.value) == ("encoder checkpoint not found: nowhere.pt. An amortised encoder export is "
+                              "`<run_dir>/exports/encoder_ema<rate>.pt`, trained by commands/encoder_mnist.sh "
+                              "(scripts/train.py --method encoder).")
     generator = tiny_export(tmp_path / "g.pt", kind="generator")
     with pytest.raises(ValueError, match=rf"^{generator} is a 'generator' export, but an 'encoder' is needed here$"):
         load_encoder(generator)

@@ -275,7 +275,8 @@ def test_imagenet_recipes_take_guidance_settings():
 def test_encoder_recipe_reads_the_run_layout(configs):
     """encoder_mnist.sh: the teacher and latents of $RUN (the quickstart's layout), its run in $RUN/encoder."""
     config = configs["encoder_mnist.sh"]
-    assert (config["method"], config["init_from"], config["latent_dir"], config["run_dir"], config["encoder_sigma"]) == (
+    keys = ("method", "init_from", "latent_dir", "run_dir", "encoder_sigma")
+    assert tuple(config[k] for k in keys) == (
         "encoder", "runs/mnist/teacher/exports/denoiser_ema0.999.pt", "runs/mnist/latents", "runs/mnist/encoder", 0.002)
 
 

@@ -1,6 +1,9 @@
 """The amortised one-step encoder E(x, y) -> z (the official `pgd_encoder` mode; pagoda.amortised_encoder): a UNet
 of the teacher's architecture, initialised from the teacher's weights and evaluated at one fixed noise level,
-regressing the stored PF-ODE latents z / sigma_max of their images with MSE + L1.
+regressing the stored PF-ODE latents z / sigma_max of their images with MSE + L1. Latents encoded from
+x + start_sigma n (the bundled ones) are regressed from that same noised image (n re-drawn from the encoder's seed
+of each image, encoding.start_state), at level start_sigma; --noised_input false feeds clean x at --encoder_sigma
+instead (the official input, which cannot see the noise the latent mostly consists of).
 
     python scripts/train.py --method encoder --preset mnist16 \
         --init_from runs/teacher/exports/denoiser_ema0.999.pt --latent_dir runs/latents --run_dir runs/encoder
@@ -16,13 +19,14 @@ from ..amortised_encoder import LATENT_SETTINGS, encoder_sidecar, predict, regre
 from ..model_io import load_teacher, real_classes
 from ..image_datasets import check_labels
 from ..pair_datasets import PairDataset, check_latent_teacher
+from ..random_util import StackedRandomGenerator
 from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
 GROUPS = {
     "data": dict(latent_dir="runs/latents", data_dir="", num_workers=0, cache_images=True),
-    "model": dict(init_from="", encoder_sigma=0.002, dropout=0.0),
+    "model": dict(init_from="", noised_input=True, encoder_sigma=0.002, dropout=0.0),
     "train": common.train_group(run_dir="runs/encoder", global_batch_size=32, ema_rates=(0.999,), lr=1e-4,
                                 total_steps=10000),
 }
@@ -41,10 +45,11 @@ CONSTRAINTS = {
 class EncoderObjective(Objective):
     """One player, the encoder's backbone F: loss MSE + L1 of F(c_in(s) x, s, y) against z / sigma_max."""
 
-    def __init__(self, *, backbone, encoder_sigma, sigma_max, sigma_data, ema_rates, lineage):
+    def __init__(self, *, backbone, encoder_sigma, input_sigma, sigma_max, sigma_data, ema_rates, lineage):
         self.backbone = backbone
         self.players = {"encoder": backbone}
         self.encoder_sigma, self.sigma_max, self.sigma_data = encoder_sigma, sigma_max, sigma_data
+        self.input_sigma = input_sigma  # 0: clean x; else x + input_sigma n with the latent's own n (batch["n"])
         self._ema_rates = tuple(ema_rates)
         self.lineage = lineage  # teacher hash, null class, the latents' solver settings
 
@@ -53,6 +58,8 @@ class EncoderObjective(Objective):
 
     def losses(self, phase, nets, batch, *, step, generator):
         x, z, y = batch["x"], batch["z"], batch.get("y")
+        if self.input_sigma:
+            x = x + self.input_sigma * batch["n"]
         pred = predict(nets["encoder"], x, y, encoder_sigma=self.encoder_sigma, sigma_data=self.sigma_data)
         target = z.float() / self.sigma_max
         err = (pred - target).detach().flatten(1)
@@ -63,8 +70,21 @@ class EncoderObjective(Objective):
         return self._ema_rates
 
     def export_sidecar(self, player):
-        return encoder_sidecar(self.backbone, encoder_sigma=self.encoder_sigma, sigma_max=self.sigma_max,
+        return encoder_sidecar(self.backbone, encoder_sigma=self.encoder_sigma, input_sigma=self.input_sigma,
+                               sigma_max=self.sigma_max,
                                sigma_data=self.sigma_data, **self.lineage)
+
+
+class NoisedPairs(PairDataset):
+    """(image, latent, label) pairs plus `n`, the start noise the ODE encoder added to the image (seed 2 * source
+    index + flip, encoding.start_state), so the encoder can be shown the very input the latent came from."""
+
+    def load(self, i, *, flip=False):
+        item = super().load(i, flip=flip)
+        flip = flip if self.random_flip else self.flips[0]
+        index = self.images.indices[self.positions[i]]
+        item["n"] = StackedRandomGenerator("cpu", [2 * index + int(flip)]).randn((1, *item["x"].shape))[0]
+        return item
 
 
 def latent_settings(manifest):
@@ -98,17 +118,20 @@ def build(config, device):
     teacher = load_teacher(config["init_from"])
     backbone = build_backbone(teacher, dropout=config["dropout"], device=device)
     dist_util.sync_params(backbone.parameters())
-    pairs = PairDataset(config["latent_dir"], image_size=teacher.backbone.config["image_size"],
+    pairs = NoisedPairs(config["latent_dir"], image_size=teacher.backbone.config["image_size"],
                         data_dir=config["data_dir"] or None, shard=dist_util.get_rank(),
                         num_shards=dist_util.get_world_size(), cache=config["cache_images"])
     check_encoder_pairs(pairs, teacher, latent_dir=config["latent_dir"], init_from=config["init_from"])
     lineage = dict(teacher_sha256=teacher.backbone.content_sha256, null_class=teacher.null_class,
                    latent_settings=latent_settings(pairs.manifest))
-    objective = EncoderObjective(backbone=backbone, encoder_sigma=config["encoder_sigma"],
+    start_sigma = float(pairs.manifest.get("start_sigma") or 0.0)
+    input_sigma = start_sigma if config["noised_input"] else 0.0
+    encoder_sigma = input_sigma or config["encoder_sigma"]
+    objective = EncoderObjective(backbone=backbone, encoder_sigma=encoder_sigma, input_sigma=input_sigma,
                                  sigma_max=teacher.sigma_max, sigma_data=teacher.sigma_data,
                                  ema_rates=[float(r) for r in config["ema_rates"]], lineage=lineage)
     logger.log(f"amortised encoder: {len(pairs)} (image, latent) pairs from {config['latent_dir']}, the teacher's "
-               f"UNet at sigma {config['encoder_sigma']}")
+               f"UNet at sigma {encoder_sigma} on {'x + %g n' % input_sigma if input_sigma else 'clean x'}")
     labels = bool(teacher.backbone.config["num_classes"])
     optim = {"encoder": OptimSpec(name="adam", lr=config["lr"])}
     record = dict(encoder=backbone.config, num_pairs=len(pairs), **lineage)
