@@ -81,9 +81,10 @@ def encode_ode(teacher, x, y, sigmas, *, start_sigma, seeds):
 
 
 @torch.no_grad()
-def decode(generator, z, y):
-    """Images in [-1, 1] at the generator's resolution, one network call."""
-    return generator.sample(z, y)
+def decode(generator, z, y, w=None):
+    """Images in [-1, 1] at the generator's resolution, one network call (w: the guidance scale of a
+    guidance-conditioned generator, per sample)."""
+    return generator.sample(z, y, w)
 
 
 def slerp(z_a, z_b, t):

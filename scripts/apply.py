@@ -10,8 +10,9 @@ the generator in one call: at its own resolution (super_resolve), with another l
 spherical path between two images' latents (interpolate). With --encoder amortised --encoder_path FILE the latent
 comes from one call of the amortised encoder E(x, y) (scripts/train.py --method encoder) instead of the ODE solve.
 Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
-the domain classifier's prediction; the log and JSON say which. Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's resolution
-serve as references (PSNR, domain FD against them). Cheap enough not to need resuming: a rerun redoes it all.
+the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
+generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's
+resolution serve as references (PSNR, domain FD against them). Cheap enough not to need resuming: a rerun redoes it all.
 """
 
 import json
@@ -38,8 +39,8 @@ TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
 ENCODERS = ("ode", "amortised")
 GROUPS = {
     "data": dict(task="super_resolve", input="", limit=0, label=-1, use_data_labels=False, batch_size=100),
-    "models": dict(teacher="", generator="", encoder="ode", encoder_path="", num_steps=12, start_sigma=0.1,
-                   sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0),
+    "models": dict(teacher="", generator="", encoder="ode", encoder_path="", guidance_scale=1.0, num_steps=12,
+                   start_sigma=0.1, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0),
     "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
                  prior_weight=1e-3, replacement_steps=0),
     "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist"),
@@ -47,7 +48,8 @@ GROUPS = {
 _c = script_util
 CONSTRAINTS = {
     "task": _c.one_of(*TASKS), "limit": _c.at_least(0), "label": _c.at_least(-1), "batch_size": _c.at_least(1),
-    "encoder": _c.one_of(*ENCODERS), "num_steps": _c.at_least(2), "start_sigma": _c.at_least(0),
+    "encoder": _c.one_of(*ENCODERS), "guidance_scale": _c.greater_than(0), "num_steps": _c.at_least(2),
+    "start_sigma": _c.at_least(0),
     "sigma_min": _c.greater_than(0), "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing,
     ("start_sigma", "sigma_max"): _c.increasing, "rho": _c.greater_than(0), "seed": _c.at_least(0),
     "target_label": _c.at_least(-1), "num_pairs": _c.at_least(1), "num_interp": _c.at_least(3),
@@ -75,6 +77,9 @@ def load_models(args):
     teacher = load_teacher(args.teacher)
     generator = load_generator(args.generator)
     app.check_models(teacher, generator, teacher_path=args.teacher, generator_path=args.generator)
+    if args.guidance_scale != 1.0 and not generator.guidance_input:
+        raise ValueError(f"--guidance_scale {args.guidance_scale:g} needs a guidance-conditioned generator G(z, y, w) "
+                         f"(stage 2 with --guided_pairs); {args.generator} has no w input")
     if args.encoder == "ode":
         return teacher, generator, None
     if not args.encoder_path:
@@ -119,10 +124,13 @@ def encode_all(args, teacher, low, labels, encoder=None):
 
 
 def decode_all(args, generator, z, labels):
+    """uint8 images G(z, y) in batches; a guidance-conditioned G also gets w = --guidance_scale."""
     out = []
     for b in range(0, len(z), args.batch_size):
-        out.append(to_uint8(app.decode(generator, z[b:b + args.batch_size],
-                                       torch.from_numpy(np.asarray(labels[b:b + args.batch_size])))))
+        zb = z[b:b + args.batch_size]
+        w = torch.full((len(zb),), args.guidance_scale) if generator.guidance_input else None
+        out.append(to_uint8(app.decode(generator, zb, torch.from_numpy(np.asarray(labels[b:b + args.batch_size])),
+                                       w)))
     return np.concatenate(out)
 
 
@@ -340,6 +348,7 @@ def run(args):
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
                                                                     classifier, encoder)
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
+                  guidance_scale=args.guidance_scale if generator.guidance_input else None,
                   encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None
                                                                            and args.task == "super_resolve" else []))
     logger.log(summary(scores))

@@ -169,6 +169,25 @@ def test_script_refuses_mismatched_models_and_unreadable_images(tmp_path):
     assert f"error: cannot read image {data / '1_b.png'}" in out.stderr
 
 
+def test_guidance_scale_reaches_only_a_guidance_conditioned_generator(tmp_path):
+    from pagoda.generator import with_guidance_input
+    teacher, plain = tiny_export(tmp_path / "t.pt"), tiny_export(tmp_path / "g.pt", kind="generator")
+    guided = with_guidance_input(load_generator(plain).backbone, seed=0)
+    checkpoint.export_network(guided.state_dict(), generator_sidecar(guided), str(tmp_path / "gw.pt"))
+    data = tmp_path / "imgs.npz"
+    np.savez(data, arr_0=np.random.RandomState(0).randint(0, 256, (4, 8, 8, 3)).astype(np.uint8), arr_1=np.arange(4))
+    common = ["--input", data, "--teacher", teacher, "--use_data_labels", "true", "--num_steps", "3",
+              "--num_blocks", "2", "--task", "transfer", "--guidance_scale", "1.5"]
+    out = _apply(*common, "--generator", plain, "--out_dir", tmp_path / "a")
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(f"error: --guidance_scale 1.5 needs a guidance-conditioned generator G(z, y, w) "
+                                       f"(stage 2 with --guided_pairs); {plain} has no w input")
+    out = _apply(*common, "--generator", tmp_path / "gw.pt", "--out_dir", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    import json
+    assert json.load(open(tmp_path / "b" / "scores.json"))["guidance_scale"] == 1.5
+
+
 def test_script_super_resolves_a_folder_to_the_generators_resolution(tmp_path):
     teacher, generator = tiny_export(tmp_path / "t.pt"), tiny_export(tmp_path / "g.pt", kind="generator")
     data = tmp_path / "imgs.npz"
