@@ -113,6 +113,33 @@ def test_fixtures_are_fp16_copies_that_load_as_fp32_families():
     assert checkpoint.read_sidecar(GROWN)["teacher_sha256"] == teacher.backbone.content_sha256
 
 
+def test_make_fixtures_writes_fp16_copies_that_check_as_one_family(tmp_path):
+    """scripts/make_fixtures.py on a run layout of tiny exports: fp16 weights, `fp16_of` the source's hash, the
+    generator and encoder rewritten to name the fp16 teacher; the copies load and pass the applications' checks."""
+    run = tmp_path / "run"
+    for sub in ("teacher/exports", "stage3/exports"):
+        os.makedirs(run / sub)
+    source = tiny_export(run / "teacher/exports/denoiser_ema0.999.pt")
+    tiny_export(run / "stage3/exports/generator_ema0.99.pt", kind="generator")
+    net = UNetModel(**TINY)
+    from pagoda.amortised_encoder import encoder_sidecar
+    checkpoint.export_network(net.state_dict(), encoder_sidecar(
+        net, encoder_sigma=0.1, input_sigma=0.1, sigma_max=80.0, sigma_data=0.5, null_class=None, latent_settings={},
+        teacher_sha256=checkpoint.read_sidecar(source)["content_sha256"]), str(tmp_path / "e.pt"))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_fixtures.py"), "--run", run,
+                          "--encoder", tmp_path / "e.pt", "--out_dir", tmp_path / "fx"], capture_output=True,
+                         text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr
+    fx = tmp_path / "fx"
+    teacher = load_teacher(str(fx / "teacher.pt"))
+    assert checkpoint.read_sidecar(str(fx / "teacher.pt"))["fp16_of"] == checkpoint.read_sidecar(source)[
+        "content_sha256"]
+    assert checkpoint.torch_load(str(fx / "teacher.pt"))["out.2.weight"].dtype == torch.float16
+    for name in ("generator32", "encoder"):
+        assert checkpoint.read_sidecar(str(fx / f"{name}.pt"))["teacher_sha256"] == teacher.backbone.content_sha256
+    app.check_encoder(load_encoder(str(fx / "encoder.pt")), teacher, teacher_path="T", encoder_path="E")
+
+
 def test_adm_resize_halves_by_box_averaging_and_keeps_images_at_size():
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
