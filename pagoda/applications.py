@@ -130,6 +130,21 @@ def pick_labels(*, n, given=-1, data_labels=None, null_class=None, predict=None)
 
 
 
+def transfer_targets(labels, num_classes, *, target_label=-1, seed=0):
+    """The class each image is transferred to: `target_label` for every image when >= 0, else a seeded random one of
+    the `num_classes` real classes other than the image's own (any real class for an image encoded with the null
+    class, label >= num_classes). A guided teacher's null class is never a target: no classifier can confirm it."""
+    labels = np.asarray(labels, np.int64)
+    if target_label >= 0:
+        if target_label >= num_classes:
+            raise ValueError(f"--target_label {target_label}: the models know {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return np.full(len(labels), target_label, np.int64)
+    gen = np.random.default_rng(seed)
+    other = (labels + gen.integers(1, num_classes, len(labels))) % num_classes
+    return np.where(labels < num_classes, other, gen.integers(0, num_classes, len(labels)))
+
+
 def block_spread(values, num_blocks):
     """(mean, std over `num_blocks` disjoint consecutive blocks of per-image values, per-block means)."""
     values = np.asarray(values, np.float64)

@@ -31,7 +31,7 @@ from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
 from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
 from pagoda.latent_store import image_subset  # noqa: E402
-from pagoda.model_io import load_encoder, load_generator, load_teacher  # noqa: E402
+from pagoda.model_io import load_encoder, load_generator, load_teacher, real_classes  # noqa: E402
 
 LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
@@ -225,17 +225,6 @@ def inpaint(args, teacher, generator, low, refs, labels, classifier, encoder=Non
     return images["latent_search"], scores, rows, labels, None
 
 
-def transfer_targets(args, labels, num_classes):
-    """--target_label for every image, else a seeded random class other than each image's own."""
-    if args.target_label >= 0:
-        if args.target_label >= num_classes:
-            raise ValueError(f"--target_label {args.target_label}: the models know {num_classes} classes "
-                             f"(0..{num_classes - 1})")
-        return np.full(len(labels), args.target_label, np.int64)
-    gen = np.random.default_rng(args.seed)
-    return (labels + gen.integers(1, num_classes, len(labels))) % num_classes
-
-
 def reals_rate(classifier, refs_or_low, labels=None):
     """Rate of real images classified with confidence >= 0.9 (as their own label when `labels` is given)."""
     pred, conf = app.classify(classifier, refs_or_low)
@@ -245,10 +234,10 @@ def reals_rate(classifier, refs_or_low, labels=None):
 
 def transfer(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     """Encode with the image's label, decode the same latent with another one."""
-    num_classes = teacher.backbone.config["num_classes"]
+    num_classes = real_classes(teacher.backbone.config["num_classes"], getattr(teacher, "null_class", None))
     if not num_classes:
         raise ValueError(f"class transfer needs class-conditional models; {args.teacher} is unconditional")
-    targets = transfer_targets(args, labels, num_classes)
+    targets = app.transfer_targets(labels, num_classes, target_label=args.target_label, seed=args.seed)
     z = encode_all(args, teacher, low, labels, encoder)
     out = decode_all(args, generator, z, targets)
     kept = decode_all(args, generator, z, labels)
@@ -256,7 +245,9 @@ def transfer(args, teacher, generator, low, refs, labels, classifier, encoder=No
     reals = refs if refs is not None else low
     scores = {"target_confident_rate": score(((pred == targets) & (conf >= 0.9)).astype(np.float64),
                                              args.num_blocks),
-              "real_confident_rate": score(reals_rate(classifier(), reals, labels), args.num_blocks),
+              # as their own class when the labels are real classes (not the null class)
+              "real_confident_rate": score(reals_rate(classifier(), reals, labels if (labels < num_classes).all()
+                                                      else None), args.num_blocks),
               "targets": targets.tolist()}
     size = generator.output_size
     return out, scores, [app.nearest_enlarge(low, size), kept, out], targets, None

@@ -159,6 +159,19 @@ def test_slerp_keeps_the_end_points_and_the_norm_of_gaussian_latents():
     torch.testing.assert_close(app.slerp(a, a, 0.3), a)  # parallel: no division by zero
 
 
+def test_transfer_targets_are_real_classes_other_than_the_images_own():
+    """10 real classes and a null class 10 (a guided teacher): targets never the image's own class nor the null
+    class; images encoded with the null class get any real class; --target_label beyond the real classes refused."""
+    labels = np.arange(1000) % 11
+    targets = app.transfer_targets(labels, 10, seed=0)
+    assert targets.min() == 0 and targets.max() == 9 and not (targets == labels).any()
+    assert np.array_equal(targets, app.transfer_targets(labels, 10, seed=0))
+    assert set(targets[labels == 10]) == set(range(10))
+    assert app.transfer_targets(labels, 10, target_label=4).tolist() == [4] * 1000
+    with pytest.raises(ValueError, match=r"^--target_label 10: the models know 10 classes \(0\.\.9\)$"):
+        app.transfer_targets(labels, 10, target_label=10)
+
+
 def test_labels_come_from_the_flag_then_the_data_then_the_null_class_then_the_classifier():
     assert app.pick_labels(n=2, given=3, data_labels=[1, 2], predict=lambda: [0, 0])[1] == "given"
     assert app.pick_labels(n=2, data_labels=[1, 2], null_class=9)[0].tolist() == [1, 2]
