@@ -12,7 +12,8 @@ comes from one call of the amortised encoder E(x, y) (scripts/train.py --method 
 Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
 the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
 generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's
-resolution serve as references (PSNR, domain FD against them). Cheap enough not to need resuming: a rerun redoes it all.
+resolution serve as references (PSNR, domain FD against them); block FDs come with a real-vs-real floor (as many
+other images of the input, in the same blocks). Cheap enough not to need resuming: a rerun redoes it all.
 """
 
 import json
@@ -316,6 +317,20 @@ def summary(scores):
     return "\n".join(lines)
 
 
+def real_floor(args, source, indices, reference, classifier):
+    """The block FD of real images against the references: as many other images of the input as were used (not
+    among them, seeded), at the references' size, in the same blocks; None (logged) when the input is too small."""
+    used = set(indices)
+    others = [i for i in range(len(source)) if i not in used]
+    if len(others) < len(indices):
+        logger.log(f"no real-vs-real FD floor: {args.input} has fewer than {2 * len(indices)} images")
+        return None
+    pick = [others[k] for k in image_subset(len(others), len(indices), seed=1)]
+    size = reference.shape[1]
+    reals = np.stack([center_crop_arr(source.load_pil(i), size) for i in pick])
+    return fd_blocks(classifier, reference, {"real": reals}, args.num_blocks)["real"]
+
+
 def run(args):
     logger.configure(args.out_dir)
     teacher, generator, encoder = load_models(args)
@@ -338,6 +353,11 @@ def run(args):
     labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
                                                                     classifier, encoder)
+    if "domain_fd" in scores:  # what a block of real digits scores against the same references
+        reference = refs if args.task == "super_resolve" else inpaint_truth(generator, low, refs)
+        floor = real_floor(args, source, indices, reference, classifier())
+        if floor is not None:
+            scores["domain_fd"]["real_floor"] = floor
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
                   guidance_scale=args.guidance_scale if generator.guidance_input else None,
                   encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None

@@ -241,6 +241,20 @@ def test_script_super_resolves_a_folder_to_the_generators_resolution(tmp_path):
     with np.load(tmp_path / "o" / "samples_5x8x8x3.npz") as f:
         assert f["arr_0"].shape == (5, 8, 8, 3) and f["arr_1"].tolist() == [0, 1, 2, 3, 0]
     assert len(os.listdir(tmp_path / "o" / "images")) == 5 and os.path.exists(tmp_path / "o" / "grid.png")
+    assert "no real-vs-real FD floor: " + f"{data} has fewer than 10 images" in out.stdout + out.stderr
+
+
+def test_block_fds_come_with_a_real_vs_real_floor_from_unused_images(tmp_path):
+    teacher, generator = tiny_export(tmp_path / "t.pt"), tiny_export(tmp_path / "g.pt", kind="generator")
+    data = tmp_path / "imgs.npz"
+    np.savez(data, arr_0=np.random.RandomState(0).randint(0, 256, (12, 12, 12, 3)).astype(np.uint8),
+             arr_1=np.arange(12) % 4)
+    out = _apply("--input", data, "--teacher", teacher, "--generator", generator, "--out_dir", tmp_path / "o",
+                 "--use_data_labels", "true", "--num_steps", "3", "--num_blocks", "2", "--limit", "6")
+    assert out.returncode == 0, out.stderr
+    import json
+    fd = json.load(open(tmp_path / "o" / "scores.json"))["domain_fd"]
+    assert set(fd) == {"super_resolved", "bicubic", "real_floor"} and len(fd["real_floor"]["blocks"]) == 2
 
 
 def test_latent_search_is_consistent_outside_the_mask_and_beats_the_naive_fill_inside():
