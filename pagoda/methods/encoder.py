@@ -16,8 +16,8 @@ scripts/apply.py --encoder amortised --encoder_path FILE uses it in place of the
 
 from .. import dist_util, logger, script_util
 from ..amortised_encoder import LATENT_SETTINGS, encoder_sidecar, predict, regression_loss
-from ..model_io import load_teacher, real_classes
 from ..image_datasets import check_labels
+from ..model_io import load_teacher, real_classes
 from ..pair_datasets import PairDataset, check_latent_teacher
 from ..random_util import StackedRandomGenerator
 from ..train_util import Objective, OptimSpec
