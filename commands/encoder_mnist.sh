@@ -5,7 +5,7 @@
 # for clean inputs: --noised_input false, or latents encoded with start_sigma 0). Rerunning the same command
 # resumes from the latest state in $RUN_DIR. Measured on 500 held-out digits (scripts/encoder_error.py, qs18_final):
 # 2000 pairs, 2000 steps (~5 min): latent error 0.107 relative, G(E) vs G(z_ode) 24.9 dB; 10000 pairs, 4000 steps:
-# 0.087 and 27.6 dB (6000 steps on the 2000 pairs: 0.100 and 24.6 dB, it overfits).
+# 0.087 and 27.6 dB; 8000 steps: 0.079 and 28.0 dB (6000 steps on the 2000 pairs: 0.100 and 24.6 dB, it overfits).
 # In:  $RUN with teacher/exports/denoiser_ema0.999.pt and latents/ (the quickstart's layout; $LATENTS another folder
 #      of that teacher's latents).
 # Out: $RUN_DIR (default $RUN/encoder)/exports/encoder_ema0.99.pt (+ .json: the teacher's hash, the latents' solver
