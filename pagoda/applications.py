@@ -9,6 +9,7 @@ G(E(x), y) is x super-resolved, G(E(x), y') is x in class y', G(slerp(z_a, z_b, 
 import numpy as np
 import torch
 
+from . import logger
 from .image_datasets import center_crop_arr
 from .random_util import StackedRandomGenerator
 from .sampling import _heun_step, heun_invert, karras_sigmas
@@ -31,6 +32,28 @@ def check_models(teacher, generator, *, teacher_path, generator_path):
     if abs(teacher.sigma_max - generator.sigma_max) > 1e-6:
         raise ValueError(f"the teacher's sigma_max {teacher.sigma_max} differs from the generator's "
                          f"{generator.sigma_max}: its latents are not the generator's inputs")
+
+
+def check_encoder(encoder, teacher, *, teacher_path, encoder_path):
+    """An amortised encoder stands in for this teacher's PF-ODE only if it was trained on this teacher's latents
+    (content hash, when both record one) at its image size, with its classes and sigma_max."""
+    t_cfg, side = teacher.backbone.config, encoder.sidecar
+    if side["image_size"] != t_cfg["image_size"]:
+        raise ValueError(f"the encoder {encoder_path} takes {side['image_size']} px images but the teacher "
+                         f"{teacher_path} works at {t_cfg['image_size']} px; train the encoder on this teacher's "
+                         "latents (commands/encoder_mnist.sh)")
+    if side["num_classes"] != t_cfg["num_classes"]:
+        raise ValueError(f"the encoder {encoder_path} knows {side['num_classes']} classes but the teacher "
+                         f"{teacher_path} knows {t_cfg['num_classes']}; train the encoder on this teacher's latents "
+                         "(commands/encoder_mnist.sh)")
+    recorded, actual = side.get("teacher_sha256"), getattr(teacher.backbone, "content_sha256", None)
+    if recorded and actual and recorded != actual:
+        raise ValueError(f"the encoder {encoder_path} was trained on the latents of another teacher (content hash "
+                         f"{recorded[:12]}) than {teacher_path} ({actual[:12]}); train the encoder on this "
+                         "teacher's latents (commands/encoder_mnist.sh)")
+    if abs(side["sigma_max"] - teacher.sigma_max) > 1e-6:
+        raise ValueError(f"the encoder {encoder_path} makes latents at sigma_max {side['sigma_max']} but the teacher "
+                         f"{teacher_path} has sigma_max {teacher.sigma_max}")
 
 
 def adm_resize(images, size):
@@ -58,9 +81,10 @@ def encode_ode(teacher, x, y, sigmas, *, start_sigma, seeds):
 
 
 @torch.no_grad()
-def decode(generator, z, y):
-    """Images in [-1, 1] at the generator's resolution, one network call."""
-    return generator.sample(z, y)
+def decode(generator, z, y, w=None):
+    """Images in [-1, 1] at the generator's resolution, one network call (w: the guidance scale of a
+    guidance-conditioned generator, per sample)."""
+    return generator.sample(z, y, w)
 
 
 def slerp(z_a, z_b, t):
@@ -104,6 +128,21 @@ def pick_labels(*, n, given=-1, data_labels=None, null_class=None, predict=None)
     return np.asarray(predict(), np.int64), "classifier"
 
 
+
+
+def transfer_targets(labels, num_classes, *, target_label=-1, seed=0):
+    """The class each image is transferred to: `target_label` for every image when >= 0, else a seeded random one of
+    the `num_classes` real classes other than the image's own (any real class for an image encoded with the null
+    class, label >= num_classes). A guided teacher's null class is never a target: no classifier can confirm it."""
+    labels = np.asarray(labels, np.int64)
+    if target_label >= 0:
+        if target_label >= num_classes:
+            raise ValueError(f"--target_label {target_label}: the models know {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return np.full(len(labels), target_label, np.int64)
+    gen = np.random.default_rng(seed)
+    other = (labels + gen.integers(1, num_classes, len(labels))) % num_classes
+    return np.where(labels < num_classes, other, gen.integers(0, num_classes, len(labels)))
 
 
 def block_spread(values, num_blocks):
@@ -194,6 +233,42 @@ def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
         opt.step()
     with torch.no_grad():
         return z.detach(), generator(z, y).float().clamp(-1, 1)
+
+
+def search_batches(generator, z0, labels, x_true, m, *, batch_size, steps, lr, prior_weight):
+    """latent_search over all images in batches of `batch_size`, from the encoded observations z0 (N, ...) with
+    labels (N,) numpy: (outputs G(z) before the observed pixels are pasted back, seconds)."""
+    import time
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(x_true), batch_size), desc="search", unit="batch"):
+        sl = slice(b, b + batch_size)
+        outs.append(latent_search(generator, z0[sl], torch.from_numpy(labels[sl]), x_true[sl], m[sl], steps=steps,
+                                  lr=lr, prior_weight=prior_weight)[1])
+    return torch.cat(outs), time.time() - start
+
+
+@torch.no_grad()
+def replacement_steps_for(teacher, x_obs, labels, *, batch_size, seconds):
+    """The number of Heun steps (2 calls each) of the teacher on all of x_obs that fit in `seconds`, timed on one
+    batch: the equal-wall-time budget of the replacement baseline."""
+    import time
+    start = time.time()
+    teacher(x_obs[:batch_size], torch.full((len(x_obs[:batch_size]),), 1.0), torch.from_numpy(labels[:batch_size]))
+    per_call = (time.time() - start) * len(x_obs) / len(x_obs[:batch_size])
+    return max(2, int(seconds / per_call + 1) // 2)
+
+
+def replacement_batches(teacher, x_obs, m, labels, *, batch_size, steps, sigma_min, sigma_max, rho):
+    """replacement_inpaint over all images in batches, on karras_sigmas(steps, ...); image i draws its noise from
+    seed i, so the batch split changes nothing: (outputs, seconds)."""
+    import time
+    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    outs, start = [], time.time()
+    for b in logger.progress(range(0, len(x_obs), batch_size), desc="replacement", unit="batch"):
+        sl = slice(b, b + batch_size)
+        outs.append(replacement_inpaint(teacher, x_obs[sl], m[sl], torch.from_numpy(labels[sl]), sigmas,
+                                        seeds=range(b, b + len(x_obs[sl]))))
+    return torch.cat(outs), time.time() - start
 
 
 @torch.no_grad()

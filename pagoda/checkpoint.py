@@ -143,14 +143,19 @@ SIDECAR_SCHEMAS = {
     "denoiser": {"unet": dict, "sigma_data": _NUMBER, "sigma_min": _NUMBER, "sigma_max": _NUMBER},
     "generator": {"unet": dict, "sigma_data": _NUMBER, "sigma_max": _NUMBER},
     "domain_classifier": {"config": dict, "settings": dict, "record": dict},
+    # the amortised encoder E(x, y) -> z (pagoda.amortised_encoder): what it inverts is in the sidecar
+    "encoder": {"unet": dict, "encoder_sigma": _NUMBER, "input_sigma": _NUMBER, "sigma_data": _NUMBER,
+                "sigma_max": _NUMBER, "latent_settings": dict},
 }
 # Entries any sidecar may carry, and their types.
 # output: what a generator's network output is ("raw" or "denoised", pagoda.generator);
 # sigmas: the noise grid a distilled k-step denoiser samples on (k + 1 values, strictly decreasing, ending in 0);
 # distilled_from: the content hash of the export it was distilled from.
 GENERATOR_OUTPUTS = ("raw", "denoised")
+# fp16_of: the content hash of the fp32 export whose weights an fp16 copy (the test fixtures) holds; a strict load
+# checks names and shapes, and load_state_dict upcasts the fp16 tensors to the model's fp32 parameters.
 _OPTIONAL = {"null_class": (int, type(None)), "teacher_sha256": str, "step": int, "ema_rate": _NUMBER,
-             "output": str, "sigmas": list, "distilled_from": str, CONTENT_HASH: str}
+             "output": str, "sigmas": list, "distilled_from": str, "fp16_of": str, CONTENT_HASH: str}
 
 
 def grid_problem(sigmas):
@@ -225,6 +230,10 @@ def validate_sidecar(sidecar, *, source, kind=None):
                          f"generator's network output is), got {sidecar['output']!r}; re-export the network")
 
 
+def _article(word):
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def read_sidecar(path, *, expect_kind=None):
     """The sidecar of export `path`, or None when there is none. Invalid JSON, a malformed entry, another kind
     than `expect_kind` or a missing entry of that kind are ValueErrors naming the file."""
@@ -239,7 +248,8 @@ def read_sidecar(path, *, expect_kind=None):
                          "or re-export the network") from exc
     validate_sidecar(sidecar, source=side)
     if expect_kind is not None and sidecar["kind"] != expect_kind:
-        raise ValueError(f"{path} is a {sidecar['kind']!r} export, but a {expect_kind!r} is needed here")
+        raise ValueError(f"{path} is {_article(sidecar['kind'])} {sidecar['kind']!r} export, but "
+                         f"{_article(expect_kind)} {expect_kind!r} is needed here")
     validate_sidecar(sidecar, source=side, kind=expect_kind)
     return sidecar
 

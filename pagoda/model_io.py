@@ -13,6 +13,9 @@ from .generator import Generator
 from .precond import Denoiser
 from .unet import UNetModel, imagenet64_config
 
+HINTS = {"generator": " A pagoda generator export is `<run_dir>/exports/generator_ema<rate>.pt`.",
+         "encoder": " An amortised encoder export is `<run_dir>/exports/encoder_ema<rate>.pt`, trained by "
+                    "commands/encoder_mnist.sh (scripts/train.py --method encoder)."}
 RELEASED = {f"imagenet64_out{s}": (lambda s=s: imagenet64_config(output_size=s)) for s in (64, 128, 256)}
 
 
@@ -41,8 +44,7 @@ def load_backbone(path, *, expect_kind):
     if not os.path.exists(path):
         hint = (" The released EDM ImageNet-64 teacher is `edm_imagenet64_ema.pt` from the openai/consistency_models "
                 "release; a pagoda teacher export is `<run_dir>/exports/denoiser_ema<rate>.pt`."
-                if expect_kind == "denoiser" else
-                " A pagoda generator export is `<run_dir>/exports/generator_ema<rate>.pt`.")
+                if expect_kind == "denoiser" else HINTS.get(expect_kind, ""))
         raise FileNotFoundError(f"{expect_kind} checkpoint not found: {path}.{hint}")
     state_dict, sidecar = checkpoint.load_export(path, expect_kind=expect_kind)
     if isinstance(state_dict, dict) and "players" in state_dict:
@@ -85,3 +87,18 @@ def load_generator_or_teacher_backbone(path):
     side = checkpoint.read_sidecar(path) if os.path.exists(path) else None
     kind = side.get("kind") if side else "denoiser"
     return load_backbone(path, expect_kind=kind)
+
+
+def load_encoder(path, *, device="cpu"):
+    """The amortised encoder E(x, y) -> z (pagoda.amortised_encoder) in eval mode; `.sidecar` keeps what it
+    inverts (teacher hash, latent settings) for the applications' compatibility check."""
+    from .amortised_encoder import AmortisedEncoder
+    if os.path.exists(path) and checkpoint.read_sidecar(path) is None:
+        raise ValueError(f"{path} has no sidecar ({checkpoint.sidecar_path(path)}): an amortised encoder is only "
+                         "usable with the sidecar its export wrote (what teacher and latents it inverts)")
+    backbone, side = load_backbone(path, expect_kind="encoder")
+    encoder = AmortisedEncoder(backbone, encoder_sigma=side["encoder_sigma"], input_sigma=side["input_sigma"],
+                               sigma_max=side["sigma_max"], sigma_data=side["sigma_data"],
+                               null_class=side.get("null_class"))
+    encoder.sidecar = side
+    return encoder.requires_grad_(False).eval().to(device)

@@ -7,10 +7,13 @@
 Each image is ADM-resized to the teacher's resolution when it has another size (logged), encoded to its latent z at
 sigma_max by the teacher's PF-ODE (Heun, from x + start_sigma n as the bundled latents were made), then decoded by
 the generator in one call: at its own resolution (super_resolve), with another label (transfer), or along the
-spherical path between two images' latents (interpolate). Labels: --label when you know it, else the data's own
-with --use_data_labels, else the teacher's null class, else the domain classifier's prediction; the log and JSON
-say which. Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's resolution
-serve as references (PSNR, domain FD against them). Cheap enough not to need resuming: a rerun redoes it all.
+spherical path between two images' latents (interpolate). With --encoder amortised --encoder_path FILE the latent
+comes from one call of the amortised encoder E(x, y) (scripts/train.py --method encoder) instead of the ODE solve.
+Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
+the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
+generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's
+resolution serve as references (PSNR, domain FD against them); block FDs come with a real-vs-real floor (as many
+other images of the input, in the same blocks). Cheap enough not to need resuming: a rerun redoes it all.
 """
 
 import json
@@ -29,16 +32,16 @@ from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
 from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
 from pagoda.latent_store import image_subset  # noqa: E402
-from pagoda.model_io import load_generator, load_teacher  # noqa: E402
-from pagoda.sampling import karras_sigmas  # noqa: E402
+from pagoda.model_io import load_encoder, load_generator, load_teacher, real_classes  # noqa: E402
 
 LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
 TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
+ENCODERS = ("ode", "amortised")
 GROUPS = {
     "data": dict(task="super_resolve", input="", limit=0, label=-1, use_data_labels=False, batch_size=100),
-    "models": dict(teacher="", generator="", encoder="ode", num_steps=12, start_sigma=0.1, sigma_min=0.002,
-                   sigma_max=80.0, rho=7.0, seed=0),
+    "models": dict(teacher="", generator="", encoder="ode", encoder_path="", guidance_scale=1.0, num_steps=12,
+                   start_sigma=0.1, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0),
     "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
                  prior_weight=1e-3, replacement_steps=0),
     "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist"),
@@ -46,7 +49,8 @@ GROUPS = {
 _c = script_util
 CONSTRAINTS = {
     "task": _c.one_of(*TASKS), "limit": _c.at_least(0), "label": _c.at_least(-1), "batch_size": _c.at_least(1),
-    "encoder": _c.one_of("ode"), "num_steps": _c.at_least(2), "start_sigma": _c.at_least(0),
+    "encoder": _c.one_of(*ENCODERS), "guidance_scale": _c.greater_than(0), "num_steps": _c.at_least(2),
+    "start_sigma": _c.at_least(0),
     "sigma_min": _c.greater_than(0), "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing,
     ("start_sigma", "sigma_max"): _c.increasing, "rho": _c.greater_than(0), "seed": _c.at_least(0),
     "target_label": _c.at_least(-1), "num_pairs": _c.at_least(1), "num_interp": _c.at_least(3),
@@ -70,10 +74,23 @@ def read_images(source, indices, teacher_size, out_size):
 
 
 def load_models(args):
+    """(teacher, generator, amortised encoder or None), refused unless they belong together."""
     teacher = load_teacher(args.teacher)
     generator = load_generator(args.generator)
     app.check_models(teacher, generator, teacher_path=args.teacher, generator_path=args.generator)
-    return teacher, generator
+    if args.guidance_scale != 1.0 and not generator.guidance_input:
+        raise ValueError(f"--guidance_scale {args.guidance_scale:g} needs a guidance-conditioned generator G(z, y, w) "
+                         f"(stage 2 with --guided_pairs); {args.generator} has no w input")
+    if args.encoder == "ode":
+        return teacher, generator, None
+    if not args.encoder_path:
+        raise ValueError("--encoder amortised needs --encoder_path: an encoder export "
+                         "(<run_dir>/exports/encoder_ema<rate>.pt from commands/encoder_mnist.sh)")
+    encoder = load_encoder(args.encoder_path)
+    app.check_encoder(encoder, teacher, teacher_path=args.teacher, encoder_path=args.encoder_path)
+    logger.log(f"encoder: amortised {args.encoder_path} (one call; trained on latents of "
+               f"{encoder.sidecar['latent_settings']}); the ODE flags are unused")
+    return teacher, generator, encoder
 
 
 def choose_labels(args, teacher, source, indices, low, classifier, seen=None):
@@ -90,8 +107,9 @@ def choose_labels(args, teacher, source, indices, low, classifier, seen=None):
     return labels, origin
 
 
-def encode_all(args, teacher, low, labels):
-    """Latents of every low-resolution image, in batches, with a progress bar; seeds are the image positions."""
+def encode_all(args, teacher, low, labels, encoder=None):
+    """Latents of every low-resolution image, in batches, with a progress bar: by the teacher's PF-ODE (seeds are
+    the image positions), or in one call each by the amortised `encoder`."""
     sigmas = app.ode_sigmas(num_steps=args.num_steps, start_sigma=args.start_sigma, sigma_min=args.sigma_min,
                             sigma_max=args.sigma_max, rho=args.rho)
     z = []
@@ -99,15 +117,21 @@ def encode_all(args, teacher, low, labels):
         x = from_uint8(low[b:b + args.batch_size])
         y = torch.from_numpy(labels[b:b + args.batch_size])
         seeds = [args.seed * 1_000_003 + b + k for k in range(len(x))]
+        if encoder is not None:  # the same input noise as the ODE path: the two differ only in the encoder
+            z.append(encoder.encode(x, y, seeds=seeds))
+            continue
         z.append(app.encode_ode(teacher, x, y, sigmas, start_sigma=args.start_sigma, seeds=seeds))
     return torch.cat(z)
 
 
 def decode_all(args, generator, z, labels):
+    """uint8 images G(z, y) in batches; a guidance-conditioned G also gets w = --guidance_scale."""
     out = []
     for b in range(0, len(z), args.batch_size):
-        out.append(to_uint8(app.decode(generator, z[b:b + args.batch_size],
-                                       torch.from_numpy(np.asarray(labels[b:b + args.batch_size])))))
+        zb = z[b:b + args.batch_size]
+        w = torch.full((len(zb),), args.guidance_scale) if generator.guidance_input else None
+        out.append(to_uint8(app.decode(generator, zb, torch.from_numpy(np.asarray(labels[b:b + args.batch_size])),
+                                       w)))
     return np.concatenate(out)
 
 
@@ -131,10 +155,10 @@ def score(values, num_blocks):
     return {"mean": mean, "std": std, "blocks": blocks}
 
 
-def super_resolve(args, teacher, generator, low, refs, labels, classifier):
+def super_resolve(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     size = generator.output_size
     t0 = time.time()
-    z = encode_all(args, teacher, low, labels)
+    z = encode_all(args, teacher, low, labels, encoder)
     out = decode_all(args, generator, z, labels)
     seconds = time.time() - t0
     bicubic = resize_bicubic(low, size)
@@ -162,41 +186,6 @@ def inpaint_truth(generator, low, refs):
     return refs
 
 
-def search_batches(args, teacher, generator, truth, m, labels):
-    """(latent search outputs before projection, naive fills, seconds) over all images, in batches."""
-    t_size = teacher.backbone.config["image_size"]
-    x_true = from_uint8(truth)
-    fill = app.naive_fill(x_true * m, m)
-    z0 = encode_all(args, teacher, app.adm_resize(to_uint8(fill), t_size), labels)
-    outs, start = [], time.time()
-    for b in logger.progress(range(0, len(truth), args.batch_size), desc="search", unit="batch"):
-        sl = slice(b, b + args.batch_size)
-        outs.append(app.latent_search(generator, z0[sl], torch.from_numpy(labels[sl]), x_true[sl], m[sl],
-                                      steps=args.search_steps, lr=args.search_lr,
-                                      prior_weight=args.prior_weight)[1])
-    return torch.cat(outs), fill, time.time() - start
-
-
-def replacement_batches(args, teacher, x_obs, m, labels, search_seconds):
-    """The teacher's replacement sampler with as many Heun steps as fit in the latent search's wall time (or
-    --replacement_steps); (outputs, steps, seconds)."""
-    steps = args.replacement_steps
-    if not steps:
-        with torch.no_grad():
-            start = time.time()
-            teacher(x_obs[:args.batch_size], torch.full((len(x_obs[:args.batch_size]),), 1.0),
-                    torch.from_numpy(labels[:args.batch_size]))
-            per_call = (time.time() - start) * len(x_obs) / len(x_obs[:args.batch_size])
-        steps = max(2, int(search_seconds / per_call + 1) // 2)
-    sigmas = karras_sigmas(steps, args.sigma_min, args.sigma_max, args.rho)
-    outs, start = [], time.time()
-    for b in logger.progress(range(0, len(x_obs), args.batch_size), desc="replacement", unit="batch"):
-        sl = slice(b, b + args.batch_size)
-        outs.append(app.replacement_inpaint(teacher, x_obs[sl], m[sl], torch.from_numpy(labels[sl]), sigmas,
-                                            seeds=range(b, b + len(x_obs[sl]))))
-    return torch.cat(outs), steps, time.time() - start
-
-
 def inpaint_observation(args, generator, low, refs):
     """(complete images, masks (N, 1, H, W), the naive fill of the observation as uint8)."""
     truth = inpaint_truth(generator, low, refs)
@@ -206,18 +195,26 @@ def inpaint_observation(args, generator, low, refs):
     return truth, m, to_uint8(app.naive_fill(from_uint8(truth) * m, m))
 
 
-def inpaint(args, teacher, generator, low, refs, labels, classifier):
+def inpaint(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     """Latent search through G from the encoded observation, against the naive fill and the teacher's replacement
     method at equal wall time (when the generator works at the teacher's resolution)."""
     truth, m, _ = inpaint_observation(args, generator, low, refs)
     size = truth.shape[1]
     x_true = from_uint8(truth)
-    raw, fill, seconds = search_batches(args, teacher, generator, truth, m, labels)
+    fill = app.naive_fill(x_true * m, m)
+    observed = app.adm_resize(to_uint8(fill), teacher.backbone.config["image_size"])
+    z0 = encode_all(args, teacher, observed, labels, encoder)
+    raw, seconds = app.search_batches(generator, z0, labels, x_true, m, batch_size=args.batch_size,
+                                      steps=args.search_steps, lr=args.search_lr, prior_weight=args.prior_weight)
     results = {"latent_search": raw * (1 - m) + x_true * m, "naive_fill": fill}
     scores = {"consistency_psnr_db": score(app.masked_psnr(raw, x_true, m).numpy(), args.num_blocks),
               "search_seconds": seconds}
     if size == teacher.backbone.config["image_size"]:
-        rep, steps, rep_seconds = replacement_batches(args, teacher, x_true * m, m, labels, seconds)
+        steps = args.replacement_steps or app.replacement_steps_for(teacher, x_true * m, labels,
+                                                                    batch_size=args.batch_size, seconds=seconds)
+        rep, rep_seconds = app.replacement_batches(teacher, x_true * m, m, labels, batch_size=args.batch_size,
+                                                   steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                                                   rho=args.rho)
         results["replacement"] = rep * (1 - m) + x_true * m
         scores.update(replacement_steps=steps, replacement_seconds=rep_seconds)
     scores["psnr_in_mask_db"] = {k: score(app.masked_psnr(v, x_true, 1 - m).numpy(), args.num_blocks)
@@ -229,17 +226,6 @@ def inpaint(args, teacher, generator, low, refs, labels, classifier):
     return images["latent_search"], scores, rows, labels, None
 
 
-def transfer_targets(args, labels, num_classes):
-    """--target_label for every image, else a seeded random class other than each image's own."""
-    if args.target_label >= 0:
-        if args.target_label >= num_classes:
-            raise ValueError(f"--target_label {args.target_label}: the models know {num_classes} classes "
-                             f"(0..{num_classes - 1})")
-        return np.full(len(labels), args.target_label, np.int64)
-    gen = np.random.default_rng(args.seed)
-    return (labels + gen.integers(1, num_classes, len(labels))) % num_classes
-
-
 def reals_rate(classifier, refs_or_low, labels=None):
     """Rate of real images classified with confidence >= 0.9 (as their own label when `labels` is given)."""
     pred, conf = app.classify(classifier, refs_or_low)
@@ -247,33 +233,35 @@ def reals_rate(classifier, refs_or_low, labels=None):
     return hit.astype(np.float64)
 
 
-def transfer(args, teacher, generator, low, refs, labels, classifier):
+def transfer(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     """Encode with the image's label, decode the same latent with another one."""
-    num_classes = teacher.backbone.config["num_classes"]
+    num_classes = real_classes(teacher.backbone.config["num_classes"], getattr(teacher, "null_class", None))
     if not num_classes:
         raise ValueError(f"class transfer needs class-conditional models; {args.teacher} is unconditional")
-    targets = transfer_targets(args, labels, num_classes)
-    z = encode_all(args, teacher, low, labels)
+    targets = app.transfer_targets(labels, num_classes, target_label=args.target_label, seed=args.seed)
+    z = encode_all(args, teacher, low, labels, encoder)
     out = decode_all(args, generator, z, targets)
     kept = decode_all(args, generator, z, labels)
     pred, conf = app.classify(classifier(), out)
     reals = refs if refs is not None else low
     scores = {"target_confident_rate": score(((pred == targets) & (conf >= 0.9)).astype(np.float64),
                                              args.num_blocks),
-              "real_confident_rate": score(reals_rate(classifier(), reals, labels), args.num_blocks),
+              # as their own class when the labels are real classes (not the null class)
+              "real_confident_rate": score(reals_rate(classifier(), reals, labels if (labels < num_classes).all()
+                                                      else None), args.num_blocks),
               "targets": targets.tolist()}
     size = generator.output_size
     return out, scores, [app.nearest_enlarge(low, size), kept, out], targets, None
 
 
-def interpolate(args, teacher, generator, low, refs, labels, classifier):
+def interpolate(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     """Pairs (2k, 2k + 1) of the images: slerp between their latents, each point decoded in one call with the
     label of the nearer end; the midpoint's class confidence is scored against real images'."""
     pairs = min(args.num_pairs, len(low) // 2)
     if pairs < 1:
         raise ValueError(f"interpolation needs at least 2 images, got {len(low)}")
     low, labels = low[:2 * pairs], labels[:2 * pairs]
-    z = encode_all(args, teacher, low, labels)
+    z = encode_all(args, teacher, low, labels, encoder)
     ts = np.linspace(0, 1, args.num_interp)
     strips = []
     for t in ts:
@@ -329,9 +317,23 @@ def summary(scores):
     return "\n".join(lines)
 
 
+def real_floor(args, source, indices, reference, classifier):
+    """The block FD of real images against the references: as many other images of the input as were used (not
+    among them, seeded), at the references' size, in the same blocks; None (logged) when the input is too small."""
+    used = set(indices)
+    others = [i for i in range(len(source)) if i not in used]
+    if len(others) < len(indices):
+        logger.log(f"no real-vs-real FD floor: {args.input} has fewer than {2 * len(indices)} images")
+        return None
+    pick = [others[k] for k in image_subset(len(others), len(indices), seed=1)]
+    size = reference.shape[1]
+    reals = np.stack([center_crop_arr(source.load_pil(i), size) for i in pick])
+    return fd_blocks(classifier, reference, {"real": reals}, args.num_blocks)["real"]
+
+
 def run(args):
     logger.configure(args.out_dir)
-    teacher, generator = load_models(args)
+    teacher, generator, encoder = load_models(args)
     source = open_source(args.input)
     indices = image_subset(len(source), args.limit)
     t_size, o_size = teacher.backbone.config["image_size"], generator.output_size
@@ -350,8 +352,14 @@ def run(args):
     seen = inpaint_observation(args, generator, low, refs)[2] if args.task == "inpaint" else None
     labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
-                                                                    classifier)
+                                                                    classifier, encoder)
+    if "domain_fd" in scores:  # what a block of real digits scores against the same references
+        reference = refs if args.task == "super_resolve" else inpaint_truth(generator, low, refs)
+        floor = real_floor(args, source, indices, reference, classifier())
+        if floor is not None:
+            scores["domain_fd"]["real_floor"] = floor
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
+                  guidance_scale=args.guidance_scale if generator.guidance_input else None,
                   encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None
                                                                            and args.task == "super_resolve" else []))
     logger.log(summary(scores))

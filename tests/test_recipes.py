@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = os.path.join(REPO, "commands")
 RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.split("_")[0] in
                  ("stage1", "encode", "stage2", "stage3", "sampling.sh", "compare", "gdd", "progressive",
-                  "super", "transfer.sh", "interpolate.sh", "inpaint.sh", "guided"))
+                  "super", "transfer.sh", "interpolate.sh", "inpaint.sh", "guided", "encoder"))
 
 
 def _flags(recipe):
@@ -33,7 +33,8 @@ def test_every_stage_has_recipes():
     for want in ("stage1_teacher_mnist.sh", "stage1_teacher_imagenet64.sh", "encode_mnist.sh", "encode_imagenet64.sh",
                  "stage2_mnist.sh", "stage2_imagenet64.sh", "stage3_mnist.sh", "stage3_imagenet64to128.sh",
                  "stage3_imagenet64to256.sh", "stage3_imagenet64to512.sh", "sampling.sh", "compare_mnist.sh",
-                 "gdd_mnist.sh", "gdd_imagenet64.sh", "progressive_mnist.sh", "progressive_imagenet64.sh"):
+                 "gdd_mnist.sh", "gdd_imagenet64.sh", "progressive_mnist.sh", "progressive_imagenet64.sh",
+                 "encoder_mnist.sh"):
         assert want in names
 
 
@@ -143,7 +144,8 @@ def test_encode_recipe_uses_the_official_solver(configs):
 @pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "diffusion", "mnist16"),
                                                     ("stage2_mnist.sh", "pagoda", "mnist16"),
                                                     ("stage3_mnist.sh", "pagoda", "mnist16to32"),
-                                                    ("gdd_mnist.sh", "gdd", "mnist16")])
+                                                    ("gdd_mnist.sh", "gdd", "mnist16"),
+                                                   ("encoder_mnist.sh", "encoder", "mnist16")])
 def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, preset):
     """`--preset mnist16` / `mnist16to32` are the recipes' settings; the two must not drift apart."""
     from pagoda import methods
@@ -268,3 +270,36 @@ def test_imagenet_recipes_take_guidance_settings():
         "decode", 50000, [1.5, 2.0, 3.0, 4.0], 40)
     stage2 = resolve("stage2_imagenet64.sh", "--guided_pairs", "runs/imagenet64/pairs", "--guided_weight", "1")
     assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["image_size"]) == ("runs/imagenet64/pairs", 1.0, 64)
+
+
+def test_encoder_recipe_reads_the_run_layout(configs):
+    """encoder_mnist.sh: the teacher and latents of $RUN (the quickstart's layout), its run in $RUN/encoder."""
+    config = configs["encoder_mnist.sh"]
+    keys = ("method", "init_from", "latent_dir", "run_dir", "encoder_sigma")
+    assert tuple(config[k] for k in keys) == (
+        "encoder", "runs/mnist/teacher/exports/denoiser_ema0.999.pt", "runs/mnist/latents", "runs/mnist/encoder", 0.002)
+
+
+def test_encoder_recipe_resumes(tmp_path):
+    """A rerun of the recipe with more steps continues the run instead of starting over (tiny teacher, 12 digits)."""
+    from tests.helpers.exports import tiny_export
+    from tests.helpers.tiny_runs import encode_run, tiny_dataset
+
+    data = tiny_dataset(tmp_path)
+    os.makedirs(tmp_path / "run" / "teacher" / "exports")
+    teacher = tiny_export(tmp_path / "run" / "teacher" / "exports" / "denoiser_ema0.999.pt")
+    encode_run(tmp_path / "run" / "latents", teacher, data)
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", RUN=str(tmp_path / "run"))
+
+    def recipe(steps):
+        return subprocess.run(["bash", os.path.join(COMMANDS, "encoder_mnist.sh"), "--global_batch_size", "4",
+                               "--save_interval", "2"], env=dict(env, STEPS=steps), capture_output=True, text=True,
+                              timeout=300)
+
+    first = recipe("2")
+    assert first.returncode == 0, first.stderr
+    second = recipe("4")
+    assert second.returncode == 0, second.stderr
+    assert "resumed from step 2" in second.stdout + second.stderr
+    side = json.loads((tmp_path / "run" / "encoder" / "exports" / "encoder_ema0.99.json").read_text())
+    assert side["step"] == 4
