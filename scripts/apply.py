@@ -12,8 +12,9 @@ comes from one call of the amortised encoder E(x, y) (scripts/train.py --method 
 Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
 the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
 generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's
-resolution serve as references (PSNR, domain FD against them); block FDs come with a real-vs-real floor (as many
-other images of the input, in the same blocks). Cheap enough not to need resuming: a rerun redoes it all.
+resolution serve as references (PSNR, domain FD against them; with --inception_kid true also the evaluator's
+Inception KID, slow on a CPU: Inception runs at 299 px); block scores come with a real-vs-real floor (as many other
+images of the input, in the same blocks). Cheap enough not to need resuming: a rerun redoes it all.
 """
 
 import json
@@ -44,7 +45,8 @@ GROUPS = {
                    start_sigma=0.1, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0),
     "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
                  prior_weight=1e-3, replacement_steps=0),
-    "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist"),
+    "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist",
+                   inception_kid=False, inception=""),
 }
 _c = script_util
 CONSTRAINTS = {
@@ -135,19 +137,42 @@ def decode_all(args, generator, z, labels):
     return np.concatenate(out)
 
 
-def fd_blocks(classifier, refs, candidates, num_blocks):
-    """Domain FD of each of `num_blocks` disjoint blocks of each candidate set against all references:
-    {name: {mean, std, blocks}}; the spread is over the blocks."""
-    from evaluations.domain import domain_features
-    from evaluations.metrics import FeatureStats
-    ref_stats = FeatureStats.from_features(domain_features(classifier, refs)[0])
+def block_distances(features, distance, refs, candidates, num_blocks):
+    """`distance`(reference features, block features) of each of `num_blocks` disjoint blocks of each candidate set
+    against all references: {name: {mean, std, blocks}}; the spread is over the blocks."""
+    ref = features(refs)
     out = {}
     for name, images in candidates.items():
-        feats = domain_features(classifier, images)[0]
-        fds = [ref_stats.frechet_distance(FeatureStats.from_features(f)) for f in np.array_split(feats, num_blocks)]
-        out[name] = {"mean": float(np.mean(fds)), "std": float(np.std(fds, ddof=1)) if len(fds) > 1 else None,
-                     "blocks": [float(f) for f in fds]}
+        values = [distance(ref, part) for part in np.array_split(features(images), num_blocks)]
+        out[name] = {"mean": float(np.mean(values)),
+                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                     "blocks": [float(v) for v in values]}
     return out
+
+
+def fd_blocks(classifier, refs, candidates, num_blocks):
+    """Domain FD (the digit classifier's features) per block against all references."""
+    from evaluations.domain import domain_features
+    from evaluations.metrics import FeatureStats
+
+    def fd(ref, part):
+        return FeatureStats.from_features(ref).frechet_distance(FeatureStats.from_features(part))
+    return block_distances(lambda images: domain_features(classifier, images)[0], fd, refs, candidates, num_blocks)
+
+
+def kid_blocks(inception, refs, candidates, num_blocks, *, batch_size=100):
+    """Inception KID (the evaluator's network and kid(): 100 subsets of a block's size) per block against all
+    references. Inception works at 299 px whatever the images' size, so this is the slow score (opt in)."""
+    from evaluations.inception import to_inception_input
+    from evaluations.metrics import kid
+
+    def features(images):
+        with torch.no_grad():
+            return torch.cat([inception(to_inception_input(images[b:b + batch_size]))["pool"].float()
+                              for b in logger.progress(range(0, len(images), batch_size), desc="inception",
+                                                       unit="batch")]).numpy()
+    return block_distances(features, lambda ref, part: kid(ref, part, subset_size=len(part))[0], refs, candidates,
+                           num_blocks)
 
 
 def score(values, num_blocks):
@@ -171,6 +196,9 @@ def super_resolve(args, teacher, generator, low, refs, labels, classifier, encod
                              "bicubic": score(psnr(from_uint8(bicubic), ref_t).numpy(), args.num_blocks)}
         scores["domain_fd"] = fd_blocks(classifier(), refs, {"super_resolved": out, "bicubic": bicubic},
                                         args.num_blocks)
+        if args.inception_kid:
+            scores["inception_kid"] = kid_blocks(inception(args), refs, {"super_resolved": out, "bicubic": bicubic},
+                                                 args.num_blocks)
     rows = [app.nearest_enlarge(low, size), bicubic, out] + ([refs] if refs is not None else [])
     return out, scores, rows, labels, None
 
@@ -317,18 +345,35 @@ def summary(scores):
     return "\n".join(lines)
 
 
-def real_floor(args, source, indices, reference, classifier):
-    """The block FD of real images against the references: as many other images of the input as were used (not
-    among them, seeded), at the references' size, in the same blocks; None (logged) when the input is too small."""
+def inception(args):
+    """The evaluator's FID Inception (--inception FILE, else where evaluations.inception looks), loaded once."""
+    if not hasattr(inception, "model"):
+        from evaluations.inception import load_inception
+        inception.model = load_inception(args.inception or None)
+    return inception.model
+
+
+def real_floor_images(args, source, indices, size):
+    """As many other images of the input as were used (not among them, seeded), at `size`: the real-vs-real floor
+    of the block scores; None (logged) when the input is too small."""
     used = set(indices)
     others = [i for i in range(len(source)) if i not in used]
     if len(others) < len(indices):
         logger.log(f"no real-vs-real FD floor: {args.input} has fewer than {2 * len(indices)} images")
         return None
     pick = [others[k] for k in image_subset(len(others), len(indices), seed=1)]
-    size = reference.shape[1]
-    reals = np.stack([center_crop_arr(source.load_pil(i), size) for i in pick])
-    return fd_blocks(classifier, reference, {"real": reals}, args.num_blocks)["real"]
+    return np.stack([center_crop_arr(source.load_pil(i), size) for i in pick])
+
+
+def add_real_floors(args, scores, source, indices, reference, classifier):
+    """What a block of real images scores against the same references, next to every block score."""
+    reals = real_floor_images(args, source, indices, reference.shape[1])
+    if reals is None:
+        return
+    scores["domain_fd"]["real_floor"] = fd_blocks(classifier, reference, {"real": reals}, args.num_blocks)["real"]
+    if "inception_kid" in scores:
+        scores["inception_kid"]["real_floor"] = kid_blocks(inception(args), reference, {"real": reals},
+                                                           args.num_blocks)["real"]
 
 
 def run(args):
@@ -353,11 +398,9 @@ def run(args):
     labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
                                                                     classifier, encoder)
-    if "domain_fd" in scores:  # what a block of real digits scores against the same references
+    if "domain_fd" in scores:
         reference = refs if args.task == "super_resolve" else inpaint_truth(generator, low, refs)
-        floor = real_floor(args, source, indices, reference, classifier())
-        if floor is not None:
-            scores["domain_fd"]["real_floor"] = floor
+        add_real_floors(args, scores, source, indices, reference, classifier())
     scores.update(task=args.task, num_images=len(low), resized_to_teacher=resized, label_source=origin,
                   guidance_scale=args.guidance_scale if generator.guidance_input else None,
                   encoder=args.encoder, grid_rows=GRID_ROWS[args.task] + (["references"] if refs is not None

@@ -298,3 +298,30 @@ def test_a_mask_of_the_wrong_size_is_refused(tmp_path):
                                          r"resolution\); make the mask that size$"):
         app.load_mask(path, 16, 2)
     assert app.load_mask(path, 8, 3).shape == (3, 1, 8, 8)
+
+
+def test_block_distances_score_disjoint_blocks_of_each_candidate_against_all_references():
+    from scripts import apply
+    refs, cand = np.arange(4.0).reshape(4, 1), np.array([[10.0], [20.0], [30.0], [40.0], [50.0]])
+    got = apply.block_distances(lambda a: a, lambda ref, part: float(part.mean() - ref.mean()), refs,
+                                {"c": cand}, 2)
+    assert got["c"]["blocks"] == [20 - 1.5, 45 - 1.5] and got["c"]["mean"] == 31.0
+    assert got["c"]["std"] == pytest.approx(np.std([18.5, 43.5], ddof=1))
+
+
+def test_super_resolution_reports_inception_kid_with_its_real_floor(tmp_path, monkeypatch):
+    """--inception_kid scores the outputs, bicubic and unused real images block by block with the evaluator's KID
+    (a random-weight Inception stands in for the real one here); the real images of the input score near 0."""
+    from evaluations.inception import random_inception
+    from scripts import apply
+    monkeypatch.setattr(apply.inception, "model", random_inception(seed=0), raising=False)
+    teacher, generator = tiny_export(tmp_path / "t.pt"), tiny_export(tmp_path / "g.pt", kind="generator")
+    data = tmp_path / "imgs.npz"
+    np.savez(data, arr_0=np.random.RandomState(0).randint(0, 256, (12, 12, 12, 3)).astype(np.uint8),
+             arr_1=np.arange(12) % 4)
+    scores = apply.main(["--input", str(data), "--teacher", teacher, "--generator", generator, "--out_dir",
+                         str(tmp_path / "o"), "--use_data_labels", "true", "--num_steps", "3", "--num_blocks", "2",
+                         "--limit", "6", "--inception_kid", "true"])
+    kid = scores["inception_kid"]
+    assert set(kid) == {"super_resolved", "bicubic", "real_floor"} and all(len(v["blocks"]) == 2 for v in kid.values())
+    assert abs(kid["real_floor"]["mean"]) < kid["super_resolved"]["mean"]
