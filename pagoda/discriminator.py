@@ -165,9 +165,10 @@ class ProjectedDiscriminator(nn.Module):
                 "class labels y are required by a conditional discriminator and refused by an unconditional one "
                 f"(num_classes={self.num_classes}, y given: {y is not None})"
             )
-        w = self._check_guidance(w, len(x), x.device)
         if features is None:
             features = {name: net(x) for name, net in self.feature_networks.items()}
+        level = next(iter(features.values()))[0]  # x may be None when the features are given
+        w = self._check_guidance(w, len(level), level.device)
         logits = []
         for name, heads in self.heads.items():
             logits.extend(head(f, y, w) for head, f in zip(heads, features[name]))
