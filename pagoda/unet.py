@@ -373,10 +373,7 @@ class UNetModel(nn.Module):
         w = torch.ones(emb.shape[0], device=emb.device) if w is None else torch.as_tensor(w, device=emb.device)
         if tuple(w.shape) != (emb.shape[0],):
             raise ValueError(f"w must have shape ({emb.shape[0]},) to match the batch; got {tuple(w.shape)}")
-        # c_w = 250 (w - 1): w = 1 sits at the embedding's origin and a step of 0.5 in w moves it as far as a
-        # 125-step move of ADM's noise index, well resolved by the sinusoid's slower frequencies
-        c_w = 250.0 * (w.float() - 1.0)
-        return emb + self.guidance_embed(timestep_embedding(c_w, self.model_channels)).to(emb.dtype)
+        return emb + self.guidance_embed(guidance_features(w, self.model_channels)).to(emb.dtype)
 
     def _check_inputs(self, x, y):
         expected = (self.in_channels, self.image_size, self.image_size)
@@ -387,6 +384,13 @@ class UNetModel(nn.Module):
             raise ValueError(f"this network has num_classes={self.num_classes}, so it needs {need}")
         if y is not None and tuple(y.shape) != (x.shape[0],):
             raise ValueError(f"y must have shape ({x.shape[0]},) to match the batch; got {tuple(y.shape)}")
+
+
+def guidance_features(w, dim):
+    """The sinusoid of the guidance scales w ((N,)) that a w-embedding's MLP reads (the generator's and the
+    discriminator's). c_w = 250 (w - 1): w = 1 sits at the embedding's origin and a step of 0.5 in w moves it as far
+    as a 125-step move of ADM's noise index, well resolved by the sinusoid's slower frequencies."""
+    return timestep_embedding(250.0 * (w.float() - 1.0), dim)
 
 
 def _guidance_embedding(model_channels, emb_dim):

@@ -237,10 +237,10 @@ def test_guided_recipe_chains_pairs_stage2_and_the_curve(configs):
     teacher = "runs/quickstart/teacher/exports/denoiser_ema0.999.pt"
     assert (pairs["direction"], pairs["num_pairs"], pairs["guidance_scales"], pairs["num_steps"], pairs["teacher"],
             pairs["out_dir"]) == ("decode", 2000, [1.5, 2.0, 3.0, 4.0], 18, teacher, "runs/quickstart/guided/pairs")
-    assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["init_from"], stage2["latent_dir"]) == (
-        "runs/quickstart/guided/pairs", 1.0, teacher, "runs/quickstart/latents")
+    assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["guided_gan"], stage2["init_from"],
+            stage2["latent_dir"]) == ("runs/quickstart/guided/pairs", 1.0, False, teacher, "runs/quickstart/latents")
     base = configs["stage2_mnist.sh"]
-    own = {"guided_pairs", "guided_weight", "init_from", "latent_dir", "run_dir", "precision"}
+    own = {"guided_pairs", "guided_weight", "guided_gan", "init_from", "latent_dir", "run_dir", "precision"}
     assert {k: v for k, v in stage2.items() if k not in own} == {k: v for k, v in base.items() if k not in own}
     scales = ["1", "1.5", "2", "3", "4"]
     assert [row.split("=", 1)[0] for row in curve["row"]] == [f"{m}_w{w}" for m in ("teacher", "generator")
@@ -249,6 +249,13 @@ def test_guided_recipe_chains_pairs_stage2_and_the_curve(configs):
         [f"sampler=heun,steps=18,guidance={w}" for w in scales] + [f"guidance={w}" for w in scales])
     assert curve["row"][-1].split("=", 1)[1].startswith("runs/quickstart/guided/stage2/exports/generator_ema0.99.pt@")
     assert (curve["data_dir"], curve["num_samples"], curve["num_seeds"]) == ("bundled:mnist", 1000, 3)
+    # option (b) of issue 19 is one environment setting away: the w-conditioned discriminator, nothing else changed
+    env = dict(os.environ, PYTHON=sys.executable, GUIDED_GAN="true")
+    out = subprocess.run(["bash", os.path.join(COMMANDS, "guided_mnist.sh"), "--dry_run"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    other = json.loads(out.stdout)["stage2"]
+    assert other["guided_gan"] is True and dict(other, guided_gan=False) == stage2
 
 
 def test_imagenet_recipes_take_guidance_settings():

@@ -45,17 +45,20 @@ def feature_networks(names, weights=(), *, seed, resolution=0, teacher_sigma=0.5
             for name, w in zip(names, paths)}
 
 
-def discriminator_from_flags(config, *, image_size, num_classes, device, stream="discriminator", nets=None):
+def discriminator_from_flags(config, *, image_size, num_classes, device, stream="discriminator", nets=None,
+                             guidance_embed=False):
     """The discriminator DISCRIMINATOR_FLAGS describe: heads drawn from (--seed, `stream`), frozen networks from
     --feature_seed (built inside the same seeded block, so nothing else the run draws depends on them), identical
-    on every rank. `nets`: reuse these frozen feature networks (a second discriminator over the same features)."""
+    on every rank. `nets`: reuse these frozen feature networks (a second discriminator over the same features).
+    `guidance_embed`: D(x, y, w), a w-embedding in every head (pagoda.discriminator)."""
     with random_util.seeded(config["seed"], stream):
         if nets is None:
             nets = feature_networks(config["feature_networks"], config["feature_weights"],
                                     seed=config["feature_seed"], resolution=config["feature_resolution"],
                                     teacher_sigma=config["teacher_feature_sigma"])
         d = ProjectedDiscriminator(feature_networks=nets, image_size=image_size, num_classes=num_classes,
-                                   channel_scale=config["d_channel_scale"], norm=config["d_norm"]).to(device)
+                                   channel_scale=config["d_channel_scale"], norm=config["d_norm"],
+                                   guidance_embed=guidance_embed).to(device)
     dist_util.sync_params(d.parameters())
     dist_util.check_same_across_ranks(d.feature_networks, what="discriminator feature networks")
     return d
@@ -83,9 +86,9 @@ class DiscriminatorPair(nn.Module):
         super().__init__()
         self.discriminator = discriminator
 
-    def forward(self, x_real, x_fake, y, features_real, features_fake):
-        return (self.discriminator(x_real, y, features=features_real),
-                self.discriminator(x_fake, y, features=features_fake))
+    def forward(self, x_real, x_fake, y, features_real, features_fake, w=None):
+        return (self.discriminator(x_real, y, features=features_real, w=w),
+                self.discriminator(x_fake, y, features=features_fake, w=w))
 
 
 @contextlib.contextmanager
@@ -126,26 +129,28 @@ class Adversary:
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.player = DiscriminatorPair(discriminator)
 
-    def generator_term(self, x_fake, y, generator=None):
-        """Per-sample L_G(D(aug(G(z)))), reaching G through `through_output` (D's weights stay out of the graph)."""
+    def generator_term(self, x_fake, y, generator=None, w=None):
+        """Per-sample L_G(D(aug(G(z)))), reaching G through `through_output` (D's weights stay out of the graph).
+        `w`: the fakes' guidance scales, for a guidance-conditioned D."""
         with no_param_grads(self.discriminator):
             (fake_aug,) = self.augment(x_fake, generator=generator)
-            return through_output(self.g_loss(self.discriminator(fake_aug, y)), x_fake)
+            return through_output(self.g_loss(self.discriminator(fake_aug, y, w=w)), x_fake)
 
-    def discriminator_terms(self, net, x_real, x_fake, y, *, d_step, generator=None):
+    def discriminator_terms(self, net, x_real, x_fake, y, *, d_step, generator=None, w=None):
         """The discriminator phase's terms: the GAN loss on reals vs fakes with shared augmentation parameters,
         diagnostics, and R1 on the augmented reals on every `r1_interval`-th D step (`d_step`: this phase's own
-        count), scaled by the interval (lazy R1). `net` is the player as the loop calls it (DDP-wrapped)."""
+        count), scaled by the interval (lazy R1). `net` is the player as the loop calls it (DDP-wrapped). `w`: the
+        guidance scales of both batches (row i of the reals and of the fakes share y_i and w_i)."""
         real_aug, fake_aug = self.augment(x_real, x_fake, generator=generator)
         d = self.discriminator
-        logits_real, logits_fake = net(real_aug, fake_aug, y, d.extract(real_aug), d.extract(fake_aug))
+        logits_real, logits_fake = net(real_aug, fake_aug, y, d.extract(real_aug), d.extract(fake_aug), w)
         d_loss = self.d_loss(logits_real, logits_fake)
         terms = {"loss": d_loss, "gan_d": d_loss.detach(),
                  "logits_real": mean_logit(logits_real), "logits_fake": mean_logit(logits_fake)}
         terms.update(discriminator_diagnostics(logits_real, logits_fake, head_names(d)))
         if self.r1_gamma > 0 and d_step % self.r1_interval == 0:
             real = real_aug.detach().requires_grad_(True)
-            r1 = r1_penalty(real, d(real, y))
+            r1 = r1_penalty(real, d(real, y, w=w))
             terms["r1"] = r1.detach()
             terms["loss"] = d_loss + 0.5 * self.r1_gamma * self.r1_interval * r1
         return terms

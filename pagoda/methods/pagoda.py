@@ -34,7 +34,7 @@ GROUPS = {
                   use_checkpoint=False, sigma_max=80.0, sigma_data=0.5),
     "discriminator": gan.DISCRIMINATOR_FLAGS,
     "loss": dict(recon_loss="feature", discriminator_weight=0.2, adaptive_weight=True, separate_update=False,
-                 recon_discriminator=False, recon_discriminator_weight=0.5, guided_weight=1.0),
+                 recon_discriminator=False, recon_discriminator_weight=0.5, guided_weight=1.0, guided_gan=False),
     "train": common.train_group(run_dir="runs/stage2", lr_generator=8e-6, lr_discriminator=2e-3,
                                 total_steps=600000, monitor_interval=0, monitor_samples=256,
                                 monitor_network="random_conv"),
@@ -90,14 +90,18 @@ class PaGoDAObjective(Objective):
     with lambda_r the adaptive ratio against L_rec, and D_r updates right after every generator step.
     Stage 3 is this objective with a grown generator and high-resolution images: a config, not a new loop.
     With `guided` pairs (a guidance-conditioned G(z, y, w)) the generator phase adds a distillation term
-    guided_weight * L_rec(G(z_w, y, w), x_w) on pairs the guided teacher decoded; the data reconstruction and the GAN
-    (reals: the data, the w = 1 distribution) stay at w = 1 (option (a) of issue 19: no discriminator fights w > 1).
+    guided_weight * L_rec(G(z_w, y, w), x_w) on pairs the guided teacher decoded; the data reconstruction stays at
+    w = 1. The GAN is either at w = 1 only (reals: the data; option (a) of issue 19: no discriminator fights w > 1)
+    or, with `guided_gan` (option (b)), over w too: a D(x, y, w) whose reals are the data at w = 1 and as many guided
+    teacher samples x_w (a random draw of the pairs) at their w > 1; its fakes are G(z, y, w) from fresh prior z at
+    each real's (y, w), as the w = 1 fakes always were (the pairs' own z are the distillation term's already; the
+    GAN's job is every z of the prior). The GAN's batch doubles: the w = 1 half is exactly option (a)'s.
     """
 
     def __init__(self, *, generator, discriminator, reconstruction, augment, discriminator_weight=0.2,
                  adaptive=True, separate_update=False, gan_loss="hinge", r1_gamma=0.0, r1_interval=16,
                  recon_discriminator=None, recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5,
-                 ema_rates=(0.999,), lineage=None, guided=None, guided_weight=1.0):
+                 ema_rates=(0.999,), lineage=None, guided=None, guided_weight=1.0, guided_gan=False):
         self.generator, self.discriminator, self.recon_discriminator = generator, discriminator, recon_discriminator
         self.adversary = gan.Adversary(discriminator, augment=augment, gan_loss=gan_loss, r1_gamma=r1_gamma,
                                        r1_interval=r1_interval)
@@ -115,6 +119,9 @@ class PaGoDAObjective(Objective):
         self.lineage = dict(lineage or {})
         # guided pairs {z, x, y, w} (pagoda.guided_pairs) for the distillation term of a w-conditioned G
         self.guided, self.guided_weight = guided, guided_weight
+        if guided_gan and guided is None:
+            raise ValueError("guided_gan needs guided pairs: the guided teacher's samples are its reals at w > 1")
+        self.guided_gan = guided_gan
 
     # -- schedule --------------------------------------------------------------------------------------
     def phases(self, step):
@@ -126,13 +133,25 @@ class PaGoDAObjective(Objective):
     # -- losses ----------------------------------------------------------------------------------------
     def losses(self, phase, nets, batch, *, step, generator):
         if phase == "discriminator":
+            x_real, y, w, z = self.discriminator_batch(batch, generator)
             with torch.no_grad():
-                x_fake = self._g(self.generator, self._fresh_latents(batch["z"], generator), batch.get("y"))
-            return self.adversary.discriminator_terms(nets["discriminator"], batch["x"], x_fake, batch.get("y"),
+                x_fake = self._g(self.generator, z, y, w)
+            return self.adversary.discriminator_terms(nets["discriminator"], x_real, x_fake, y, w=w,
                                                       d_step=step // 2, generator=generator)
         if phase == "recon_discriminator":
             return self._recon_discriminator_losses(nets, batch, generator)
         return self._generator_losses(phase, nets, batch, generator)
+
+    def discriminator_batch(self, batch, generator):
+        """(reals, y, w, fake latents) of a D phase: the data batch at w = 1 (w None without guided_gan) and, with
+        guided_gan, as many guided pairs' x_w at their (y, w); fresh prior latents for the fakes at every row."""
+        x, y, z = batch["x"], batch.get("y"), self._fresh_latents(batch["z"], generator)
+        if not self.guided_gan:
+            return x, y, None, z
+        _, y_w, w, x_w = self._guided_batch(len(x), generator)
+        w = torch.cat([torch.ones(len(x), device=x.device), w])
+        y = None if y is None else torch.cat([y, y_w])
+        return torch.cat([x, x_w]), y, w, torch.cat([z, self._fresh_latents(batch["z"], generator)])
 
     def _fresh_latents(self, z_like, generator):
         return torch.randn(z_like.shape, device=z_like.device, generator=generator) * self.sigma_max
@@ -146,33 +165,50 @@ class PaGoDAObjective(Objective):
         idx = idx.to(self.guided["z"].device)
         return tuple(None if self.guided[k] is None else self.guided[k][idx] for k in ("z", "y", "w", "x"))
 
+    def _generator_inputs(self, batch, want_rec, want_gan, generator):
+        """The generator phase's segments {name: (z, y, w)}, in forward order: rec (the data latents), gan (fresh z at
+        w = 1), gan_w (guided_gan: fresh z at a draw of the pairs' (y, w)), distill (that draw's own z). w is None
+        for a generator without a w input. Returns (segments, the guided draw or None)."""
+        z, y = batch["z"], batch.get("y")
+        ones = None if self.guided is None else torch.ones(len(z), device=z.device)
+        segments = {}
+        if want_rec:
+            segments["rec"] = (z, y, ones)
+        if want_gan:
+            segments["gan"] = (self._fresh_latents(z, generator), y, ones)
+        guided = None
+        if self.guided is not None and (want_rec or (want_gan and self.guided_gan)):
+            guided = self._guided_batch(len(z), generator)
+        if want_gan and self.guided_gan:
+            segments["gan_w"] = (self._fresh_latents(z, generator), guided[1], guided[2])
+        if want_rec and guided is not None:
+            segments["distill"] = guided[:3]
+        return segments, guided
+
+    def _forward_segments(self, net, segments):
+        """One forward for all segments (one DDP forward per backward), split back by name."""
+        parts = list(segments.values())
+        z_in, y_in, w_in = (None if part[0] is None else torch.cat(part) for part in zip(*parts))
+        out = self._g(net, z_in, y_in, w_in)
+        return dict(zip(segments, out.split([len(part[0]) for part in parts])))
+
     def _generator_losses(self, phase, nets, batch, generator):
-        x, z, y = batch["x"], batch["z"], batch.get("y")
+        x, y = batch["x"], batch.get("y")
         n = x.shape[0]
         want_rec, want_gan = phase in ("generator", "generator:rec"), phase in ("generator", "generator:gan")
-        z_in = torch.cat([z, self._fresh_latents(z, generator)]) if want_rec and want_gan else (
-            z if want_rec else self._fresh_latents(z, generator))
-        y_in = None if y is None else (torch.cat([y, y]) if want_rec and want_gan else y)
-        w_in, guided = None, None
-        if self.guided is not None:  # the data and GAN terms at w = 1, the distillation term at its pairs' w
-            w_in = torch.ones(len(z_in), device=z.device)
-            if want_rec:
-                guided = self._guided_batch(n, generator)
-                z_in, w_in = torch.cat([z_in, guided[0]]), torch.cat([w_in, guided[2]])
-                y_in = None if y_in is None else torch.cat([y_in, guided[1]])
-        out = self._g(nets["generator"], z_in, y_in, w_in)  # one forward for all terms: one DDP forward per backward
-        if guided is not None:
-            out, x_guided = out[:-n], out[-n:]
+        segments, guided = self._generator_inputs(batch, want_rec, want_gan, generator)
+        out = self._forward_segments(nets["generator"], segments)
         terms, last = {}, self.generator.last_resblock_conv().weight
         loss = 0.0
         if want_rec:
-            x_rec = out[:n]
+            x_rec = out["rec"]
             rec = self.reconstruction(x_rec, x, generator=generator)
             terms.update(rec=rec.detach(), psnr=psnr(x_rec.detach().clamp(-1, 1), x))
             loss = loss + rec
-            if guided is not None:
-                distill = self.reconstruction(x_guided, guided[3], generator=generator)
-                terms.update(distill=distill.detach(), psnr_guided=psnr(x_guided.detach().clamp(-1, 1), guided[3]))
+            if "distill" in out:
+                distill = self.reconstruction(out["distill"], guided[3], generator=generator)
+                terms.update(distill=distill.detach(),
+                             psnr_guided=psnr(out["distill"].detach().clamp(-1, 1), guided[3]))
                 loss = loss + self.guided_weight * distill
             if self.recon_adversary is not None:
                 recon_gan = self.recon_adversary.generator_term(x_rec, y, generator=generator)
@@ -180,7 +216,7 @@ class PaGoDAObjective(Objective):
                 terms.update(recon_gan=recon_gan.detach(), recon_adaptive_weight=lam_r.expand(n))
                 loss = loss + self.w_r * lam_r * recon_gan
         if want_gan:
-            gan_term = self.adversary.generator_term(out[-n:], y, generator=generator)
+            gan_term = self._gan_term(out, segments, generator)
             lam = self._lambda(rec if want_rec else None, gan_term, last)
             at_clamp = ((lam >= gan.ADAPTIVE_CLIP[1]) | (lam <= gan.ADAPTIVE_CLIP[0])).float()
             terms.update(gan=gan_term.detach(), adaptive_weight=lam.expand(n), adaptive_at_clamp=at_clamp.expand(n))
@@ -189,6 +225,17 @@ class PaGoDAObjective(Objective):
             self._rec_grad_norm = weight_grad_norm(rec, last)
         terms["loss"] = loss
         return terms
+
+    def _gan_term(self, out, segments, generator):
+        """Per-sample L_G on the fresh fakes: at w = 1 only, or (guided_gan) at w = 1 and at the pairs' w, row i
+        the mean of the two halves' row i (the batch's per-sample shape; the adaptive weight rescales the term to
+        the reconstruction's gradient norm anyway, so mean or sum makes no difference below its clamp)."""
+        names = ["gan", "gan_w"] if self.guided_gan else ["gan"]
+        x_fake = torch.cat([out[k] for k in names])
+        y = None if segments["gan"][1] is None else torch.cat([segments[k][1] for k in names])
+        w = torch.cat([segments[k][2] for k in names]) if self.guided_gan else None
+        per_sample = self.adversary.generator_term(x_fake, y, generator=generator, w=w)
+        return per_sample.view(len(names), -1).mean(0)
 
     def _lambda(self, rec, gan_term, last):
         if not self.adaptive:
@@ -312,9 +359,10 @@ def build_reconstruction(config, augment, device):
 
 
 def build_discriminators(config, *, image_size, num_classes, device):
-    """The projected discriminator and, with --recon_discriminator, the reconstruction one (its own heads over the
-    same frozen feature networks: the official 512 setting)."""
-    d = gan.discriminator_from_flags(config, image_size=image_size, num_classes=num_classes, device=device)
+    """The projected discriminator (with --guided_gan a D(x, y, w)) and, with --recon_discriminator, the
+    reconstruction one (its own heads over the same frozen feature networks: the official 512 setting; w = 1)."""
+    d = gan.discriminator_from_flags(config, image_size=image_size, num_classes=num_classes, device=device,
+                                     guidance_embed=config["guided_gan"])
     d_r = None
     if config["recon_discriminator"]:
         d_r = gan.discriminator_from_flags(config, image_size=image_size, num_classes=num_classes, device=device,
@@ -347,6 +395,9 @@ GENERATOR_FLAGS = ("grow_factor", "channel_mult_high", "refit_head", "seed", "si
 
 
 def build(config, device):
+    if config["guided_gan"] and not config["guided_pairs"]:
+        raise ValueError("--guided_gan true needs --guided_pairs: the guided teacher's samples are the "
+                         "discriminator's reals at w > 1")
     backbone, origin = build_generator(config["init_from"], device=device,
                                        **{k: config[k] for k in GENERATOR_FLAGS})
     guided = None
@@ -377,7 +428,7 @@ def build(config, device):
                                 recon_discriminator_weight=config["recon_discriminator_weight"],
                                 sigma_max=config["sigma_max"], sigma_data=config["sigma_data"],
                                 ema_rates=config["ema_rates"], lineage=lineage, guided=guided,
-                                guided_weight=config["guided_weight"])
+                                guided_weight=config["guided_weight"], guided_gan=config["guided_gan"])
     preview = GeneratorPreview(interval=config["preview_interval"], num_classes=sampled_classes,
                                sigma_max=config["sigma_max"], sigma_data=config["sigma_data"])
     optim = {"generator": OptimSpec(name="radam", lr=config["lr_generator"]),
