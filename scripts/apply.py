@@ -338,9 +338,9 @@ def summary(scores):
     lines = []
     for key, value in scores.items():
         if isinstance(value, dict) and "mean" in value:
-            lines.append(f"{key}: {value['mean']:.3f} +- {value['std'] or 0:.3f}")
-        elif isinstance(value, dict):
-            lines += [f"{key} {k}: {v['mean']:.3f} +- {v['std'] or 0:.3f}" for k, v in value.items()
+            lines.append(f"{key}: {value['mean']:.4g} +- {value['std'] or 0:.2g}")
+        elif isinstance(value, dict):  # significant digits: KID is of order 1e-3
+            lines += [f"{key} {k}: {v['mean']:.4g} +- {v['std'] or 0:.2g}" for k, v in value.items()
                       if isinstance(v, dict) and "mean" in v]
     return "\n".join(lines)
 
