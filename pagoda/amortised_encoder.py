@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .random_util import StackedRandomGenerator
+from .random_util import noised
 
 LATENT_SETTINGS = ("num_steps", "start_sigma", "sigma_min", "sigma_max", "rho", "clamp_denoised")
 
@@ -54,7 +54,7 @@ class AmortisedEncoder(nn.Module):
         if self.input_sigma:
             if seeds is None:
                 raise ValueError("this encoder takes x + input_sigma n: pass one noise seed per image")
-            x = x + self.input_sigma * StackedRandomGenerator(x.device, list(seeds)).randn(x.shape, dtype=x.dtype)
+            x = noised(x, self.input_sigma, seeds)
         return self(x, y)
 
 
@@ -66,13 +66,14 @@ def predict(backbone, x, y=None, *, encoder_sigma, sigma_data):
     return backbone(x * c_in, sigma, y).float()
 
 
-def encoder_sidecar(backbone, *, encoder_sigma, input_sigma, sigma_max, sigma_data, teacher_sha256, null_class, latent_settings):
+def encoder_sidecar(backbone, *, encoder_sigma, input_sigma, sigma_max, sigma_data, teacher_sha256, null_class,
+                    latent_settings):
     """The export sidecar of an amortised encoder (kind 'encoder'); `latent_settings` holds LATENT_SETTINGS of the
     ODE latents it was trained on."""
     cfg = backbone.config
     side = {"kind": "encoder", "unet": cfg, "encoder_sigma": float(encoder_sigma), "input_sigma": float(input_sigma),
-            "sigma_max": float(sigma_max),
-            "sigma_data": float(sigma_data), "image_size": cfg["image_size"], "num_classes": cfg["num_classes"],
+            "sigma_max": float(sigma_max), "sigma_data": float(sigma_data), "image_size": cfg["image_size"],
+            "num_classes": cfg["num_classes"],
             "latent_settings": {k: latent_settings.get(k) for k in LATENT_SETTINGS}}
     if teacher_sha256:
         side["teacher_sha256"] = teacher_sha256

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .unet import guidance_features
+from .unet import guidance_features, guidance_scales
 
 # Output channels of a down block by the resolution it produces (projected GAN / StyleGAN-XL table).
 HEAD_CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}
@@ -179,7 +179,4 @@ class ProjectedDiscriminator(nn.Module):
             if w is not None:
                 raise ValueError("this discriminator has no guidance-scale input (guidance_embed=False); pass w=None")
             return None
-        w = torch.ones(n, device=device) if w is None else torch.as_tensor(w, device=device)
-        if tuple(w.shape) != (n,):
-            raise ValueError(f"w must have shape ({n},) to match the batch; got {tuple(w.shape)}")
-        return w
+        return guidance_scales(w, n, device)

@@ -13,7 +13,7 @@ from . import logger
 from .faults import kill_point
 from .image_util import psnr
 from .latent_store import num_chunks
-from .random_util import StackedRandomGenerator
+from .random_util import noised
 from .sampling import heun_decode, heun_invert
 
 
@@ -45,8 +45,12 @@ def start_state(x, part, start_sigma):
     """
     if not start_sigma:
         return x
-    seeds = [2 * int(i) + int(f) for i, f in part]
-    return x + start_sigma * StackedRandomGenerator(x.device, seeds).randn(x.shape, dtype=x.dtype)
+    return noised(x, start_sigma, [start_seed(i, f) for i, f in part])
+
+
+def start_seed(index, flip):
+    """The seed of the start noise of an item (image index, flipped or not): the latent store's identity of it."""
+    return 2 * int(index) + int(flip)
 
 
 def _load_batch(dataset, part, device, *, skip_unreadable=False):

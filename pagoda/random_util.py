@@ -52,6 +52,12 @@ class StackedRandomGenerator:
         return torch.stack([torch.randint(*args, size=per_sample, generator=gen, **kwargs) for gen in self.generators])
 
 
+def noised(x, sigma, seeds):
+    """x + sigma * n, with image i's n drawn from seeds[i] alone (StackedRandomGenerator), so a batch's split or
+    order changes nothing."""
+    return x + sigma * StackedRandomGenerator(x.device, list(seeds)).randn(x.shape, dtype=x.dtype)
+
+
 def sample_seeds(num_samples, *, base_seed=0, shard=0, num_shards=1):
     """Seeds of the samples this shard generates: global indices shard, shard + num_shards, ... plus base_seed."""
     if num_samples < 0:

@@ -370,9 +370,7 @@ class UNetModel(nn.Module):
             if w is not None:
                 raise ValueError("this network has no guidance-scale input (guidance_embed=False); pass w=None")
             return emb
-        w = torch.ones(emb.shape[0], device=emb.device) if w is None else torch.as_tensor(w, device=emb.device)
-        if tuple(w.shape) != (emb.shape[0],):
-            raise ValueError(f"w must have shape ({emb.shape[0]},) to match the batch; got {tuple(w.shape)}")
+        w = guidance_scales(w, emb.shape[0], emb.device)
         return emb + self.guidance_embed(guidance_features(w, self.model_channels)).to(emb.dtype)
 
     def _check_inputs(self, x, y):
@@ -384,6 +382,14 @@ class UNetModel(nn.Module):
             raise ValueError(f"this network has num_classes={self.num_classes}, so it needs {need}")
         if y is not None and tuple(y.shape) != (x.shape[0],):
             raise ValueError(f"y must have shape ({x.shape[0]},) to match the batch; got {tuple(y.shape)}")
+
+
+def guidance_scales(w, n, device):
+    """The guidance scales of a batch of n as an (n,) tensor on `device`; None is w = 1 (unguided)."""
+    w = torch.ones(n, device=device) if w is None else torch.as_tensor(w, device=device)
+    if tuple(w.shape) != (n,):
+        raise ValueError(f"w must have shape ({n},) to match the batch; got {tuple(w.shape)}")
+    return w
 
 
 def guidance_features(w, dim):

@@ -16,6 +16,7 @@ scripts/apply.py --encoder amortised --encoder_path FILE uses it in place of the
 
 from .. import dist_util, logger, script_util
 from ..amortised_encoder import LATENT_SETTINGS, encoder_sidecar, predict, regression_loss
+from ..encoding import start_seed
 from ..image_datasets import check_labels
 from ..model_io import load_teacher, real_classes
 from ..pair_datasets import PairDataset, check_latent_teacher
@@ -83,7 +84,7 @@ class NoisedPairs(PairDataset):
         item = super().load(i, flip=flip)
         flip = flip if self.random_flip else self.flips[0]
         index = self.images.indices[self.positions[i]]
-        item["n"] = StackedRandomGenerator("cpu", [2 * index + int(flip)]).randn((1, *item["x"].shape))[0]
+        item["n"] = StackedRandomGenerator("cpu", [start_seed(index, flip)]).randn((1, *item["x"].shape))[0]
         return item
 
 
