@@ -6,16 +6,16 @@ amortised encoder) to z at sigma_max, and any one-step generator decodes z, at i
 G(E(x), y) is x super-resolved, G(E(x), y') is x in class y', G(slerp(z_a, z_b, t)) interpolates.
 """
 
+import os
+import time
+
 import numpy as np
 import torch
 
 from . import logger
 from .image_datasets import center_crop_arr
-from .random_util import StackedRandomGenerator
+from .random_util import StackedRandomGenerator, noised
 from .sampling import _heun_step, heun_invert, karras_sigmas
-
-LABEL_SOURCES = ("given", "data", "null", "classifier")
-
 
 def check_models(teacher, generator, *, teacher_path, generator_path):
     """A teacher and a generator can be chained only if the generator's latent is the teacher's image size and both
@@ -76,7 +76,7 @@ def encode_ode(teacher, x, y, sigmas, *, start_sigma, seeds):
     """z = PF-ODE(x + start_sigma n) at sigmas[0]; n from each image's own seed, so a batch's split changes
     nothing. As the bundled latents were made: a clean digit is a mode and flows to an atypically small latent."""
     if start_sigma:
-        x = x + start_sigma * StackedRandomGenerator(x.device, list(seeds)).randn(x.shape, dtype=x.dtype)
+        x = noised(x, start_sigma, seeds)
     return heun_invert(teacher, x, sigmas, y, clamp_denoised=True)
 
 
@@ -109,11 +109,6 @@ def classify(classifier, images_uint8):
     return pred.numpy(), conf.numpy()
 
 
-def confident_rate(conf, *, threshold=0.9):
-    """Fraction of images whose classifier confidence reaches `threshold`."""
-    return float(np.mean(np.asarray(conf) >= threshold))
-
-
 def pick_labels(*, n, given=-1, data_labels=None, null_class=None, predict=None):
     """(labels (n,), where they came from): --label when given, else the data's own labels when asked, else the
     teacher's null class when it has one, else the domain classifier's prediction (`predict()`)."""
@@ -126,8 +121,6 @@ def pick_labels(*, n, given=-1, data_labels=None, null_class=None, predict=None)
     if predict is None:
         raise ValueError("no label for the images: pass --label, use the data's labels, or a domain classifier")
     return np.asarray(predict(), np.int64), "classifier"
-
-
 
 
 def transfer_targets(labels, num_classes, *, target_label=-1, seed=0):
@@ -146,11 +139,12 @@ def transfer_targets(labels, num_classes, *, target_label=-1, seed=0):
 
 
 def block_spread(values, num_blocks):
-    """(mean, std over `num_blocks` disjoint consecutive blocks of per-image values, per-block means)."""
+    """{mean, std over `num_blocks` disjoint consecutive blocks of per-image values, blocks: the per-block means}
+    (std None for one block): the form every score of scores.json takes."""
     values = np.asarray(values, np.float64)
     blocks = [b.mean() for b in np.array_split(values, num_blocks) if len(b)]
     std = float(np.std(blocks, ddof=1)) if len(blocks) > 1 else None
-    return float(values.mean()), std, [float(b) for b in blocks]
+    return {"mean": float(values.mean()), "std": std, "blocks": [float(b) for b in blocks]}
 
 
 def nearest_enlarge(images_uint8, size):
@@ -194,7 +188,6 @@ def builtin_mask(kind, size, n, *, seed=0):
 
 def load_mask(path, size, n):
     """A mask file (.npy or a grey image; nonzero = observed) for every image; it must be size x size."""
-    import os
     if not os.path.exists(path):
         raise FileNotFoundError(f"mask {path} does not exist; use a .png / .npy file or one of {', '.join(MASKS)}")
     if path.endswith(".npy"):
@@ -238,7 +231,6 @@ def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
 def search_batches(generator, z0, labels, x_true, m, *, batch_size, steps, lr, prior_weight):
     """latent_search over all images in batches of `batch_size`, from the encoded observations z0 (N, ...) with
     labels (N,) numpy: (outputs G(z) before the observed pixels are pasted back, seconds)."""
-    import time
     outs, start = [], time.time()
     for b in logger.progress(range(0, len(x_true), batch_size), desc="search", unit="batch"):
         sl = slice(b, b + batch_size)
@@ -251,7 +243,6 @@ def search_batches(generator, z0, labels, x_true, m, *, batch_size, steps, lr, p
 def replacement_steps_for(teacher, x_obs, labels, *, batch_size, seconds):
     """The number of Heun steps (2 calls each) of the teacher on all of x_obs that fit in `seconds`, timed on one
     batch: the equal-wall-time budget of the replacement baseline."""
-    import time
     start = time.time()
     teacher(x_obs[:batch_size], torch.full((len(x_obs[:batch_size]),), 1.0), torch.from_numpy(labels[:batch_size]))
     per_call = (time.time() - start) * len(x_obs) / len(x_obs[:batch_size])
@@ -261,7 +252,6 @@ def replacement_steps_for(teacher, x_obs, labels, *, batch_size, seconds):
 def replacement_batches(teacher, x_obs, m, labels, *, batch_size, steps, sigma_min, sigma_max, rho):
     """replacement_inpaint over all images in batches, on karras_sigmas(steps, ...); image i draws its noise from
     seed i, so the batch split changes nothing: (outputs, seconds)."""
-    import time
     sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
     outs, start = [], time.time()
     for b in logger.progress(range(0, len(x_obs), batch_size), desc="replacement", unit="batch"):
@@ -283,7 +273,6 @@ def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds):
         x = _heun_step(teacher, x, sigma, sigma_next, y, False)
         x = m * (x_obs + sigma_next * eps) + (1 - m) * x
     return x.clamp(-1, 1)
-
 
 
 def masked_psnr(a, b, region):

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import applications as app  # noqa: E402
+from pagoda.applications import block_spread  # noqa: E402
 from pagoda import logger, script_util  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
@@ -175,11 +176,6 @@ def kid_blocks(inception, refs, candidates, num_blocks, *, batch_size=100):
                            num_blocks)
 
 
-def score(values, num_blocks):
-    mean, std, blocks = app.block_spread(values, num_blocks)
-    return {"mean": mean, "std": std, "blocks": blocks}
-
-
 def super_resolve(args, teacher, generator, low, refs, labels, classifier, encoder=None):
     size = generator.output_size
     t0 = time.time()
@@ -188,12 +184,12 @@ def super_resolve(args, teacher, generator, low, refs, labels, classifier, encod
     seconds = time.time() - t0
     bicubic = resize_bicubic(low, size)
     back = app.adm_resize(out, low.shape[1])
-    scores = {"seconds_per_image": seconds / len(low), "consistency_psnr_db": score(
+    scores = {"seconds_per_image": seconds / len(low), "consistency_psnr_db": block_spread(
         psnr(from_uint8(back), from_uint8(low)).numpy(), args.num_blocks)}
     if refs is not None:
         ref_t = from_uint8(refs)
-        scores["psnr_db"] = {"super_resolved": score(psnr(from_uint8(out), ref_t).numpy(), args.num_blocks),
-                             "bicubic": score(psnr(from_uint8(bicubic), ref_t).numpy(), args.num_blocks)}
+        scores["psnr_db"] = {"super_resolved": block_spread(psnr(from_uint8(out), ref_t).numpy(), args.num_blocks),
+                             "bicubic": block_spread(psnr(from_uint8(bicubic), ref_t).numpy(), args.num_blocks)}
         scores["domain_fd"] = fd_blocks(classifier(), refs, {"super_resolved": out, "bicubic": bicubic},
                                         args.num_blocks)
         if args.inception_kid:
@@ -235,7 +231,7 @@ def inpaint(args, teacher, generator, low, refs, labels, classifier, encoder=Non
     raw, seconds = app.search_batches(generator, z0, labels, x_true, m, batch_size=args.batch_size,
                                       steps=args.search_steps, lr=args.search_lr, prior_weight=args.prior_weight)
     results = {"latent_search": raw * (1 - m) + x_true * m, "naive_fill": fill}
-    scores = {"consistency_psnr_db": score(app.masked_psnr(raw, x_true, m).numpy(), args.num_blocks),
+    scores = {"consistency_psnr_db": block_spread(app.masked_psnr(raw, x_true, m).numpy(), args.num_blocks),
               "search_seconds": seconds}
     if size == teacher.backbone.config["image_size"]:
         steps = args.replacement_steps or app.replacement_steps_for(teacher, x_true * m, labels,
@@ -245,7 +241,7 @@ def inpaint(args, teacher, generator, low, refs, labels, classifier, encoder=Non
                                                    rho=args.rho)
         results["replacement"] = rep * (1 - m) + x_true * m
         scores.update(replacement_steps=steps, replacement_seconds=rep_seconds)
-    scores["psnr_in_mask_db"] = {k: score(app.masked_psnr(v, x_true, 1 - m).numpy(), args.num_blocks)
+    scores["psnr_in_mask_db"] = {k: block_spread(app.masked_psnr(v, x_true, 1 - m).numpy(), args.num_blocks)
                                  for k, v in results.items()}
     images = {k: to_uint8(v) for k, v in results.items()}
     scores["domain_fd"] = fd_blocks(classifier(), truth, images, args.num_blocks)
@@ -272,10 +268,10 @@ def transfer(args, teacher, generator, low, refs, labels, classifier, encoder=No
     kept = decode_all(args, generator, z, labels)
     pred, conf = app.classify(classifier(), out)
     reals = refs if refs is not None else low
-    scores = {"target_confident_rate": score(((pred == targets) & (conf >= 0.9)).astype(np.float64),
+    scores = {"target_confident_rate": block_spread(((pred == targets) & (conf >= 0.9)).astype(np.float64),
                                              args.num_blocks),
               # as their own class when the labels are real classes (not the null class)
-              "real_confident_rate": score(reals_rate(classifier(), reals, labels if (labels < num_classes).all()
+              "real_confident_rate": block_spread(reals_rate(classifier(), reals, labels if (labels < num_classes).all()
                                                       else None), args.num_blocks),
               "targets": targets.tolist()}
     size = generator.output_size
@@ -304,8 +300,8 @@ def interpolate(args, teacher, generator, low, refs, labels, classifier, encoder
     _, conf = app.classify(classifier(), mid)
     reals = refs if refs is not None else low
     scores = {"midpoint_t": float(ts[args.num_interp // 2]),
-              "midpoint_confident_rate": score((conf >= 0.9).astype(np.float64), min(args.num_blocks, pairs)),
-              "real_confident_rate": score(reals_rate(classifier(), reals), args.num_blocks)}
+              "midpoint_confident_rate": block_spread((conf >= 0.9).astype(np.float64), min(args.num_blocks, pairs)),
+              "real_confident_rate": block_spread(reals_rate(classifier(), reals), args.num_blocks)}
     size = generator.output_size
     rows = [app.nearest_enlarge(low[0::2], size)] + [strips[:, j] for j in range(args.num_interp)] + \
         [app.nearest_enlarge(low[1::2], size)]

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import applications as app  # noqa: E402
 from pagoda import script_util  # noqa: E402
+from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.image_datasets import center_crop_arr, open_source  # noqa: E402
 from pagoda.image_util import from_uint8, psnr  # noqa: E402
 from pagoda.model_io import load_encoder, load_generator, load_teacher  # noqa: E402
@@ -74,13 +75,11 @@ def main(argv=None):
             scores.setdefault(k, []).append(v)
     out = {"num_images": n, "input": args.input}
     for k, v in scores.items():
-        mean, std, blocks = app.block_spread(torch.cat(v).numpy(), args.num_blocks)
-        out[k] = {"mean": mean, "std": std, "blocks": blocks}
+        out[k] = app.block_spread(torch.cat(v).numpy(), args.num_blocks)
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        atomic_write_text(text, args.out)
 
 
 if __name__ == "__main__":
