@@ -27,8 +27,12 @@ def _toy(run_dir, steps, *extra, check=True, nproc=1):
     cmd = [sys.executable, TOY, str(run_dir), str(steps), *extra]
     if nproc > 1:
         cmd = [mpiexec(), "-n", str(nproc), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=check,
-                          env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+    # the processes' own output in the failure report: a rare exit-time abort under mpiexec is otherwise opaque
+    assert not check or out.returncode == 0, (f"{cmd} exited {out.returncode}\n{out.stdout[-3000:]}\n"
+                                              f"{out.stderr[-3000:]}")
+    return out
 
 
 def _same_final(run_a, run_b):
