@@ -96,3 +96,24 @@ def load_guided_pairs(folder):
     _, y, w = pair_inputs(indices, shape=(0,), seed=manifest["seed"], sigma_max=0.0,
                           num_classes=manifest["num_classes"], scales=manifest["guidance_scales"])
     return {"z": data[:, :half], "x": data[:, half:], "y": y, "w": w, "manifest": manifest}
+
+
+class GuidedPairDataset(torch.utils.data.Dataset):
+    """One rank's shard of loaded pairs (load_guided_pairs) as training items {z, x, w[, y]}: pairs shard,
+    shard + num_shards, ... (pagoda.image_datasets.infinite_batches reads it like the image and latent datasets)."""
+
+    random_flip = False  # a flipped x_w is not the image of its z
+
+    def __init__(self, pairs, *, shard=0, num_shards=1):
+        self.pairs = {k: pairs[k] for k in ("z", "x", "w", "y") if pairs.get(k) is not None}
+        self.positions = list(range(shard, len(pairs["z"]), num_shards))
+
+    def __len__(self):
+        return len(self.positions)
+
+    def load(self, i, *, flip=False):
+        j = self.positions[i]
+        return {k: v[j] for k, v in self.pairs.items()}
+
+    def __getitem__(self, i):
+        return self.load(i)

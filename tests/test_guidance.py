@@ -2,6 +2,7 @@
 distilled from it (and is never sampled), and the guidance scale is an input only of a guidance-conditioned
 generator G(z, y, w)."""
 
+import copy
 import json
 
 import numpy as np
@@ -186,3 +187,98 @@ def test_guidance_from_the_released_imagenet_teacher_is_refused_before_sampling(
                                          r"class\); this teacher has none \(the released EDM ImageNet-64 teacher "
                                          r"neither\), so it samples only w = 1"):
         TeacherSampler(teacher, guidance_scale=3.0)
+
+
+def _distill(run_dir, generator, pairs, *extra):
+    """train.py --method guidance: 40 steps of 4 pairs on the tiny run; returns the EMA export's path."""
+    from tests.helpers.tiny_runs import _main, entry  # noqa: PLC0415
+    _main(entry("guidance"), ["--init_from", generator, "--guided_pairs", pairs, "--run_dir", str(run_dir),
+                              "--global_batch_size", "4", "--total_steps", "40", "--lr", "2e-3", "--ema_rates", "0.9",
+                              "--save_interval", "40", "--preview_interval", "0", "--log_interval", "40", *extra])
+    return str(run_dir / "exports" / "generator_ema0.9.pt")
+
+
+def _pair_psnr(gen, pairs):
+    from pagoda.image_util import psnr  # noqa: PLC0415
+    return psnr(gen.sample(pairs["z"], pairs["y"], pairs["w"]), pairs["x"]).mean().item()
+
+
+def _w1_gap(gen, start):
+    """Mean squared difference from the starting generator at w = 1 on 32 fresh prior latents of real classes."""
+    z = StackedRandomGenerator("cpu", list(range(100, 132))).randn((32, 3, 8, 8)) * 80.0
+    y = torch.arange(32) % 4
+    return (gen.sample(z, y, torch.ones(32)) - start.sample(z, y)).square().mean().item()
+
+
+def test_guidance_distillation_fits_the_pairs_and_the_anchor_holds_w_1(guided_stage2, tmp_path):
+    from pagoda.guided_pairs import load_guided_pairs  # noqa: PLC0415
+    pairs_dir = _decode(tmp_path / "pairs", guided_stage2["teacher"])
+    pairs = load_guided_pairs(pairs_dir)
+    start = load_generator(guided_stage2["generator"])  # stage 2's, without a w input
+    anchored = load_generator(_distill(tmp_path / "anchored", guided_stage2["generator"], pairs_dir))
+    free = load_generator(_distill(tmp_path / "free", guided_stage2["generator"], pairs_dir, "--anchor_weight", "0"))
+    with open(str(tmp_path / "anchored" / "exports" / "generator_ema0.9.json")) as f:
+        side = json.load(f)
+    with open(guided_stage2["generator"].replace(".pt", ".json")) as f:
+        start_side = json.load(f)
+    assert side["unet"]["guidance_embed"] is True and side["null_class"] == 4
+    assert side["teacher_sha256"] == start_side["teacher_sha256"]
+    # the pairs are learnt (measured 7.1 -> 12.0 dB on this tiny run; 29.1 dB unanchored) ...
+    before = _pair_psnr(start, {**pairs, "w": None})
+    assert _pair_psnr(anchored, pairs) > before + 3.0
+    # ... and the anchor keeps w = 1 where it started: measured 0.0015 against 0.41 without it
+    assert _w1_gap(anchored, start) * 20 < _w1_gap(free, start)
+
+
+def test_guidance_objective_starts_at_zero_anchor_loss_and_draws_only_real_classes():
+    from pagoda.generator import with_guidance_input  # noqa: PLC0415
+    from pagoda.losses import PixelLoss  # noqa: PLC0415
+    from pagoda.methods.guidance import GuidanceObjective  # noqa: PLC0415
+    start = _randomised(UNetModel(**dict(TINY, num_classes=5)))
+    net = with_guidance_input(start)
+    objective = GuidanceObjective(generator=net, anchor=copy.deepcopy(net), reconstruction=PixelLoss(), anchor_weight=1.0,
+                                  num_classes=4, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.99,), sidecar={})
+    batch = {"z": torch.randn(64, 3, 8, 8) * 80, "x": torch.rand(64, 3, 8, 8) * 2 - 1, "y": torch.arange(64) % 4,
+             "w": torch.full((64,), 3.0)}
+    gen = torch.Generator().manual_seed(0)
+    terms = objective.losses("generator", {"generator": net}, batch, step=0, generator=gen)
+    assert torch.equal(terms["anchor"], torch.zeros(64))  # zero w-embedding: G(., ., 1) is G_0
+    from pagoda.generator import generate  # noqa: PLC0415
+    expected = PixelLoss()(generate(start, batch["z"], batch["y"]), batch["x"])  # unclamped, as trained
+    assert torch.allclose(terms["distill"], expected, atol=1e-6)
+    assert torch.allclose(terms["loss"], terms["distill"])
+    _, y, w = objective.anchor_inputs(2000, torch.zeros(2000, 3, 8, 8), torch.Generator().manual_seed(1))
+    assert set(y.tolist()) == {0, 1, 2, 3} and torch.equal(w, torch.ones(2000))  # never the null class 4
+
+
+def test_guided_pair_shards_are_disjoint_and_cover_every_pair():
+    from pagoda.guided_pairs import GuidedPairDataset  # noqa: PLC0415
+    pairs = {"z": torch.arange(7.0)[:, None], "x": -torch.arange(7.0)[:, None], "w": torch.arange(7.0) + 1,
+             "y": None}
+    shards = [GuidedPairDataset(pairs, shard=r, num_shards=3) for r in range(3)]
+    seen = sorted(int(s.load(i)["z"]) for s in shards for i in range(len(s)))
+    assert seen == list(range(7)) and [len(s) for s in shards] == [3, 2, 2]
+    item = shards[1].load(1)
+    assert set(item) == {"z", "x", "w"} and item["x"].item() == -4.0 and item["w"].item() == 5.0
+
+
+def test_guidance_distillation_refuses_bad_starts(guided_stage2, tmp_path):
+    from pagoda.methods import guidance  # noqa: PLC0415
+    from tests.helpers.tiny_runs import _main, entry  # noqa: PLC0415
+    with pytest.raises(ValueError, match=r"^--guided_pairs is required"):
+        _main(entry("guidance"), ["--init_from", guided_stage2["generator"], "--run_dir", str(tmp_path / "r")])
+    with pytest.raises(ValueError, match=r"^--init_from is required: a one-step generator export"):
+        guidance.load_start("", device="cpu", seed=0)
+    with pytest.raises(ValueError, match=r"is a 'denoiser' export, but a 'generator' is needed here"):
+        guidance.load_start(guided_stage2["teacher"], device="cpu", seed=0)
+
+
+def test_censored_regression_forgives_only_overshoot_past_a_clamped_target():
+    from pagoda.methods.guidance import censored  # noqa: PLC0415
+    x = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.3, 0.3, 0.9995])
+    x_hat = torch.tensor([1.4, 0.8, -1.7, -0.6, 1.4, -1.4, 1.2], requires_grad=True)
+    got = censored(x_hat, x)
+    # past a bound the target sits on: no error, no gradient; short of it, and anywhere inside: unchanged
+    assert got.tolist() == pytest.approx([1.0, 0.8, -1.0, -0.6, 1.4, -1.4, 1.0])
+    got.sum().backward()
+    assert x_hat.grad.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]

@@ -6,7 +6,7 @@ Adding a method adds a module here, its name below, and a recipe in commands/.
 
 import importlib
 
-METHODS = ("diffusion", "pagoda", "gdd", "progressive", "encoder")
+METHODS = ("diffusion", "pagoda", "gdd", "progressive", "encoder", "guidance")
 
 
 def get(name):
