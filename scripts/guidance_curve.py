@@ -9,7 +9,9 @@ the row label up to its '_w' suffix) and ordered by their `guidance`. Written ne
   guidance.md    the same as a table, the rank correlation (Spearman) of each score with w for each model, and for
                  each model after the first (the reference, e.g. the teacher) whether it is within the spread of the
                  reference at each w (mean +- std intervals overlap: evaluations/protocol.compare's tie);
-  guidance.json  all of it.
+  guidance.json  all of it;
+  guidance_samples.png  the first 12 samples of every row, one image row per (model, w) in the table's order: every
+                 row draws the same seeds (the same z and labels), so a column is one latent across the models and w.
 """
 
 import argparse
@@ -17,10 +19,13 @@ import json
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations import protocol  # noqa: E402
 from pagoda import checkpoint  # noqa: E402
+from pagoda.image_util import save_grid  # noqa: E402
 from scripts.compare_figure import COLOURS, write_curve_figure  # noqa: E402
 
 METRICS = [("fd", "domain FD", 2), ("precision", "precision", 3), ("recall", "recall", 3),
@@ -38,7 +43,7 @@ def curves(result):
         key = (row["path"], row.get("sampler"), row.get("steps"), row.get("upsample", 0))
         model = models.setdefault(key, {"name": model_name(row["label"]), "path": row["path"], "points": []})
         model["points"].append({"w": float(row["guidance"]), "label": row["label"], "n": row["n"],
-                                "scores": row["scores"]})
+                                "scores": row["scores"], "samples": row.get("samples")})
     for model in models.values():
         model["points"].sort(key=lambda p: p["w"])
         ws = [p["w"] for p in model["points"]]
@@ -138,7 +143,8 @@ def markdown(summary, result):
             verdict = m["vs_reference"][key]
             lines.append(f"| {title} | " + " | ".join(verdict.get(str(w), "-") for w in ws) +
                          f" | {'yes' if m['within_spread_everywhere'][key] else 'no'} |")
-    lines += ["", "Figure: guidance.png."]
+    lines += ["", "Figures: guidance.png (the scores against w), guidance_samples.png (the first 12 samples of each row, "
+              "one grid row per model and w in the table's order; the same seeds in every row)."]
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +160,20 @@ def write_figure(summary, path):
     write_curve_figure(panels, path, xlabel="classifier-free guidance scale w")
 
 
+def write_sample_grid(summary, path, *, per_row=12):
+    """The first `per_row` samples of every (model, w) row, one grid row each; False (nothing written) when a row's
+    samples file is not there (a table moved away from its samples)."""
+    tiles = []
+    for model in summary["models"]:
+        for point in model["points"]:
+            if not point.get("samples") or not os.path.exists(point["samples"]):
+                return False
+            with np.load(point["samples"]) as f:
+                tiles.append(f["arr_0"][:per_row])
+    save_grid(np.concatenate(tiles), path, ncols=per_row, scale=4)
+    return True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", required=True, help="compare.json of a table with one row per (model, w)")
@@ -167,6 +187,8 @@ def main(argv=None):
     checkpoint.atomic_write_text(text, os.path.join(out_dir, "guidance.md"))
     checkpoint.atomic_write_text(json.dumps(summary, indent=1, default=str), os.path.join(out_dir, "guidance.json"))
     write_figure(summary, os.path.join(out_dir, "guidance.png"))
+    if not write_sample_grid(summary, os.path.join(out_dir, "guidance_samples.png")):
+        print("guidance_samples.png not written: a row's samples file is missing")
     print(text)
     return summary
 
