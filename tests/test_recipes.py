@@ -227,35 +227,33 @@ def test_progressive_recipe_resumes_without_retraining_finished_rounds(tmp_path)
     assert third.stdout.splitlines() == ["steps2: finished (2 steps), skipped", "steps1: finished (2 steps), skipped"]
 
 
-def test_guided_recipe_chains_pairs_stage2_and_the_curve(configs):
-    """guided_mnist.sh: 2000 guided pairs from the quickstart's teacher at w in {1.5, 2, 3, 4} (Heun 18), stage 2 at
-    stage2_mnist.sh's settings plus the guided flags only, and the curve of the teacher (Heun 18) and the generator
-    at the same five w, 1000 samples x 3 seeds."""
+def test_guided_recipe_chains_pairs_guidance_distillation_and_the_curve(configs):
+    """guided_mnist.sh: 10000 guided pairs from the quickstart's teacher at w in {1.5, 2, 3, 4} (Heun 18), guidance
+    distillation from the quickstart's stage-2 generator (the method's mnist16 preset, nothing else but the run's
+    paths and precision), and the curve of the teacher (Heun 18) and the generator at the same five w, 1000 samples x
+    3 seeds."""
     config = configs["guided_mnist.sh"]
-    assert list(config) == ["pairs", "stage2", "curve"]
-    pairs, stage2, curve = config["pairs"], config["stage2"], config["curve"]
+    assert list(config) == ["pairs", "guidance", "curve"]
+    pairs, guidance, curve = config["pairs"], config["guidance"], config["curve"]
     teacher = "runs/quickstart/teacher/exports/denoiser_ema0.999.pt"
     assert (pairs["direction"], pairs["num_pairs"], pairs["guidance_scales"], pairs["num_steps"], pairs["teacher"],
-            pairs["out_dir"]) == ("decode", 2000, [1.5, 2.0, 3.0, 4.0], 18, teacher, "runs/quickstart/guided/pairs")
-    assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["guided_gan"], stage2["init_from"],
-            stage2["latent_dir"]) == ("runs/quickstart/guided/pairs", 1.0, False, teacher, "runs/quickstart/latents")
-    base = configs["stage2_mnist.sh"]
-    own = {"guided_pairs", "guided_weight", "guided_gan", "init_from", "latent_dir", "run_dir", "precision"}
-    assert {k: v for k, v in stage2.items() if k not in own} == {k: v for k, v in base.items() if k not in own}
+            pairs["out_dir"]) == ("decode", 10000, [1.5, 2.0, 3.0, 4.0], 18, teacher, "runs/quickstart/guided/pairs")
+    assert (guidance["method"], guidance["init_from"], guidance["guided_pairs"], guidance["run_dir"]) == (
+        "guidance", "runs/quickstart/stage2/exports/generator_ema0.99.pt", "runs/quickstart/guided/pairs",
+        "runs/quickstart/guided/guidance")
+    from pagoda.methods import guidance as method  # noqa: PLC0415
+    preset = method.PRESETS["mnist16"]
+    assert {k: guidance[k] for k in preset} == {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}
+    assert (guidance["censor_clamped"], guidance["anchor_weight"], guidance["recon_loss"]) == (True, 1.0,
+                                                                                            "pseudo_huber")
     scales = ["1", "1.5", "2", "3", "4"]
     assert [row.split("=", 1)[0] for row in curve["row"]] == [f"{m}_w{w}" for m in ("teacher", "generator")
                                                               for w in scales]
     assert [row.rsplit("@", 1)[1] for row in curve["row"]] == (
         [f"sampler=heun,steps=18,guidance={w}" for w in scales] + [f"guidance={w}" for w in scales])
-    assert curve["row"][-1].split("=", 1)[1].startswith("runs/quickstart/guided/stage2/exports/generator_ema0.99.pt@")
+    assert curve["row"][-1].split("=", 1)[1].startswith(
+        "runs/quickstart/guided/guidance/exports/generator_ema0.99.pt@")
     assert (curve["data_dir"], curve["num_samples"], curve["num_seeds"]) == ("bundled:mnist", 1000, 3)
-    # option (b) of issue 19 is one environment setting away: the w-conditioned discriminator, nothing else changed
-    env = dict(os.environ, PYTHON=sys.executable, GUIDED_GAN="true")
-    out = subprocess.run(["bash", os.path.join(COMMANDS, "guided_mnist.sh"), "--dry_run"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    other = json.loads(out.stdout)["stage2"]
-    assert other["guided_gan"] is True and dict(other, guided_gan=False) == stage2
 
 
 def test_imagenet_recipes_take_guidance_settings():
