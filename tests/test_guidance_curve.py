@@ -69,3 +69,23 @@ def test_writes_the_figure_and_the_table_beside_compare_json(tmp_path):
     assert "| 1 | " in text and "| 4 | " in text and "Spearman" in text and "all ties" in text
     summary = json.loads((tmp_path / "guidance.json").read_text())
     assert [m["name"] for m in summary["models"]] == ["generator", "teacher"]
+
+
+def test_the_sample_grid_has_one_row_per_model_and_w_in_the_table_order(tmp_path):
+    import numpy as np  # noqa: PLC0415
+    table = _table()
+    table["rows"] = sorted(table["rows"], key=lambda r: r["path"] != "t.pt")
+    for k, row in enumerate(table["rows"]):  # row k's samples all have the value 10 k + j in sample j
+        images = (10 * k + np.arange(15, dtype=np.uint8))[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+        row["samples"] = str(tmp_path / f"s{k}.npz")
+        np.savez(row["samples"], images, np.zeros(15, np.int64))
+    summary = guidance_curve.summarise(table)
+    assert guidance_curve.write_sample_grid(summary, str(tmp_path / "grid.png"))
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    # 6 rows (teacher, generator x 3 w) of 12 tiles of 4 px, 1 px padding, enlarged 4x
+    assert grid.shape == (4 * (6 * 5 + 1), 4 * (12 * 5 + 1), 3)
+    tile = grid[4 * (1 + 2 * 5):, 4 * (1 + 3 * 5):][0, 0]  # grid row 2 (teacher at w = 4), column 3
+    order = [r["label"] for r in table["rows"]]
+    assert tile[0] == 10 * order.index("teacher_w4") + 3
+    table["rows"][1]["samples"] = str(tmp_path / "gone.npz")
+    assert guidance_curve.write_sample_grid(guidance_curve.summarise(table), str(tmp_path / "g2.png")) is False
