@@ -42,7 +42,7 @@ GROUPS = {
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
-    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=6000,
+    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=12000,
                     log_interval=200, save_interval=1000, preview_interval=0),
 }
 _c = script_util
