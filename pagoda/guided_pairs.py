@@ -114,6 +114,3 @@ class GuidedPairDataset(torch.utils.data.Dataset):
     def load(self, i, *, flip=False):
         j = self.positions[i]
         return {k: v[j] for k, v in self.pairs.items()}
-
-    def __getitem__(self, i):
-        return self.load(i)

@@ -143,8 +143,8 @@ def markdown(summary, result):
             verdict = m["vs_reference"][key]
             lines.append(f"| {title} | " + " | ".join(verdict.get(str(w), "-") for w in ws) +
                          f" | {'yes' if m['within_spread_everywhere'][key] else 'no'} |")
-    lines += ["", "Figures: guidance.png (the scores against w), guidance_samples.png (the first 12 samples of each row, "
-              "one grid row per model and w in the table's order; the same seeds in every row)."]
+    lines += ["", "Figures: guidance.png (the scores against w), guidance_samples.png (the first 12 samples of each "
+              "row, one grid row per model and w in the table's order; the same seeds in every row)."]
     return "\n".join(lines) + "\n"
 
 

@@ -236,8 +236,9 @@ def test_guidance_objective_starts_at_zero_anchor_loss_and_draws_only_real_class
     from pagoda.methods.guidance import GuidanceObjective  # noqa: PLC0415
     start = _randomised(UNetModel(**dict(TINY, num_classes=5)))
     net = with_guidance_input(start)
-    objective = GuidanceObjective(generator=net, anchor=copy.deepcopy(net), reconstruction=PixelLoss(), anchor_weight=1.0,
-                                  num_classes=4, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.99,), sidecar={})
+    objective = GuidanceObjective(generator=net, anchor=copy.deepcopy(net), reconstruction=PixelLoss(),
+                                  anchor_weight=1.0, num_classes=4, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.99,),
+                                  sidecar={})
     batch = {"z": torch.randn(64, 3, 8, 8) * 80, "x": torch.rand(64, 3, 8, 8) * 2 - 1, "y": torch.arange(64) % 4,
              "w": torch.full((64,), 3.0)}
     gen = torch.Generator().manual_seed(0)
@@ -271,6 +272,13 @@ def test_guidance_distillation_refuses_bad_starts(guided_stage2, tmp_path):
         guidance.load_start("", device="cpu", seed=0)
     with pytest.raises(ValueError, match=r"is a 'denoiser' export, but a 'generator' is needed here"):
         guidance.load_start(guided_stage2["teacher"], device="cpu", seed=0)
+    from pagoda import checkpoint  # noqa: PLC0415
+    from pagoda.generator import generator_sidecar  # noqa: PLC0415
+    gdd = str(tmp_path / "gdd.pt")
+    net = UNetModel(**TINY)
+    checkpoint.export_network(net.state_dict(), generator_sidecar(net, output="denoised"), gdd)
+    with pytest.raises(ValueError, match=r"is a 'denoised' generator \(GDD\); guidance distillation trains PaGoDA's"):
+        guidance.load_start(gdd, device="cpu", seed=0)
 
 
 def test_censored_regression_forgives_only_overshoot_past_a_clamped_target():

@@ -27,11 +27,10 @@ from .. import dist_util, logger, script_util
 from ..generator import generate, generator_sidecar, with_guidance_input
 from ..guided_pairs import GuidedPairDataset
 from ..image_util import psnr
-from ..losses import PixelLoss, PseudoHuberLoss
 from ..model_io import load_backbone, real_classes
 from ..train_util import Objective, OptimSpec
 from . import common
-from .pagoda import guided_pairs_for
+from .pagoda import build_reconstruction, guided_pairs_for
 
 GROUPS = {
     "data": dict(guided_pairs="", num_workers=0),
@@ -50,7 +49,6 @@ CONSTRAINTS = {
     **common.TRAIN_CONSTRAINTS, "num_workers": _c.at_least(0), "recon_loss": _c.one_of("pixel", "pseudo_huber"),
     "anchor_weight": _c.at_least(0), "lr": _c.at_least(0),
 }
-LOSSES = {"pixel": PixelLoss, "pseudo_huber": PseudoHuberLoss}
 
 
 def censored(x_hat, x, *, tol=1e-3):
@@ -137,7 +135,8 @@ def build(config, device):
     dist_util.sync_params(backbone.parameters())
     num_classes = real_classes(backbone.config["num_classes"], origin["null_class"])
     dataset = GuidedPairDataset(pairs, shard=dist_util.get_rank(), num_shards=dist_util.get_world_size())
-    objective = GuidanceObjective(generator=backbone, anchor=anchor, reconstruction=LOSSES[config["recon_loss"]](),
+    reconstruction = build_reconstruction(config, None, device)  # pixel or pseudo-Huber: no feature networks
+    objective = GuidanceObjective(generator=backbone, anchor=anchor, reconstruction=reconstruction,
                                   anchor_weight=config["anchor_weight"], num_classes=num_classes,
                                   sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
                                   ema_rates=[float(r) for r in config["ema_rates"]],
