@@ -41,8 +41,9 @@ GROUPS = {
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
-    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=12000,
-                    log_interval=200, save_interval=1000, preview_interval=0),
+    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=24000,
+                    anchor_weight=0.3, histogram_weight=1.0, log_interval=200, save_interval=1000,
+                    preview_interval=0),
 }
 _c = script_util
 CONSTRAINTS = {
