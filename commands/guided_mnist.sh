@@ -6,8 +6,10 @@
 #      Each is a guided teacher sample: 2 calls per Heun evaluation, 70 teacher calls a pair (700,000 for 10,000).
 #   2. guidance distillation (scripts/train.py --method guidance --preset mnist16): the quickstart's stage-2
 #      generator gets a zero-initialised w-embedding and is fitted to the pairs, L_rec(G(z_w, y, w), x_w) censored at
-#      the clip bounds (a pair's saturated pixel only says the teacher's value lay beyond), while w = 1 is anchored to
-#      the starting generator on fresh latents (the adversarially trained point stays put). 12000 steps of 32 pairs.
+#      the clip bounds (a pair's saturated pixel only says the teacher's value lay beyond), plus the same loss between
+#      the two samples' sorted pixel values (their value histograms: the pair's contrast), while w = 1 is anchored to
+#      the starting generator on fresh latents at weight 0.3 (the adversarially trained point stays put).
+#      24000 steps of 32 pairs.
 #      Why not inside stage 2: stage 2 with --guided_pairs (options (a) and (b), README) at its 1000-step budget
 #      guides like the teacher only up to w = 1.5 (FD at w = 4: 49-52 against the teacher's 73.7).
 #   3. the curve: scripts/compare.py rows for the teacher (Heun 18 steps, NFE 35 at w = 1 and 70 guided) and the
@@ -16,7 +18,7 @@
 # In:  $RUN (a quickstart run directory: teacher/, stage2/).  Out: $OUT/pairs/ (the guided pairs), $OUT/guidance/
 #      (the generator: exports/generator_ema0.99.pt), $OUT/curve/{compare,guidance}.{md,json,png},
 #      $OUT/timings/<stage>.sec.
-# Env: NUM_PAIRS (10000), STEPS (the guidance phase's 12000), N (1000 samples per seed of every row), PRECISION (auto).
+# Env: NUM_PAIRS (10000), STEPS (the guidance phase's 24000), N (1000 samples per seed of every row), PRECISION (auto).
 # Extra arguments go to scripts/compare.py. Rerunning resumes every stage (pairs, training, samples).
 # --dry_run prints ONE JSON object: {"pairs": ..., "guidance": ..., "curve": ...}, each stage's resolved config.
 set -euo pipefail
@@ -35,7 +37,7 @@ PRECISION=${PRECISION:-auto}
 
 PAIR_FLAGS="--direction decode --num_pairs $NUM_PAIRS --guidance_scales 1.5,2,3,4 --seed 0"
 GUIDANCE_FLAGS="--method guidance --preset mnist16 --init_from $START --guided_pairs $OUT/pairs --run_dir $OUT/guidance
-  --total_steps ${STEPS:-12000} --precision $PRECISION"
+  --total_steps ${STEPS:-24000} --precision $PRECISION"
 ROWS=()
 for w in $SCALES; do ROWS+=(--row "teacher_w$w=$TEACHER@sampler=heun,steps=18,guidance=$w"); done
 for w in $SCALES; do ROWS+=(--row "generator_w$w=$GEN@guidance=$w"); done

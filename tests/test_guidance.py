@@ -290,3 +290,30 @@ def test_censored_regression_forgives_only_overshoot_past_a_clamped_target():
     assert got.tolist() == pytest.approx([1.0, 0.8, -1.0, -0.6, 1.4, -1.4, 1.0])
     got.sum().backward()
     assert x_hat.grad.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_the_histogram_term_sees_only_the_value_distribution_and_asks_for_the_pairs_contrast():
+    from pagoda.losses import PixelLoss  # noqa: PLC0415
+    from pagoda.methods.guidance import GuidanceObjective, sorted_pixels  # noqa: PLC0415
+    objective = GuidanceObjective(generator=None, anchor=None, reconstruction=PixelLoss(), anchor_weight=1.0,
+                                  num_classes=None, sigma_max=80.0, sigma_data=0.5, ema_rates=(), sidecar={},
+                                  histogram_weight=1.0)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[:, :, :2] = 1.0  # saturated rows, as the teacher's clamped samples have
+    shuffled = x.flatten(2)[:, :, torch.randperm(64)].view_as(x)
+    # any rearrangement of a pair's pixels within a channel has its histogram: no term, whatever the regression says
+    assert torch.equal(objective.histogram_term(shuffled, x), torch.zeros(4))
+    assert (PixelLoss()(shuffled, x) > 0.1).all()
+    # channels are sorted apart: swapping two channels' values is not a rearrangement within one
+    assert (objective.histogram_term(x.flip(1), x) > 0).all()
+    # a contrast-shrunk output (the regression's failure) is penalised, and never more than by the regression
+    shrunk = (0.6 * x).requires_grad_(True)
+    term = objective.histogram_term(shrunk, x)
+    assert (term > 0).all() and (term <= PixelLoss()(shrunk, x) + 1e-6).all()
+    # its gradient pushes every pixel outwards (towards its sorted partner); overshoot past a saturated value is free
+    term.sum().backward()
+    assert (shrunk.grad * x <= 0).all()
+    over = x.clone()
+    over[:, :, :2] = 1.7
+    assert torch.equal(objective.histogram_term(over, x), torch.zeros(4))
+    assert torch.equal(sorted_pixels(x)[:, :, -2:], torch.ones(4, 3, 2, 8))

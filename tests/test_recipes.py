@@ -244,8 +244,8 @@ def test_guided_recipe_chains_pairs_guidance_distillation_and_the_curve(configs)
     from pagoda.methods import guidance as method  # noqa: PLC0415
     preset = method.PRESETS["mnist16"]
     assert {k: guidance[k] for k in preset} == {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}
-    assert (guidance["censor_clamped"], guidance["anchor_weight"], guidance["recon_loss"]) == (True, 1.0,
-                                                                                            "pseudo_huber")
+    assert (guidance["censor_clamped"], guidance["anchor_weight"], guidance["histogram_weight"], guidance["recon_loss"],
+            guidance["total_steps"]) == (True, 0.3, 1.0, "pseudo_huber", 24000)
     scales = ["1", "1.5", "2", "3", "4"]
     assert [row.split("=", 1)[0] for row in curve["row"]] == [f"{m}_w{w}" for m in ("teacher", "generator")
                                                               for w in scales]

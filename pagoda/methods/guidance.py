@@ -6,14 +6,15 @@ while its unguided point w = 1 is held where training found it.
         --init_from runs/stage2/exports/generator_ema0.99.pt --guided_pairs runs/guided/pairs --run_dir runs/guidance
 
 Loss per step: L_rec(G(z_w, y, w), x_w) on a batch of pairs plus anchor_weight * L_rec(G(z, y', 1), G_0(z, y', 1))
-on as many fresh prior latents z and uniform real classes y', G_0 the frozen starting generator. Why a phase of its
-own: inside stage 2 the pairs share each generator step with the GAN and the data reconstruction, and stage 2's
-budget (500 generator updates on the bundled data) leaves G far short of the teacher at w > 1 (it fits the pairs
-to 25.7 dB and guides like a teacher at w ~ 2.7 when asked for 4). Here a step costs one generator forward and
-backward with no discriminator, and the anchor keeps w = 1 (the adversarially trained point, which is not the
-teacher's: PaGoDA's generator is not a regression of the teacher's samples) from drifting while the w path and
-the shared weights learn the guided map. A generator without a w input gets one (zero last layer: it starts as
-G_0 at every w).
+on as many fresh prior latents z and uniform real classes y', G_0 the frozen starting generator, plus (with
+histogram_weight > 0) histogram_weight * L_rec between the sorted pixel values of G(z_w, y, w) and of x_w (the
+pair's contrast; see GuidanceObjective.histogram_term). Why a phase of its own: inside stage 2 the pairs share each
+generator step with the GAN and the data reconstruction, and stage 2's budget (500 generator updates on the bundled
+data) leaves G far short of the teacher at w > 1 (it fits the pairs to 25.7 dB and guides like a teacher at w ~ 2.7
+when asked for 4). Here a step costs one generator forward and backward with no discriminator, and the anchor keeps
+w = 1 (the adversarially trained point, which is not the teacher's: PaGoDA's generator is not a regression of the
+teacher's samples) from drifting while the w path and the shared weights learn the guided map. A generator without a
+w input gets one (zero last layer: it starts as G_0 at every w).
 
 Export: <run_dir>/exports/generator_ema<rate>.pt, kind 'generator' with guidance_embed, the starting generator's
 teacher hash and null class.
@@ -35,19 +36,20 @@ from .pagoda import build_reconstruction, guided_pairs_for
 GROUPS = {
     "data": dict(guided_pairs="", num_workers=0),
     "model": dict(init_from=""),
-    "loss": dict(recon_loss="pseudo_huber", anchor_weight=1.0, censor_clamped=True),
+    "loss": dict(recon_loss="pseudo_huber", anchor_weight=1.0, censor_clamped=True, histogram_weight=0.0),
     "train": common.train_group(run_dir="runs/guidance", global_batch_size=32, ema_rates=(0.99,), lr=5e-4,
                                 lr_decay=True, total_steps=6000),
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
-    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=12000,
-                    log_interval=200, save_interval=1000, preview_interval=0),
+    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=24000,
+                    anchor_weight=0.3, histogram_weight=1.0, log_interval=200, save_interval=1000,
+                    preview_interval=0),
 }
 _c = script_util
 CONSTRAINTS = {
     **common.TRAIN_CONSTRAINTS, "num_workers": _c.at_least(0), "recon_loss": _c.one_of("pixel", "pseudo_huber"),
-    "anchor_weight": _c.at_least(0), "lr": _c.at_least(0),
+    "anchor_weight": _c.at_least(0), "histogram_weight": _c.at_least(0), "lr": _c.at_least(0),
 }
 
 
@@ -62,13 +64,20 @@ def censored(x_hat, x, *, tol=1e-3):
     return torch.where(x <= -1.0 + tol, x_hat.clamp(min=-1.0), x_hat)
 
 
+def sorted_pixels(x):
+    """Each sample's pixel values sorted per channel (shape kept): its empirical value distribution, so that a
+    pixel-wise loss between sorted_pixels(a) and sorted_pixels(b) is a 1-D transport distance between their
+    histograms, zero when a is any rearrangement of b."""
+    return x.flatten(2).sort(dim=-1).values.view_as(x)
+
+
 class GuidanceObjective(Objective):
     """One player, G(z, y, w): distillation on the guided pairs and the w = 1 anchor to the frozen G_0."""
 
     def __init__(self, *, generator, anchor, reconstruction, anchor_weight, num_classes, sigma_max, sigma_data,
-                 ema_rates, sidecar, censor_clamped=True):
+                 ema_rates, sidecar, censor_clamped=True, histogram_weight=0.0):
         self.generator, self.anchor = generator, anchor
-        self.censor_clamped = censor_clamped
+        self.censor_clamped, self.histogram_weight = censor_clamped, histogram_weight
         self.players = {"generator": generator}
         self.reconstruction, self.anchor_weight = reconstruction, anchor_weight
         self.num_classes = num_classes  # real classes the anchor's labels are drawn from (None: unconditional)
@@ -100,9 +109,26 @@ class GuidanceObjective(Objective):
         x_hat = censored(out[:n], x_w) if self.censor_clamped else out[:n]
         distill = self.reconstruction(x_hat, x_w)
         anchor = self.reconstruction(out[n:], target_1)
-        return {"loss": distill + self.anchor_weight * anchor, "distill": distill.detach(), "anchor": anchor.detach(),
-                "psnr_guided": psnr(out[:n].detach().clamp(-1, 1), x_w),
-                "psnr_anchor": psnr(out[n:].detach().clamp(-1, 1), target_1.clamp(-1, 1))}
+        terms = {"distill": distill.detach(), "anchor": anchor.detach(),
+                 "psnr_guided": psnr(out[:n].detach().clamp(-1, 1), x_w),
+                 "psnr_anchor": psnr(out[n:].detach().clamp(-1, 1), target_1.clamp(-1, 1))}
+        loss = distill + self.anchor_weight * anchor
+        if self.histogram_weight:
+            histogram = self.histogram_term(out[:n], x_w)
+            terms["histogram"] = histogram.detach()
+            loss = loss + self.histogram_weight * histogram
+        return dict(terms, loss=loss)
+
+    def histogram_term(self, x_hat, x):
+        """L_rec between the sorted pixel values of G's output and of its pair (censored at the bounds like the
+        distillation term): regression of x_w pulls uncertain pixels towards the mean, which lowers G's contrast
+        below the teacher's; this term is blind to where a value sits and only asks G's values to be distributed
+        like the pair's, and vanishes where G fits the pair exactly."""
+        x_sorted = sorted_pixels(x)
+        x_hat_sorted = sorted_pixels(x_hat)
+        if self.censor_clamped:
+            x_hat_sorted = censored(x_hat_sorted, x_sorted)
+        return self.reconstruction(x_hat_sorted, x_sorted)
 
     def ema_rates(self, player):
         return self._ema_rates
@@ -141,7 +167,8 @@ def build(config, device):
                                   sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
                                   ema_rates=[float(r) for r in config["ema_rates"]],
                                   sidecar=common.export_lineage(origin) or {},
-                                  censor_clamped=config["censor_clamped"])
+                                  censor_clamped=config["censor_clamped"],
+                                  histogram_weight=config["histogram_weight"])
     logger.log(f"guidance distillation from {config['init_from']}: {len(pairs['z'])} guided pairs, w = 1 anchored "
                f"(weight {config['anchor_weight']:g})")
     decay = config["total_steps"] if config["lr_decay"] else 0
