@@ -18,7 +18,7 @@
 # In:  $RUN (a quickstart run directory: teacher/, stage2/).  Out: $OUT/pairs/ (the guided pairs), $OUT/guidance/
 #      (the generator: exports/generator_ema0.99.pt), $OUT/curve/{compare,guidance}.{md,json,png},
 #      $OUT/timings/<stage>.sec.
-# Env: NUM_PAIRS (10000), STEPS (the guidance phase's 24000), N (1000 samples per seed of every row), PRECISION (auto).
+# Env: NUM_PAIRS (10000), STEPS (the preset's 24000 steps), N (1000 samples per seed of every row), PRECISION (auto).
 # Extra arguments go to scripts/compare.py. Rerunning resumes every stage (pairs, training, samples).
 # --dry_run prints ONE JSON object: {"pairs": ..., "guidance": ..., "curve": ...}, each stage's resolved config.
 set -euo pipefail
@@ -37,7 +37,7 @@ PRECISION=${PRECISION:-auto}
 
 PAIR_FLAGS="--direction decode --num_pairs $NUM_PAIRS --guidance_scales 1.5,2,3,4 --seed 0"
 GUIDANCE_FLAGS="--method guidance --preset mnist16 --init_from $START --guided_pairs $OUT/pairs --run_dir $OUT/guidance
-  --total_steps ${STEPS:-24000} --precision $PRECISION"
+  ${STEPS:+--total_steps $STEPS} --precision $PRECISION"
 ROWS=()
 for w in $SCALES; do ROWS+=(--row "teacher_w$w=$TEACHER@sampler=heun,steps=18,guidance=$w"); done
 for w in $SCALES; do ROWS+=(--row "generator_w$w=$GEN@guidance=$w"); done
