@@ -5,6 +5,7 @@ argparse namespace goes further into pagoda/. A misspelled flag is an error (no 
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import numbers
@@ -39,10 +40,45 @@ def _parse_tuple(kind):
     return parse
 
 
-def add_dict_to_argparser(parser, defaults, group=None):
-    """One `--key` per entry, typed by its default (bools take true/false, tuples take 1,2,3)."""
-    target = parser.add_argument_group(group) if group else parser
-    for key, value in defaults.items():
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line setting, declared once: its default, its --help text, the checks its final value must pass
+    (a check or a list of them, see below) and how a resumed run may change it ("free", "fixed" or "guarded", see
+    FLAG_CLASSES)."""
+    default: object
+    help: str
+    check: object = None
+    resume: str = "guarded"
+
+    def __post_init__(self):
+        if not self.help.strip():
+            raise ValueError("a Flag needs help text")
+        if self.resume not in ("free", "fixed", "guarded"):
+            raise ValueError(f"resume must be free, fixed or guarded, got {self.resume!r}")
+
+
+def default_of(value):
+    """The default of a flag-group entry (a Flag, or a bare default)."""
+    return value.default if isinstance(value, Flag) else value
+
+
+def defaults(group):
+    """{flag: default} of a flag group."""
+    return {key: default_of(value) for key, value in group.items()}
+
+
+def group_checks(groups):
+    """{flag: checks} declared on the Flags of `groups` ({title: group})."""
+    return {key: value.check for group in groups.values() for key, value in group.items()
+            if isinstance(value, Flag) and value.check is not None}
+
+
+def add_dict_to_argparser(parser, group, title=None):
+    """One `--key` per entry, typed by its default (bools take true/false, tuples take 1,2,3); a Flag's help text
+    goes to --help."""
+    target = parser.add_argument_group(title) if title else parser
+    for key, entry in group.items():
+        value = default_of(entry)
         if isinstance(value, bool):
             kind = str2bool
         elif isinstance(value, tuple):
@@ -51,8 +87,8 @@ def add_dict_to_argparser(parser, defaults, group=None):
             kind = str
         else:
             kind = type(value)
-        target.add_argument(f"--{key}", default=value, type=kind, metavar=kind.__name__.upper()
-                            if hasattr(kind, "__name__") else None)
+        target.add_argument(f"--{key}", default=value, type=kind, help=entry.help if isinstance(entry, Flag) else
+                            None, metavar=kind.__name__.upper() if hasattr(kind, "__name__") else None)
 
 
 def args_to_dict(args, keys):
@@ -60,17 +96,18 @@ def args_to_dict(args, keys):
 
 
 def create_parser(groups, *, description, presets=None, constraints=None):
-    """`groups`: {group title: defaults dict}. Adds --preset (if presets), --dry_run. `constraints` (see
-    check_flags) are checked by parse_args on the final values, presets included."""
+    """`groups`: {group title: {flag: Flag or default}}. Adds --preset (if presets), --dry_run. The Flags' checks and
+    `constraints` (see check_flags; relations between flags) are checked by parse_args on the final values, presets
+    included."""
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     seen = {}
-    for title, defaults in groups.items():
-        for key in defaults:
+    for title, group in groups.items():
+        for key in group:
             if key in seen:
                 raise ValueError(f"flag --{key} is defined in both {seen[key]!r} and {title!r}")
             seen[key] = title
-        add_dict_to_argparser(parser, defaults, group=title)
+        add_dict_to_argparser(parser, group, title=title)
     if presets:
         parser.add_argument("--preset", default=None, choices=sorted(presets),
                             help="named defaults; explicit flags override them")
@@ -79,7 +116,11 @@ def create_parser(groups, *, description, presets=None, constraints=None):
                      if f not in seen)
     if unknown:
         raise ValueError(f"constraints name flags that do not exist: {unknown}")
-    parser.constraints = dict(constraints or {})
+    declared = group_checks(groups)
+    twice = sorted(set(declared) & set(constraints or {}))
+    if twice:
+        raise ValueError(f"flags checked both on their Flag and in constraints: {twice}")
+    parser.constraints = {**declared, **(constraints or {})}
     return parser
 
 

@@ -42,6 +42,28 @@ def test_flag_defined_twice_is_an_error():
         script_util.create_parser({"a": {"lr": 1}, "b": {"lr": 2}}, description="t")
 
 
+def test_a_flag_record_gives_default_help_and_check(capsys):
+    groups = {"train": {"lr": script_util.Flag(1e-4, "the learning rate", script_util.at_least(0)),
+                        "run_dir": "runs/x"}}
+    parser = script_util.create_parser(groups, description="t")
+    assert script_util.parse_args(parser, argv=[]).lr == 1e-4
+    assert "the learning rate" in parser.format_help()
+    with pytest.raises(SystemExit):
+        script_util.parse_args(parser, argv=["--lr", "-1"])
+    assert "invalid --lr -1.0: must be a number >= 0" in capsys.readouterr().err
+    assert script_util.defaults(groups["train"]) == {"lr": 1e-4, "run_dir": "runs/x"}
+
+
+def test_a_flag_needs_help_and_one_place_for_its_check():
+    with pytest.raises(ValueError, match="needs help text"):
+        script_util.Flag(1, " ")
+    with pytest.raises(ValueError, match="resume must be"):
+        script_util.Flag(1, "x", resume="sometimes")
+    groups = {"g": {"lr": script_util.Flag(1.0, "rate", script_util.at_least(0))}}
+    with pytest.raises(ValueError, match=r"both on their Flag and in constraints: \['lr'\]"):
+        script_util.create_parser(groups, description="t", constraints={"lr": script_util.finite})
+
+
 def test_dry_run_prints_resolved_config(capsys):
     args = _parse(["--preset", "tiny", "--dry_run"])
     with pytest.raises(SystemExit) as exit_info:
