@@ -1,4 +1,4 @@
-"""Flags and configuration: `*_defaults()` groups -> argparse, presets, --dry_run, config.json.
+"""Flags and configuration: flag groups of `Flag` records -> argparse, presets, --dry_run, config.json.
 
 Scripts turn flags into explicit constructor arguments here (`args_to_dict(args, group.keys())`); no
 argparse namespace goes further into pagoda/. A misspelled flag is an error (no abbreviations either).
@@ -43,8 +43,7 @@ def _parse_tuple(kind):
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """One command-line setting, declared once: its default, its --help text, the checks its final value must pass
-    (a check or a list of them, see below) and how a resumed run may change it ("free", "fixed" or "guarded", see
-    FLAG_CLASSES)."""
+    (a check or a list of them, see below) and how a resumed run may change it (RESUME_CLASSES)."""
     default: object
     help: str
     check: object = None
@@ -53,32 +52,42 @@ class Flag:
     def __post_init__(self):
         if not self.help.strip():
             raise ValueError("a Flag needs help text")
-        if self.resume not in ("free", "fixed", "guarded"):
+        if self.resume not in RESUME_CLASSES:
             raise ValueError(f"resume must be free, fixed or guarded, got {self.resume!r}")
-
-
-def default_of(value):
-    """The default of a flag-group entry (a Flag, or a bare default)."""
-    return value.default if isinstance(value, Flag) else value
 
 
 def defaults(group):
     """{flag: default} of a flag group."""
-    return {key: default_of(value) for key, value in group.items()}
+    return {key: flag.default for key, flag in group.items()}
 
 
 def group_checks(groups):
     """{flag: checks} declared on the Flags of `groups` ({title: group})."""
-    return {key: value.check for group in groups.values() for key, value in group.items()
-            if isinstance(value, Flag) and value.check is not None}
+    return {key: flag.check for group in groups.values() for key, flag in group.items() if flag.check is not None}
+
+
+def resume_classes(groups):
+    """{flag: resume class} of the Flags of `groups` ({title: group})."""
+    return {key: flag.resume for group in groups.values() for key, flag in group.items()}
+
+
+def with_defaults(group, **changes):
+    """`group` with other defaults: a plain value replaces the default of the Flag of that name (its help, check and
+    resume class stay), a Flag adds a flag or replaces one whole (a method's own meaning of a shared name)."""
+    unknown = sorted(k for k, v in changes.items() if k not in group and not isinstance(v, Flag))
+    if unknown:
+        raise ValueError(f"{unknown}: not flags of this group; a new flag must be a Flag with help text")
+    return {**group, **{k: v if isinstance(v, Flag) else dataclasses.replace(group[k], default=v)
+                        for k, v in changes.items()}}
 
 
 def add_dict_to_argparser(parser, group, title=None):
-    """One `--key` per entry, typed by its default (bools take true/false, tuples take 1,2,3); a Flag's help text
-    goes to --help."""
+    """One `--key` per Flag, typed by its default (bools take true/false, tuples take 1,2,3), its help in --help."""
     target = parser.add_argument_group(title) if title else parser
-    for key, entry in group.items():
-        value = default_of(entry)
+    for key, flag in group.items():
+        if not isinstance(flag, Flag):
+            raise ValueError(f"--{key} is declared as {flag!r}, not as a script_util.Flag with its help text")
+        value = flag.default
         if isinstance(value, bool):
             kind = str2bool
         elif isinstance(value, tuple):
@@ -87,20 +96,23 @@ def add_dict_to_argparser(parser, group, title=None):
             kind = str
         else:
             kind = type(value)
-        target.add_argument(f"--{key}", default=value, type=kind, help=entry.help if isinstance(entry, Flag) else
-                            None, metavar=kind.__name__.upper() if hasattr(kind, "__name__") else None)
+        metavar = "BOOL" if kind is str2bool else "LIST" if isinstance(value, tuple) else kind.__name__.upper()
+        target.add_argument(f"--{key}", default=value, type=kind, help=flag.help, metavar=metavar)
 
 
 def args_to_dict(args, keys):
     return {k: getattr(args, k) for k in keys}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's own lines (usage examples) and shows every flag's default."""
+
+
 def create_parser(groups, *, description, presets=None, constraints=None):
-    """`groups`: {group title: {flag: Flag or default}}. Adds --preset (if presets), --dry_run. The Flags' checks and
+    """`groups`: {group title: {flag: Flag}}. Adds --preset (if presets), --dry_run. The Flags' checks and
     `constraints` (see check_flags; relations between flags) are checked by parse_args on the final values, presets
-    included."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    included. `parser.resume_classes`: {flag: class} for write_config."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter)
     seen = {}
     for title, group in groups.items():
         for key in group:
@@ -121,6 +133,7 @@ def create_parser(groups, *, description, presets=None, constraints=None):
     if twice:
         raise ValueError(f"flags checked both on their Flag and in constraints: {twice}")
     parser.constraints = {**declared, **(constraints or {})}
+    parser.resume_classes = dict(resume_classes(groups), **({"preset": "free"} if presets else {}))
     return parser
 
 
@@ -145,9 +158,9 @@ def parse_args(parser, presets=None, argv=None):
 
 
 # -- parse-time checks -------------------------------------------------------------------------------------------
-# A check takes a flag's value and returns None when it is valid, else what the value must be. Scripts list one
-# or more checks per numeric flag in a CONSTRAINTS table; a key that is a tuple of flags gets their values as a
-# tuple (relations between flags). A zero batch or an unknown storage type then stops at parse time with an
+# A check takes a flag's value and returns None when it is valid, else what the value must be. A Flag carries one
+# or more checks on its own value; a CONSTRAINTS table keyed by a tuple of flags checks their values as a tuple
+# (relations between flags). A zero batch or an unknown storage type then stops at parse time with an
 # argparse error naming the flag, not with a ZeroDivisionError (or a silent default) deep inside a run.
 
 def _finite_number(v):
@@ -262,24 +275,15 @@ def handle_dry_run(args):
         sys.exit(0)
 
 
-# How a resumed run may differ from the run its checkpoints were made with, by config.json key (flags and the
-# records scripts add). "free": budget, cadence and resources, which change when and how fast, not what is trained.
-# "fixed": what the checkpoint's tensors are shaped by (architecture, EMA rates, trainable set, players) and the
-# data they were trained on; a new --run_dir is the way to change them. Every other key (learning rates, batch
-# sizes, loss weights, seeds, precision, --init_from, ...) is "guarded": refused unless --allow_config_change.
-FLAG_CLASSES = {
-    "free": ("total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps", "monitor_interval",
-             "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers", "cache_images", "use_checkpoint",
-             "microbatch", "run_dir", "preset", "allow_config_change", "git_commit", "world_size"),
-    "fixed": ("method", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-              "num_head_channels",
-              "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
-              "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",
-              "recon_discriminator", "recon_loss", "unet", "generator", "data_dir", "latent_dir", "image_size",
-              "random_flip", "dataset", "dataset_identity", "num_images", "num_classes", "num_pairs"),
-    # guarded is the default; listed here are those that records of the architecture hold too ("unet.dropout")
-    "guarded": ("dropout",),
-}
+# How a resumed run may differ from the run its checkpoints were made with, by config.json key: each Flag says its
+# own class, and whatever writes a record into config.json says the class of its keys. "free": budget, cadence and
+# resources, which change when and how fast, not what is trained. "fixed": what the checkpoint's tensors are shaped
+# by (architecture, EMA rates, trainable set, players) and the data they were trained on; a new --run_dir is the way
+# to change them. "guarded" (learning rates, batch sizes, loss weights, seeds, precision, --init_from, ...; also any
+# key of unknown class): refused unless --allow_config_change.
+RESUME_CLASSES = ("free", "fixed", "guarded")
+# The keys write_config adds itself.
+WRITTEN_CLASSES = {"git_commit": "free", "world_size": "free"}
 # Flags added after runs were recorded, with the value that reproduces the behaviour of a run whose config.json
 # predates them: a resume compares against it, so such a run resumes with the default and refuses another value.
 ADDED_FLAGS = {"d_norm": "batch", "feature_resolution": 0, "diffaug": True, "r1_interval": 16}
@@ -292,18 +296,13 @@ class ConfigChangeError(ValueError):
     """Resuming a run with settings its checkpoints were not made with."""
 
 
-def flag_class(key):
-    """The class of a config.json key; an entry of a nested record ("unet.use_checkpoint") takes its own name's
-    class when the table has it, else the record's."""
-    top, leaf = key.split(".", 1)[0], key.rsplit(".", 1)[-1]
-    for name in (leaf, top):
-        found = [cls for cls, keys in FLAG_CLASSES.items() if name in keys]
-        if found:
-            return found[0]
-    return "guarded"
+def flag_class(key, classes):
+    """The class of a config.json key in `classes` ({key: class}); an entry of a nested record ("unet.dropout")
+    takes its own class when `classes` names it, else the record's ("unet")."""
+    return classes.get(key) or classes.get(key.split(".", 1)[0], "guarded")
 
 
-def config_changes(recorded, requested):
+def config_changes(recorded, requested, classes):
     """Every setting that differs, as (key, old, new, class), keys sorted. Nested records (e.g. the generator's
     architecture) are compared key by key ("generator.model_channels"); top-level keys missing on either side (a
     config.json written before a flag existed) are not compared, except the ADDED_FLAGS, which a recorded config
@@ -314,7 +313,7 @@ def config_changes(recorded, requested):
         old, new = _flatten(top, recorded[top]), _flatten(top, requested[top])
         for key in sorted(set(old) | set(new)):
             if old.get(key, "<absent>") != new.get(key, "<absent>"):
-                changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key)))
+                changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key, classes)))
     return changes
 
 
@@ -327,10 +326,11 @@ def _flatten(prefix, value):
     return out
 
 
-def check_resume(recorded, requested, *, allow_change, flags, run_dir):
+def check_resume(recorded, requested, *, allow_change, flags, classes, run_dir):
     """Raise ConfigChangeError naming every refused change (old -> new) unless only free or, with `allow_change`,
-    guarded settings differ. `flags`: the keys that are command-line flags (shown as --key). Returns the changes."""
-    changes = config_changes(recorded, requested)
+    guarded settings differ. `flags`: the keys that are command-line flags (shown as --key); `classes`: {key: class}
+    (flag_class). Returns the changes."""
+    changes = config_changes(recorded, requested, classes)
     fixed = [c for c in changes if c[3] == "fixed"]
     guarded = [c for c in changes if c[3] == "guarded"]
     if not fixed and (allow_change or not guarded):
@@ -350,11 +350,12 @@ def _name(key, flags):
     return f"--{key}" if key in flags else key
 
 
-def write_config(run_dir, args, *, allow_change=False, **extra):
+def write_config(run_dir, args, *, classes, allow_change=False, **extra):
     """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`.
 
     When the run resumes (run_dir holds a training state) the settings are first checked against the recorded
-    config.json (check_resume); only then is it rewritten, and the accepted changes are logged and appended to
+    config.json (check_resume, by `classes`: {key: class} of the flags and of the `extra` records; the parser's
+    `resume_classes` hold the flags'); only then is it rewritten, and the accepted changes are logged and appended to
     config_history.jsonl. A refusal raises ConfigChangeError on every rank.
     """
     config = resolved_config(args)
@@ -363,7 +364,8 @@ def write_config(run_dir, args, *, allow_change=False, **extra):
     error = None
     if dist_util.is_main():
         try:
-            _record_config(run_dir, config, allow_change=allow_change, flags=set(vars(args)))
+            _record_config(run_dir, config, allow_change=allow_change, flags=set(vars(args)),
+                           classes={**WRITTEN_CLASSES, **classes})
         except ConfigChangeError as exc:
             error = str(exc)
     error = dist_util.broadcast_object(error)
@@ -372,7 +374,7 @@ def write_config(run_dir, args, *, allow_change=False, **extra):
     return config
 
 
-def _record_config(run_dir, config, *, allow_change, flags):
+def _record_config(run_dir, config, *, allow_change, flags, classes):
     path = os.path.join(run_dir, "config.json")
     states = checkpoint.CheckpointManager(run_dir).states()
     if states and os.path.exists(path):
@@ -382,7 +384,8 @@ def _record_config(run_dir, config, *, allow_change, flags):
             except json.JSONDecodeError as exc:
                 raise ConfigChangeError(f"{path} is not valid JSON ({exc}); it records the settings of the run's "
                                         f"checkpoints: restore it, or use a new --run_dir") from None
-        changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, run_dir=run_dir)
+        changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, classes=classes,
+                               run_dir=run_dir)
         if changes:
             _log_changes(run_dir, changes, flags, newest_state=states[0][0])
     elif states:

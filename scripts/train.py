@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import dist_util, logger, methods, random_util, script_util  # noqa: E402
 from pagoda.amp import resolve_precision  # noqa: E402
+from pagoda.methods import common  # noqa: E402
 from pagoda.train_util import TrainLoop  # noqa: E402
 
 
@@ -54,7 +55,9 @@ def main(argv=None, *, method=None):
     logger.configure(args.run_dir)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     run = spec.build(script_util.args_to_dict(args, vars(args)), device)
-    config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change, **run.record)
+    classes = {**parser.resume_classes, "method": "fixed", **common.RECORD_CLASSES}
+    config = script_util.write_config(args.run_dir, args, classes=classes, allow_change=args.allow_config_change,
+                                      **run.record)
     loop = TrainLoop(objective=run.objective, data=run.data, run_dir=args.run_dir,
                      global_batch_size=args.global_batch_size, microbatch=args.microbatch, optim=run.optim,
                      precision=args.precision, total_steps=args.total_steps, log_interval=args.log_interval,

@@ -16,6 +16,7 @@ from pagoda import checkpoint, faults, script_util
 from pagoda.latent_store import LatentStore
 from pagoda.pair_datasets import PairDataset
 from tests.helpers.launch import mpiexec
+from tests.helpers.methods import train
 from tests.helpers.exports import tiny_export as _export
 from tests.helpers.tiny_runs import STAGE2_FLAGS, TEACHER_FLAGS, encode_run, stage2_run, teacher_run, tiny_dataset
 
@@ -215,7 +216,9 @@ def test_stage2_recipe_with_more_steps_resolves_to_free_changes_only():
                              capture_output=True, text=True, timeout=120, check=True)
         return json.loads(out.stdout)
 
-    assert script_util.config_changes(resolved("1000"), resolved("1500")) == [("total_steps", 1000, 1500, "free")]
+    classes = train.parser_for("pagoda").resume_classes
+    assert script_util.config_changes(resolved("1000"), resolved("1500"), classes) == [
+        ("total_steps", 1000, 1500, "free")]
 
 
 # ------------------------------------------------------------------------------------------------------------

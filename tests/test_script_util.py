@@ -10,8 +10,9 @@ from torch import nn
 from pagoda import checkpoint, script_util
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = {"model": {"channels": 64, "channel_mult": (1, 2), "use_fp16": False},
-          "train": {"lr": 1e-4, "run_dir": "runs/x"}}
+F = script_util.Flag
+GROUPS = {"model": {"channels": F(64, "width"), "channel_mult": F((1, 2), "widths"), "use_fp16": F(False, "fp16")},
+          "train": {"lr": F(1e-4, "rate"), "run_dir": F("runs/x", "folder", resume="free")}}
 PRESETS = {"tiny": {"channels": 16, "lr": 1e-3}}
 
 
@@ -39,12 +40,12 @@ def test_misspelled_or_abbreviated_flag_is_an_error(capsys):
 
 def test_flag_defined_twice_is_an_error():
     with pytest.raises(ValueError, match="--lr is defined in both 'a' and 'b'"):
-        script_util.create_parser({"a": {"lr": 1}, "b": {"lr": 2}}, description="t")
+        script_util.create_parser({"a": {"lr": F(1, "rate")}, "b": {"lr": F(2, "rate")}}, description="t")
 
 
 def test_a_flag_record_gives_default_help_and_check(capsys):
     groups = {"train": {"lr": script_util.Flag(1e-4, "the learning rate", script_util.at_least(0)),
-                        "run_dir": "runs/x"}}
+                        "run_dir": script_util.Flag("runs/x", "the run's folder", resume="free")}}
     parser = script_util.create_parser(groups, description="t")
     assert script_util.parse_args(parser, argv=[]).lr == 1e-4
     assert "the learning rate" in parser.format_help()
@@ -52,6 +53,7 @@ def test_a_flag_record_gives_default_help_and_check(capsys):
         script_util.parse_args(parser, argv=["--lr", "-1"])
     assert "invalid --lr -1.0: must be a number >= 0" in capsys.readouterr().err
     assert script_util.defaults(groups["train"]) == {"lr": 1e-4, "run_dir": "runs/x"}
+    assert parser.resume_classes == {"lr": "guarded", "run_dir": "free"}
 
 
 def test_a_flag_needs_help_and_one_place_for_its_check():
@@ -62,6 +64,17 @@ def test_a_flag_needs_help_and_one_place_for_its_check():
     groups = {"g": {"lr": script_util.Flag(1.0, "rate", script_util.at_least(0))}}
     with pytest.raises(ValueError, match=r"both on their Flag and in constraints: \['lr'\]"):
         script_util.create_parser(groups, description="t", constraints={"lr": script_util.finite})
+    with pytest.raises(ValueError, match="--lr is declared as 1.0, not as a script_util.Flag with its help text"):
+        script_util.create_parser({"g": {"lr": 1.0}}, description="t")
+
+
+def test_a_group_with_other_defaults_keeps_each_flags_help_check_and_class():
+    group = {"lr": F(1e-4, "rate", script_util.at_least(0)), "steps": F(10, "steps", resume="free")}
+    changed = script_util.with_defaults(group, lr=1e-3, beta=F(0.9, "momentum"))
+    assert changed["lr"] == F(1e-3, "rate", group["lr"].check) and changed["steps"] is group["steps"]
+    assert list(changed) == ["lr", "steps", "beta"] and group["lr"].default == 1e-4
+    with pytest.raises(ValueError, match=r"\['beta'\]: not flags of this group; a new flag must be a Flag"):
+        script_util.with_defaults(group, beta=0.9)
 
 
 def test_dry_run_prints_resolved_config(capsys):
@@ -75,7 +88,7 @@ def test_dry_run_prints_resolved_config(capsys):
 
 def test_config_json_written(tmp_path):
     args = _parse([])
-    script_util.write_config(str(tmp_path), args, note="hello")
+    script_util.write_config(str(tmp_path), args, classes={}, note="hello")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["channels"] == 64 and config["note"] == "hello" and config["world_size"] == 1
     assert "git_commit" in config
@@ -117,25 +130,40 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
 
 
+def _training_classes(method):
+    """{key: class} of a training run's config.json, as scripts/train.py hands them to write_config."""
+    from pagoda.methods import common
+    from tests.helpers.methods import train
+
+    return {**train.parser_for(method).resume_classes, "method": "fixed", **common.RECORD_CLASSES,
+            **script_util.WRITTEN_CLASSES}
+
+
 def test_config_changes_by_class_with_nested_records():
+    classes = _training_classes("diffusion")
     recorded = {"lr": 1e-3, "total_steps": 10, "seed": 0, "generator": {"model_channels": 32, "num_classes": 4},
                 "old_flag": 1}
     requested = {"lr": 5e-4, "total_steps": 20, "seed": 0, "generator": {"model_channels": 64, "num_classes": 4},
                  "new_flag": 2}  # keys on one side only (flags added or removed since) are not compared
-    assert script_util.config_changes(recorded, requested) == [
+    assert script_util.config_changes(recorded, requested, classes) == [
         ("generator.model_channels", 32, 64, "fixed"), ("lr", 1e-3, 5e-4, "guarded"), ("total_steps", 10, 20, "free")]
     # an entry of a record takes its own class when it has one, else the record's
-    assert [script_util.flag_class(k) for k in ("unet.use_checkpoint", "unet.dropout", "unet.in_channels",
-                                                "dataset_identity.digest")] == ["free", "guarded", "fixed", "fixed"]
+    assert [script_util.flag_class(k, classes) for k in ("unet.use_checkpoint", "unet.dropout", "unet.in_channels",
+                                                         "dataset_identity.digest", "git_commit", "preset", "method",
+                                                         "teacher_sigmas")] == [
+        "free", "guarded", "fixed", "fixed", "free", "free", "fixed", "guarded"]
 
 
 def test_every_training_flag_has_a_deliberate_class():
     """New flags default to "guarded" (refused on resume unless allowed); these are the ones that are not."""
     from pagoda import methods
 
-    flags = {k for name in methods.METHODS for g in methods.get(name).GROUPS.values() for k in g}
-    free = {k for k in flags if script_util.flag_class(k) == "free"}
-    fixed = {k for k in flags if script_util.flag_class(k) == "fixed"}
+    declared = [(k, flag.resume) for name in methods.METHODS for g in methods.get(name).GROUPS.values()
+                for k, flag in g.items()]
+    classes = dict(declared)
+    assert set(declared) == set(classes.items()), "a flag name shared by methods has one class"
+    free = {k for k, cls in classes.items() if cls == "free"}
+    fixed = {k for k, cls in classes.items() if cls == "fixed"}
     assert free == {"total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps",
                     "monitor_interval", "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers",
                     "cache_images", "use_checkpoint", "microbatch", "run_dir", "allow_config_change"}
@@ -147,7 +175,7 @@ def test_every_training_flag_has_a_deliberate_class():
 
 def test_allowed_guarded_change_passes_and_fixed_never_does():
     recorded, requested = {"lr": 1e-3, "image_size": 16}, {"lr": 5e-4, "image_size": 16}
-    check = dict(flags={"lr", "image_size"}, run_dir="runs/x")
+    check = dict(flags={"lr", "image_size"}, classes={"lr": "guarded", "image_size": "fixed"}, run_dir="runs/x")
     assert script_util.check_resume(recorded, requested, allow_change=True, **check) == [
         ("lr", 1e-3, 5e-4, "guarded")]
     with pytest.raises(script_util.ConfigChangeError, match=r"other changes .*\n    --lr: 0.001 -> 0.0005$"):
@@ -161,8 +189,10 @@ def test_a_config_from_before_the_discriminator_flags_resumes_with_their_old_beh
     the values that reproduce those runs (BatchNorm, each network's own size), not skipped."""
     old = {"lr_generator": 8e-6, "feature_networks": ["random_conv"], "d_channel_scale": 0.25}
     defaults = dict(old, d_norm="batch", feature_resolution=0)
-    check = dict(flags=set(defaults), run_dir="runs/old")
-    assert script_util.config_changes(old, defaults) == []
+    classes = {"lr_generator": "guarded", "feature_networks": "fixed", "d_channel_scale": "fixed", "d_norm": "fixed",
+               "feature_resolution": "fixed"}
+    check = dict(flags=set(defaults), classes=classes, run_dir="runs/old")
+    assert script_util.config_changes(old, defaults, classes) == []
     assert script_util.check_resume(old, defaults, allow_change=False, **check) == []
     with pytest.raises(script_util.ConfigChangeError) as err:
         script_util.check_resume(old, dict(defaults, d_norm="group", feature_resolution=128), allow_change=True,
@@ -170,11 +200,11 @@ def test_a_config_from_before_the_discriminator_flags_resumes_with_their_old_beh
     assert str(err.value).endswith("use a new --run_dir):\n    --d_norm: 'batch' -> 'group'\n"
                                    "    --feature_resolution: 0 -> 128")
     # a run whose flags never had them (the teacher's) compares nothing new
-    assert script_util.config_changes({"lr": 1e-3}, {"lr": 1e-3}) == []
+    assert script_util.config_changes({"lr": 1e-3}, {"lr": 1e-3}, {"lr": "guarded"}) == []
 
 
 def test_parse_cli_names_every_missing_required_flag(capsys):
-    groups = {"io": {"input": "", "out_dir": "", "size": 8}}
+    groups = {"io": {"input": F("", "the npz"), "out_dir": F("", "where"), "size": F(8, "side")}}
     with pytest.raises(SystemExit) as exit_info:
         script_util.parse_cli(groups, ["--size", "4"], description="", required={"input": "the npz", "out_dir": "where"})
     assert exit_info.value.code == 2

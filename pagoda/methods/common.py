@@ -8,31 +8,86 @@ from .. import dist_util, logger, script_util
 from ..amp import PRECISION_CHOICES
 from ..image_datasets import ImageDataset, infinite_batches, open_source
 
-# Flags TrainLoop consumes, with the defaults a method may override (`train_group(**overrides)`).
-TRAIN_FLAGS = dict(run_dir="runs/train", global_batch_size=32, microbatch=0, ema_rates=(0.999,), precision="auto",
-                   total_steps=1000, log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0,
-                   preview_interval=1000, allow_config_change=False)
-IMAGE_DATA_FLAGS = dict(data_dir="bundled:mnist", image_size=0, random_flip=False, num_workers=0, cache_images=True,
-                        on_error="raise")
+F, _c = script_util.Flag, script_util
+# Flags TrainLoop consumes; a method changes their defaults and adds its own (`train_group(**changes)`).
+TRAIN_FLAGS = dict(
+    run_dir=F("runs/train", "folder of the run: log, config.json, checkpoints/ (training states), exports/ "
+              "(EMA networks) and samples/ (previews). Rerunning with the same folder resumes from its newest training state",
+              resume="free"),
+    global_batch_size=F(32, "images per optimiser step, summed over all processes (must divide by their number); "
+                        "changing it changes the training, so scale the learning rates with it",
+                        _c.at_least(1)),
+    microbatch=F(0, "per-process images per forward/backward pass, gradients accumulated up to the per-process "
+                 "batch (which it must divide); lower it when memory runs out. 0: the whole per-process batch",
+                 _c.at_least(0), resume="free"),
+    ema_rates=F((0.999,), "EMA decay per optimiser step, one exported network per rate "
+                "(exports/<player>_ema<rate>.pt); the half-life is ln(0.5) / ln(rate) steps",
+                _c.each(_c.in_range(0, 1)), resume="fixed"),
+    precision=F("auto", "autocast precision of the networks: fp32, bf16, fp16 (with loss scaling) or auto (bf16 "
+                "where the device computes it natively, else fp32); losses, parameters and optimiser states stay "
+                "fp32", _c.one_of(*PRECISION_CHOICES)),
+    total_steps=F(1000, "training steps of the whole run (not of this invocation): raise it and rerun to train "
+                  "on from the last state", _c.at_least(1), resume="free"),
+    log_interval=F(100, "steps between log lines (progress.csv and the console)", _c.at_least(1), resume="free"),
+    save_interval=F(1000, "steps between saved training states and EMA exports (the last step always saves)",
+                    _c.at_least(1), resume="free"),
+    keep_checkpoints=F(2, "training states kept in checkpoints/ (oldest deleted first); exports are all kept",
+                       _c.at_least(1), resume="free"),
+    seed=F(0, "seed of everything the run draws (initial weights, data order, noise); a resumed run continues "
+           "the same random streams", _c.at_least(0)),
+    preview_interval=F(1000, "steps between preview grids sampled from the EMA network (run_dir/samples/<step>.png);"
+                       " 0: none", _c.at_least(0), resume="free"),
+    allow_config_change=F(False, "when resuming, accept changed guarded settings (learning rates, loss weights, "
+                          "...); architecture and data changes are refused anyway (use a new --run_dir)",
+                          resume="free"),
+)
+IMAGE_DATA_FLAGS = dict(
+    data_dir=F("bundled:mnist", "training images: bundled:<name> (bundled:mnist, bundled:fashion, ...), a folder "
+               "in the ImageNet train layout (one sub-folder per class), a flat folder of <class>_<anything> images, "
+               "or an ADM-format .npz", resume="fixed"),
+    image_size=F(0, "side in pixels the images are resized and centre-cropped to (ADM preprocessing); 0: the "
+                 "resolution of the network the run starts from", _c.at_least(0), resume="fixed"),
+    random_flip=F(False, "flip each training image horizontally with probability 1/2 (not for digits)",
+                  resume="fixed"),
+    num_workers=F(0, "DataLoader worker processes decoding images; 0 decodes in the training process (enough "
+                  "for in-memory data such as the bundled sets)", _c.at_least(0), resume="free"),
+    cache_images=F(True, "keep every decoded, cropped image in memory after its first use; turn off for "
+                   "datasets larger than the memory", resume="free"),
+    on_error=F("raise", "files that fit no class while indexing, and images that fail to decode while training: "
+               "raise stops with an error naming the file; skip leaves them out and logs how many",
+               _c.one_of("raise", "skip")),
+)
 
-_c = script_util
-TRAIN_CONSTRAINTS = {
-    "global_batch_size": _c.at_least(1), "microbatch": _c.at_least(0), "ema_rates": _c.each(_c.in_range(0, 1)),
-    "precision": _c.one_of(*PRECISION_CHOICES), "total_steps": _c.at_least(1), "log_interval": _c.at_least(1),
-    "save_interval": _c.at_least(1), "keep_checkpoints": _c.at_least(1), "seed": _c.at_least(0),
-    "preview_interval": _c.at_least(0),
+# The (latent, image) pairs scripts/encode.py writes, as stage 2/3 and the amortised encoder read them.
+PAIR_DATA_FLAGS = dict(
+    latent_dir=F("runs/latents", "folder of the teacher's PF-ODE latents (scripts/encode.py --out_dir); they must "
+                 "come from the teacher the run descends from", resume="fixed"),
+    data_dir=F("", "the images of the latents; '': the data_dir recorded in the latents' manifest (pass it when "
+               "the data moved, or for the same images at a higher resolution)", resume="fixed"),
+    num_workers=IMAGE_DATA_FLAGS["num_workers"],
+    cache_images=IMAGE_DATA_FLAGS["cache_images"],
+)
+
+
+def train_group(**changes):
+    """TRAIN_FLAGS with a method's defaults (plain values) and its own training flags (Flags)."""
+    return script_util.with_defaults(TRAIN_FLAGS, **changes)
+
+
+def image_data_group(**changes):
+    return script_util.with_defaults(IMAGE_DATA_FLAGS, **changes)
+
+
+# How a resumed run may change the records methods add to config.json (Run.record), as script_util.flag_class reads
+# them. What the checkpoint's tensors are shaped by or were trained on is fixed; an architecture record also holds
+# two run settings, which keep the classes of their flags. Records not named here are guarded.
+ARCHITECTURE_RECORDS = ("unet", "generator", "encoder")
+RECORD_CLASSES = {
+    **{key: "fixed" for key in ARCHITECTURE_RECORDS + ("dataset", "dataset_identity", "num_images", "num_classes",
+                                                       "num_pairs")},
+    **{f"{net}.{key}": cls for net in ARCHITECTURE_RECORDS for key, cls in (("use_checkpoint", "free"),
+                                                                             ("dropout", "guarded"))},
 }
-IMAGE_DATA_CONSTRAINTS = {"image_size": _c.at_least(0), "num_workers": _c.at_least(0),
-                          "on_error": _c.one_of("raise", "skip")}
-
-
-def train_group(**overrides):
-    """TRAIN_FLAGS with a method's defaults and its own training flags (learning rates, ...)."""
-    return {**TRAIN_FLAGS, **overrides}
-
-
-def image_data_group(**overrides):
-    return {**IMAGE_DATA_FLAGS, **overrides}
 
 
 @dataclasses.dataclass

@@ -19,14 +19,56 @@ from ..unet import UNetModel, imagenet64_config
 from . import common
 
 TITLE = "stage 1: EDM teacher"
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": common.image_data_group(image_size=16),
-    "model": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(2, 4),
-                  num_head_channels=32, dropout=0.0, class_cond=True, use_checkpoint=False, init_from=""),
-    "loss": dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, label_dropout=0.0),
-    "train": common.train_group(run_dir="runs/teacher", global_batch_size=64, optimizer="adam", lr=1e-3,
-                                weight_decay=0.0, warmup_steps=200, total_steps=3000, save_interval=500,
-                                preview_interval=500, preview_steps=18),
+    "data": common.image_data_group(image_size=F(16, "side in pixels the training images are resized and "
+                                                 "centre-cropped to (ADM preprocessing): the teacher's resolution",
+                                                 _c.at_least(1), resume="fixed")),
+    "model": dict(
+        model_channels=F(64, "base channel count of the UNet (level i has model_channels * channel_mult[i])",
+                         _c.at_least(1), resume="fixed"),
+        channel_mult=F((1, 2, 2), "comma list of channel multipliers, one UNet level per entry (each level after the "
+                       "first halves the resolution)", _c.each(_c.at_least(1), nonempty=True), resume="fixed"),
+        num_res_blocks=F(2, "residual blocks per UNet level", _c.at_least(1), resume="fixed"),
+        attention_resolutions=F((2, 4), "comma list of downsampling factors whose levels get self-attention (2: the "
+                                "level at half the image side); empty: none", _c.each(_c.at_least(1)),
+                                resume="fixed"),
+        num_head_channels=F(32, "channels per attention head", _c.at_least(1), resume="fixed"),
+        dropout=F(0.0, "dropout probability in the residual blocks; raise it when the teacher overfits small data",
+                  _c.in_range(0, 1)),
+        class_cond=F(True, "condition the UNet on the class labels of the data (false: unconditional)",
+                     resume="fixed"),
+        use_checkpoint=F(False, "gradient checkpointing in the UNet: activations recomputed in the backward pass, "
+                         "less memory for more compute, same results", resume="free"),
+        init_from=F("", "start from these weights: a denoiser export (<run_dir>/exports/denoiser_ema<rate>.pt) or the "
+                    "released edm_imagenet64_ema.pt, whose architecture then replaces the model flags; '': random "
+                    "initial weights"),
+    ),
+    "loss": dict(
+        P_mean=F(-1.2, "mean of ln(sigma) of the training noise levels (EDM's log-normal)", _c.finite),
+        P_std=F(1.2, "standard deviation of ln(sigma) of the training noise levels", _c.greater_than(0)),
+        sigma_data=F(0.5, "standard deviation of the data in [-1, 1] the preconditioning assumes (EDM c_skip, "
+                     "c_out, c_in)", _c.greater_than(0)),
+        sigma_min=F(0.002, "smallest noise level of the exported denoiser (its sampling grid starts at sigma_max and "
+                    "ends here)", _c.greater_than(0)),
+        sigma_max=F(80.0, "largest noise level of the exported denoiser: the prior N(0, sigma_max^2) that sampling "
+                    "and the PF-ODE latents start from", _c.greater_than(0)),
+        label_dropout=F(0.0, "fraction of labels replaced by an extra null class during training, so that the "
+                        "teacher supports classifier-free guidance; 0: no null class", _c.in_range(0, 1),
+                        resume="fixed"),
+    ),
+    "train": common.train_group(
+        run_dir="runs/teacher", global_batch_size=64, total_steps=3000, save_interval=500, preview_interval=500,
+        optimizer=F("adam", "optimiser of the denoiser: adam, adamw (decoupled weight decay) or radam",
+                    _c.one_of("adam", "adamw", "radam")),
+        lr=F(1e-3, "learning rate of the denoiser (after the warm-up)", _c.at_least(0)),
+        weight_decay=F(0.0, "weight decay of the optimiser (L2 for adam and radam, decoupled for adamw)",
+                       _c.at_least(0)),
+        warmup_steps=F(200, "optimiser steps over which the learning rate rises linearly from lr / warmup_steps to "
+                       "lr; 0: none", _c.at_least(0)),
+        preview_steps=F(18, "Heun steps of the preview sampler (2 * steps - 1 network evaluations)", _c.at_least(1),
+                        resume="free"),
+    ),
 }
 PRESETS = {
     # The CPU recipe on the bundled digits (commands/stage1_teacher_mnist.sh): a 1.0M-parameter teacher at 16 px.
@@ -40,17 +82,7 @@ PRESETS = {
                        ema_rates=(0.99994,), precision="fp16", total_steps=610352, log_interval=100,
                        save_interval=5000, preview_interval=5000, preview_steps=40),
 }
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, **common.IMAGE_DATA_CONSTRAINTS, "image_size": _c.at_least(1),
-    "model_channels": _c.at_least(1), "channel_mult": _c.each(_c.at_least(1), nonempty=True),
-    "num_res_blocks": _c.at_least(1), "attention_resolutions": _c.each(_c.at_least(1)),
-    "num_head_channels": _c.at_least(1), "dropout": _c.in_range(0, 1), "P_mean": _c.finite,
-    "P_std": _c.greater_than(0), "sigma_data": _c.greater_than(0), "sigma_min": _c.greater_than(0),
-    "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing, "label_dropout": _c.in_range(0, 1),
-    "optimizer": _c.one_of("adam", "adamw", "radam"), "lr": _c.at_least(0), "weight_decay": _c.at_least(0),
-    "warmup_steps": _c.at_least(0), "preview_steps": _c.at_least(1),
-}
+CONSTRAINTS = {("sigma_min", "sigma_max"): _c.increasing}
 
 
 class DiffusionObjective(Objective):
@@ -106,7 +138,7 @@ ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks"
 
 def preset_architecture(preset):
     """The ARCHITECTURE flags of `preset` (the defaults where it sets none): build_backbone's arguments."""
-    flags = {k: v for group in GROUPS.values() for k, v in group.items()}
+    flags = {k: v for group in GROUPS.values() for k, v in script_util.defaults(group).items()}
     flags.update(PRESETS[preset])
     return {k: flags[k] for k in ARCHITECTURE}
 

@@ -25,22 +25,29 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(latent_dir="runs/latents", data_dir="", num_workers=0, cache_images=True),
-    "model": dict(init_from="", noised_input=True, encoder_sigma=0.002, dropout=0.0),
-    "train": common.train_group(run_dir="runs/encoder", global_batch_size=32, ema_rates=(0.999,), lr=1e-4,
-                                total_steps=10000),
+    "data": common.PAIR_DATA_FLAGS,
+    "model": dict(
+        init_from=F("", "the teacher export whose latents the encoder learns; the encoder starts as a copy of its "
+                    "UNet; required"),
+        noised_input=F(True, "for latents encoded from x + start_sigma n: feed that same noised image at level "
+                       "start_sigma; false: clean x at --encoder_sigma (the official input)"),
+        encoder_sigma=F(0.002, "noise level the encoder's UNet is evaluated at on clean images (latents without "
+                        "start_sigma, or --noised_input false)", _c.greater_than(0)),
+        dropout=F(0.0, "dropout probability in the encoder's residual blocks", _c.in_range(0, 1)),
+    ),
+    "train": common.train_group(
+        run_dir="runs/encoder", global_batch_size=32, ema_rates=(0.999,), total_steps=10000,
+        lr=F(1e-4, "learning rate of the encoder (Adam)", _c.at_least(0)),
+    ),
 }
 PRESETS = {
     # commands/encoder_mnist.sh: the 16 px bundled teacher and its 2000 encoded digits
     "mnist16": dict(global_batch_size=32, lr=5e-4, ema_rates=(0.99,), total_steps=2000, log_interval=100,
                     save_interval=500, preview_interval=0),
 }
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, "num_workers": _c.at_least(0), "encoder_sigma": _c.greater_than(0),
-    "dropout": _c.in_range(0, 1), "lr": _c.at_least(0),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 class EncoderObjective(Objective):

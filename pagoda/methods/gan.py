@@ -13,21 +13,44 @@ from torch import nn
 from .. import dist_util, random_util, script_util
 from ..diffaug import POLICIES, DiffAugment
 from ..discriminator import HEAD_NORMS, ProjectedDiscriminator
-from ..features import MIN_FEATURE_RESOLUTION, create_feature_network
+from ..features import FEATURE_NETWORKS, MIN_FEATURE_RESOLUTION, create_feature_network
 from ..losses import hinge_d_loss, hinge_g_loss, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
 
-# The flags of the discriminator and its loss; methods override the defaults in their own group definitions.
-DISCRIMINATOR_FLAGS = dict(feature_networks=("random_conv",), feature_weights=(), feature_seed=0,
-                           feature_resolution=0, teacher_feature_sigma=0.5, d_channel_scale=1.0, d_norm="batch",
-                           gan_loss="hinge", r1_gamma=0.0, r1_interval=16, diffaug=True, translation_ratio=0.125,
-                           cutout_ratio=0.2)
-_c = script_util
-DISCRIMINATOR_CONSTRAINTS = {
-    "feature_seed": _c.at_least(0), "feature_resolution": _c.zero_or_at_least(MIN_FEATURE_RESOLUTION),
-    "teacher_feature_sigma": _c.at_least(0), "d_channel_scale": _c.greater_than(0), "d_norm": _c.one_of(*HEAD_NORMS),
-    "gan_loss": _c.one_of("hinge", "nonsaturating"), "r1_gamma": _c.at_least(0), "r1_interval": _c.at_least(1),
-    "translation_ratio": _c.in_range(0, 1, high_included=True), "cutout_ratio": _c.in_range(0, 1, high_included=True),
-}
+# The flags of the discriminator and its loss; methods change the defaults in their own group definitions.
+F, _c = script_util.Flag, script_util
+DISCRIMINATOR_FLAGS = dict(
+    feature_networks=F(("random_conv",), "comma list of the frozen feature networks the discriminator's heads read "
+                       f"(one head per feature level): {', '.join(FEATURE_NETWORKS)}. random_conv and tiny are "
+                       "seeded random CNNs; the timm ones need their pretrained weights on disk (a local cache or "
+                       "--feature_weights); teacher is the stage-1 teacher's UNet encoder (weights: --feature_weights)",
+                       resume="fixed"),
+    feature_weights=F((), "comma list of weight files, entry i for the i-th --feature_networks ('' or missing: that "
+                      "network's default); needed for teacher (its denoiser export)", resume="fixed"),
+    feature_seed=F(0, "seed of the frozen random layers: the random networks and the random projections of the "
+                   "feature maps; shapes only the initial networks of a fresh run", _c.at_least(0)),
+    feature_resolution=F(0, f"side in pixels images are resized to before the feature networks (>= "
+                         f"{MIN_FEATURE_RESOLUTION}); 0: each network's own (random ones their native size, timm "
+                         "ones 224 below 256 px and native from 256 px); the teacher network always works at the "
+                         "teacher's size", _c.zero_or_at_least(MIN_FEATURE_RESOLUTION), resume="fixed"),
+    teacher_feature_sigma=F(0.5, "noise level sigma at which the teacher feature network reads its inputs "
+                            "(x + sigma n through the teacher's encoder at that sigma)", _c.at_least(0)),
+    d_channel_scale=F(1.0, "width multiplier of the discriminator's heads (channels per head level times this); "
+                      "below 1 for small data", _c.greater_than(0), resume="fixed"),
+    d_norm=F("batch", f"normalisation in the heads: {' or '.join(HEAD_NORMS)} (GroupNorm: per-sample statistics)",
+             _c.one_of(*HEAD_NORMS), resume="fixed"),
+    gan_loss=F("hinge", "adversarial loss: hinge (PaGoDA) or nonsaturating (StyleGAN/GDD)",
+               _c.one_of("hinge", "nonsaturating")),
+    r1_gamma=F(0.0, "weight gamma of the R1 gradient penalty (gamma / 2) ||grad D(x_real)||^2 on augmented reals; "
+               "0: off", _c.at_least(0)),
+    r1_interval=F(16, "discriminator steps between R1 evaluations (lazy R1: the penalty is scaled by the interval)",
+                  _c.at_least(1)),
+    diffaug=F(True, "DiffAugment (colour, translation, cutout) with the same parameters on reals and fakes; keeps "
+              "the discriminator from memorising small data"),
+    translation_ratio=F(0.125, "DiffAugment's largest shift as a fraction of the image side (zero fill)",
+                        _c.in_range(0, 1, high_included=True)),
+    cutout_ratio=F(0.2, "side of DiffAugment's cutout square as a fraction of the image side",
+                   _c.in_range(0, 1, high_included=True)),
+)
 
 # The adaptive weight's clip (losses.adaptive_weight): a weight at either end means the balance is not working.
 ADAPTIVE_CLIP = (0.01, 10.0)

@@ -31,15 +31,29 @@ from . import common, gan
 
 TITLE = "GDD: GAN fine-tuning of the teacher at sigma_max"
 FREEZE = ("none", "convs")
+F, _c = script_util.Flag, script_util
 GROUPS = {
     "data": common.image_data_group(),
-    "model": dict(init_from="", freeze="none", sigma_max=80.0),
-    "discriminator": dict(gan.DISCRIMINATOR_FLAGS, feature_networks=("deit_base_distilled_patch16_224",
-                                                                     "tf_efficientnet_lite0"),
-                          gan_loss="nonsaturating", r1_gamma=1e-4, r1_interval=16, diffaug=False),
-    "train": common.train_group(run_dir="runs/gdd", global_batch_size=512, lr_generator=8e-6, lr_discriminator=4e-5,
-                                adam_beta1=0.0, adam_beta2=0.99, lazy_r1_adam=True, total_steps=19532,
-                                save_interval=1000),
+    "model": dict(
+        init_from=F("", "the teacher export GDD fine-tunes (<run_dir>/exports/denoiser_ema<rate>.pt); required"),
+        freeze=F("none", "none (GDD: train every weight) or convs (GDD-I: freeze the 3x3 convolutions of the residual "
+                 "blocks, the up/down-sampling convolutions and the attention output projections)", _c.one_of(*FREEZE)),
+        sigma_max=F(80.0, "the noise level G runs the teacher's denoiser at: G(z, y) = D(z; sigma_max, y) with z ~ "
+                    "N(0, sigma_max^2)", _c.greater_than(0)),
+    ),
+    "discriminator": script_util.with_defaults(
+        gan.DISCRIMINATOR_FLAGS, feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"),
+        gan_loss="nonsaturating", r1_gamma=1e-4, r1_interval=16, diffaug=False),
+    "train": common.train_group(
+        run_dir="runs/gdd", global_batch_size=512, total_steps=19532, save_interval=1000,
+        lr_generator=F(8e-6, "learning rate of the generator (Adam)", _c.at_least(0)),
+        lr_discriminator=F(4e-5, "learning rate of the discriminator heads (Adam; with --lazy_r1_adam scaled for "
+                           "lazy R1)", _c.at_least(0)),
+        adam_beta1=F(0.0, "Adam beta1 of both players (GDD: 0, no momentum)", _c.in_range(0, 1)),
+        adam_beta2=F(0.99, "Adam beta2 of both players", _c.in_range(0, 1)),
+        lazy_r1_adam=F(True, "StyleGAN2's correction for lazy R1 on the discriminator's Adam: lr and betas scaled by "
+                       "c = r1_interval / (r1_interval + 1) (lr * c, beta ** c); only with --r1_gamma > 0"),
+    ),
 }
 PRESETS = {
     # CPU recipe on the bundled digits: the discriminator that works there (pagoda.py's mnist16: EfficientNet-lite0
@@ -51,12 +65,7 @@ PRESETS = {
     "imagenet64": dict(image_size=64, random_flip=True, cache_images=False, num_workers=8, precision="bf16",
                        preview_interval=1000),
 }
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, **common.IMAGE_DATA_CONSTRAINTS, **gan.DISCRIMINATOR_CONSTRAINTS,
-    "freeze": _c.one_of(*FREEZE), "sigma_max": _c.greater_than(0), "lr_generator": _c.at_least(0),
-    "lr_discriminator": _c.at_least(0), "adam_beta1": _c.in_range(0, 1), "adam_beta2": _c.in_range(0, 1),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def frozen_convs(backbone):

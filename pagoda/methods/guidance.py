@@ -33,12 +33,31 @@ from ..train_util import Objective, OptimSpec
 from . import common
 from .pagoda import build_reconstruction, guided_pairs_for
 
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(guided_pairs="", num_workers=0),
-    "model": dict(init_from=""),
-    "loss": dict(recon_loss="pseudo_huber", anchor_weight=1.0, censor_clamped=True, histogram_weight=0.0),
-    "train": common.train_group(run_dir="runs/guidance", global_batch_size=32, ema_rates=(0.99,), lr=5e-4,
-                                lr_decay=True, total_steps=6000),
+    "data": dict(
+        guided_pairs=F("", "folder of the guided teacher's pairs (z_w, y, w) -> x_w (scripts/encode.py --direction "
+                       "decode) that G(z, y, w) learns; required"),
+        num_workers=common.IMAGE_DATA_FLAGS["num_workers"],
+    ),
+    "model": dict(init_from=F("", "the one-step generator export to add guidance to (stage 2's "
+                              "exports/generator_ema<rate>.pt); also the frozen anchor G_0; required")),
+    "loss": dict(
+        recon_loss=F("pseudo_huber", "distance of the distillation, anchor and histogram terms: pixel (MSE) or "
+                     "pseudo_huber (iCT's pseudo-Huber distance)", _c.one_of("pixel", "pseudo_huber"),
+                     resume="fixed"),
+        anchor_weight=F(1.0, "weight of the anchor term L_rec(G(z, y, 1), G_0(z, y, 1)) on fresh prior latents, "
+                        "which holds w = 1 where stage 2 left it", _c.at_least(0)),
+        censor_clamped=F(True, "no error where a pair's pixel sits at the clip bound +-1 and G overshoots it "
+                         "(sampling clamps both alike)"),
+        histogram_weight=F(0.0, "weight of the term between the sorted pixel values of G(z_w, y, w) and of x_w (the "
+                           "pair's contrast); 0: off", _c.at_least(0)),
+    ),
+    "train": common.train_group(
+        run_dir="runs/guidance", global_batch_size=32, ema_rates=(0.99,), total_steps=6000,
+        lr=F(5e-4, "learning rate of the generator (Adam)", _c.at_least(0)),
+        lr_decay=F(True, "anneal the learning rate linearly to 0 over --total_steps; false: constant"),
+    ),
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
@@ -46,11 +65,7 @@ PRESETS = {
                     anchor_weight=0.3, histogram_weight=1.0, log_interval=200, save_interval=1000,
                     preview_interval=0),
 }
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, "num_workers": _c.at_least(0), "recon_loss": _c.one_of("pixel", "pseudo_huber"),
-    "anchor_weight": _c.at_least(0), "histogram_weight": _c.at_least(0), "lr": _c.at_least(0),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def censored(x_hat, x, *, tol=1e-3):

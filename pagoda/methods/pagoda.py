@@ -27,17 +27,64 @@ from ..train_util import Objective, OptimSpec
 from . import common, gan
 
 TITLES = ("stage 2: one-step generator", "stage 3: grown generator")
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True,
-                 guided_pairs=""),
-    "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), refit_head=False,
-                  use_checkpoint=False, sigma_max=80.0, sigma_data=0.5),
+    "data": dict(
+        common.PAIR_DATA_FLAGS,
+        image_size=F(0, "side in pixels of the training images: the generator's output size (stage 3: the grown "
+                     "size); 0: that size", _c.at_least(0), resume="fixed"),
+        guided_pairs=F("", "folder of guided pairs (scripts/encode.py --direction decode): adds the distillation term "
+                       "--guided_weight * L_rec(G(z_w, y, w), x_w) and a guidance-scale input to G; '': none"),
+    ),
+    "model": dict(
+        init_from=F("", "start: a teacher export (stage 2: G starts as the teacher's backbone) or a generator export "
+                    "(stage 3: grown by --grow_factor); required"),
+        grow_factor=F(1, "stage 3: grow the generator's output to this multiple of its input resolution (1: stage "
+                      "2, no growth)", _c.one_of(1, 2, 4, 8), resume="fixed"),
+        activate_from=F(-1, "train only output_blocks[activate_from:] and the output head (official stage 3: 9); "
+                        "-1: train every layer", _c.at_least(-1), resume="fixed"),
+        channel_mult_high=F((), "comma list of channel multipliers of the grown levels, one per doubling (of the "
+                            "base width); empty: 1 each", _c.each(_c.as_number(_c.greater_than(0))), resume="fixed"),
+        refit_head=F(False, "stage 3: re-fit the grown generator's output head so that it starts as the previous "
+                     "generator up-sampled; shapes only the initial weights of a fresh run"),
+        use_checkpoint=F(False, "gradient checkpointing in the generator: activations recomputed in the backward "
+                         "pass, less memory for more compute, same results", resume="free"),
+        sigma_max=F(80.0, "the teacher's largest noise level: prior latents are N(0, sigma_max^2) and G reads "
+                    "z / sigma_max", _c.greater_than(0)),
+        sigma_data=F(0.5, "the teacher's data standard deviation (EDM preconditioning of G's input)",
+                     _c.greater_than(0)),
+    ),
     "discriminator": gan.DISCRIMINATOR_FLAGS,
-    "loss": dict(recon_loss="feature", discriminator_weight=0.2, adaptive_weight=True, separate_update=False,
-                 recon_discriminator=False, recon_discriminator_weight=0.5, guided_weight=1.0, guided_gan=False),
-    "train": common.train_group(run_dir="runs/stage2", lr_generator=8e-6, lr_discriminator=2e-3,
-                                total_steps=600000, monitor_interval=0, monitor_samples=256,
-                                monitor_network="random_conv"),
+    "loss": dict(
+        recon_loss=F("feature", "reconstruction loss L_rec(G(z_data, y), x): feature (LPIPS-like distance of "
+                     "normalised --feature_networks features, own seeded copies), pixel (MSE) or pseudo_huber (iCT's "
+                     "pseudo-Huber distance)",
+                     _c.one_of("feature", "pixel", "pseudo_huber"), resume="fixed"),
+        discriminator_weight=F(0.2, "weight w_D of the GAN term in the generator's loss (times the adaptive weight)",
+                               _c.at_least(0)),
+        adaptive_weight=F(True, "scale the GAN term by lambda = ||dL_rec/dW|| / ||dL_G/dW|| at G's last ResBlock "
+                          "convolution (clipped to [0.01, 10]); false: lambda = 1"),
+        separate_update=F(False, "split the generator step into a reconstruction update and a GAN update (the "
+                          "official 256 and 512 px setting)"),
+        recon_discriminator=F(False, "add a second discriminator that tells reals from G's reconstructions of their "
+                              "own latents (the official 512 px setting)", resume="fixed"),
+        recon_discriminator_weight=F(0.5, "weight of the reconstruction discriminator's GAN term (times its own "
+                                     "adaptive weight)", _c.at_least(0)),
+        guided_weight=F(1.0, "weight of the guided pairs' distillation term (with --guided_pairs)", _c.at_least(0)),
+        guided_gan=F(False, "with --guided_pairs: a discriminator conditioned on the guidance scale w whose reals "
+                     "include the guided teacher's samples at w > 1; false: the GAN sees w = 1 only"),
+    ),
+    "train": common.train_group(
+        run_dir="runs/stage2", total_steps=600000,
+        lr_generator=F(8e-6, "learning rate of the generator (RAdam)", _c.at_least(0)),
+        lr_discriminator=F(2e-3, "learning rate of the discriminator heads (RAdam)", _c.at_least(0)),
+        monitor_interval=F(0, "steps between Frechet distances of --monitor_network features, EMA samples vs real "
+                           "images (logged as monitor/fd_<network>; a cheap signal, not FID); 0: off",
+                           _c.at_least(0), resume="free"),
+        monitor_samples=F(256, "samples (and real images) per monitor measurement", _c.at_least(2), resume="free"),
+        monitor_network=F("random_conv", "feature network of the monitor (a name of --feature_networks' list)",
+                          resume="free"),
+    ),
 }
 
 PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientnet_lite0"), precision="bf16",
@@ -63,18 +110,7 @@ PRESETS = {
                              adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
                              recon_discriminator=True),
 }
-
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, **gan.DISCRIMINATOR_CONSTRAINTS,
-    "image_size": _c.at_least(0), "num_workers": _c.at_least(0), "grow_factor": _c.one_of(1, 2, 4, 8),
-    "activate_from": _c.at_least(-1), "channel_mult_high": _c.each(_c.as_number(_c.greater_than(0))),
-    "recon_loss": _c.one_of("feature", "pixel", "pseudo_huber"), "discriminator_weight": _c.at_least(0),
-    "recon_discriminator_weight": _c.at_least(0), "guided_weight": _c.at_least(0), "sigma_max": _c.greater_than(0),
-    "sigma_data": _c.greater_than(0),
-    "lr_generator": _c.at_least(0), "lr_discriminator": _c.at_least(0), "monitor_interval": _c.at_least(0),
-    "monitor_samples": _c.at_least(2),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 class PaGoDAObjective(Objective):

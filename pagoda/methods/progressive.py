@@ -26,6 +26,8 @@ at different times for the same noise level (off by one index). Here both see (x
 continues to sigma_mid and sigma_s on the grid the student must skip.
 """
 
+import dataclasses
+
 import torch
 
 from .. import dist_util, logger, script_util
@@ -39,12 +41,39 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+
+
+def _zero_or_even(v):
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0 and v % 2 == 0
+    return None if ok else "must be 0 (the export's own grid) or an even number of steps: a round halves them"
+
+
+F, _c = script_util.Flag, script_util
 GROUPS = {
     "data": common.image_data_group(image_size=0),
-    "model": dict(init_from="", teacher_steps=0, rho=7.0, dropout=0.0, use_checkpoint=False),
-    "train": common.train_group(run_dir="runs/progressive", global_batch_size=32, ema_rates=(), lr=1e-4,
-                                lr_schedule="linear", grad_clip=1.0, total_steps=200, log_interval=50,
-                                save_interval=200, preview_interval=200),
+    "model": dict(
+        init_from=F("", "the round's teacher: a teacher export, or the previous round's student export "
+                    "(<run_dir>/exports/student.pt); the student starts as a copy of it; required"),
+        teacher_steps=F(0, "N, the teacher's Euler steps on karras_sigmas(N, sigma_min, sigma_max, rho) of a teacher "
+                        "export (the student learns N / 2); 0: the grid a previous round's export carries",
+                        _zero_or_even),
+        rho=F(7.0, "rho of the Karras grid of --teacher_steps (higher: steps denser at small sigma)",
+              _c.greater_than(0)),
+        dropout=F(0.0, "dropout probability in the student's residual blocks (PD: 0)", _c.in_range(0, 1)),
+        use_checkpoint=F(False, "gradient checkpointing in the student: activations recomputed in the backward "
+                         "pass, less memory for more compute, same results", resume="free"),
+    ),
+    "train": common.train_group(
+        run_dir="runs/progressive", global_batch_size=32, total_steps=200, log_interval=50, save_interval=200,
+        preview_interval=200,
+        # PD keeps no EMA; an empty default makes the entries text, so they are read as numbers
+        ema_rates=dataclasses.replace(common.TRAIN_FLAGS["ema_rates"], default=(),
+                                      check=_c.each(_c.as_number(_c.in_range(0, 1)))),
+        lr=F(1e-4, "learning rate of the student (Adam)", _c.at_least(0)),
+        lr_schedule=F("linear", "linear: anneal the learning rate to 0 over --total_steps (PD, per round); constant",
+                      _c.one_of("linear", "constant")),
+        grad_clip=F(1.0, "clip the gradient norm to this; 0: no clipping", _c.at_least(0)),
+    ),
 }
 PRESETS = {
     # One round of commands/progressive_mnist.sh (the 16 px bundled teacher); the recipe adds the round's flags.
@@ -58,19 +87,7 @@ PRESETS = {
 }
 
 
-def _zero_or_even(v):
-    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0 and v % 2 == 0
-    return None if ok else "must be 0 (the export's own grid) or an even number of steps: a round halves them"
-
-
-_c = script_util
-CONSTRAINTS = {
-    **common.TRAIN_CONSTRAINTS, **common.IMAGE_DATA_CONSTRAINTS,
-    # an empty default makes the entries text: read them as numbers
-    "ema_rates": _c.each(_c.as_number(_c.in_range(0, 1))),
-    "teacher_steps": _zero_or_even, "rho": _c.greater_than(0), "dropout": _c.in_range(0, 1),
-    "lr": _c.at_least(0), "lr_schedule": _c.one_of("linear", "constant"), "grad_clip": _c.at_least(0),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 class ProgressiveObjective(Objective):
