@@ -396,17 +396,26 @@ def load_or_train(data_dir, *, cache_dir=None, progress=True, **settings):
 
 # --- command line -------------------------------------------------------------------------------------------------
 
-def _flag_defaults():
-    # heldout_dir '' means heldout_data_dir(data_dir); cache_dir '' means no cache (then --out is needed).
-    return {"domain": dict(data_dir="bundled:mnist", heldout_dir="", heldout_fraction=DEFAULTS["heldout_fraction"],
-                           input_size=DEFAULTS["input_size"], epochs=DEFAULTS["epochs"],
-                           batch_size=DEFAULTS["batch_size"], lr=DEFAULTS["lr"], seed=DEFAULTS["seed"],
-                           out="", cache_dir=str(default_cache_dir()))}
-
-
-FLAG_CONSTRAINTS = {"heldout_fraction": script_util.in_range(0, 1), "input_size": script_util.at_least(8),
-                    "epochs": script_util.at_least(1), "batch_size": script_util.at_least(1),
-                    "lr": script_util.greater_than(0), "seed": script_util.at_least(0)}
+def flag_groups():
+    """The command line's flags (a function: --cache_dir's default reads the environment at call time)."""
+    F, _c = script_util.Flag, script_util
+    return {"domain": dict(
+        data_dir=F("bundled:mnist", "the labelled training images: bundled:<name>, a folder or an ADM .npz"),
+        heldout_dir=F("", "labelled images never trained on, for the accuracy; '': the held-out split of a bundled "
+                      "--data_dir, else --heldout_fraction of --data_dir"),
+        heldout_fraction=F(DEFAULTS["heldout_fraction"], "without a held-out folder: the seeded fraction of "
+                           "--data_dir held out and never trained on", _c.in_range(0, 1)),
+        input_size=F(DEFAULTS["input_size"], "side in pixels every image is resized to before the classifier",
+                     _c.at_least(8)),
+        epochs=F(DEFAULTS["epochs"], "passes over the training images", _c.at_least(1)),
+        batch_size=F(DEFAULTS["batch_size"], "images per training step", _c.at_least(1)),
+        lr=F(DEFAULTS["lr"], "learning rate", _c.greater_than(0)),
+        seed=F(DEFAULTS["seed"], "seed of the initial weights, the held-out split and the batch order",
+               _c.at_least(0)),
+        out=F("", "also export the classifier to this file (required with --cache_dir '')"),
+        cache_dir=F(str(default_cache_dir()), "cache of trained classifiers, keyed by data and settings (a cached "
+                    "one is reused); '': no cache"),
+    )}
 
 
 def describe(record):
@@ -423,8 +432,7 @@ def describe(record):
 
 
 def main(argv=None):
-    parser = script_util.create_parser(_flag_defaults(), description=__doc__.split("\n")[0],
-                                       constraints=FLAG_CONSTRAINTS)
+    parser = script_util.create_parser(flag_groups(), description=__doc__.split("\n")[0])
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
     if not args.cache_dir and not args.out:

@@ -40,26 +40,64 @@ LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own la
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
 TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
 ENCODERS = ("ode", "amortised")
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(task="super_resolve", input="", limit=0, label=-1, use_data_labels=False, batch_size=100),
-    "models": dict(teacher="", generator="", encoder="ode", encoder_path="", guidance_scale=1.0, num_steps=12,
-                   start_sigma=0.1, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0),
-    "task": dict(target_label=-1, num_pairs=8, num_interp=7, mask="center", search_steps=40, search_lr=1.0,
-                 prior_weight=1e-3, replacement_steps=0),
-    "output": dict(out_dir="runs/apply", num_blocks=5, grid_images=16, classifier_data="bundled:mnist",
-                   inception_kid=False, inception=""),
+    "data": dict(
+        task=F("super_resolve", f"what to do with the images: {', '.join(TASKS)}", _c.one_of(*TASKS)),
+        input=F("", "the images: a folder (class sub-folders or flat), an ADM-format .npz or bundled:<name>; "
+                "required"),
+        limit=F(0, "use this many images of --input, drawn at random (seeded) and sorted; 0: all", _c.at_least(0)),
+        label=F(-1, "the class of every image; -1: see --use_data_labels (then the teacher's null class, then the "
+                "domain classifier's prediction)", _c.at_least(-1)),
+        use_data_labels=F(False, "use the labels --input carries (class folders, npz labels) when --label is -1"),
+        batch_size=F(100, "images per encoder / generator / search batch; lower it when memory runs out",
+                     _c.at_least(1)),
+    ),
+    "models": dict(
+        teacher=F("", "the teacher export that encodes the images (<run_dir>/exports/denoiser_ema<rate>.pt); "
+                  "required"),
+        generator=F("", "the generator export that decodes them (stage 2 or 3, a descendant of --teacher); required"),
+        encoder=F("ode", f"how images become latents: {' or '.join(ENCODERS)} (ode: the teacher's PF-ODE; amortised: "
+                  "one call of --encoder_path)", _c.one_of(*ENCODERS)),
+        encoder_path=F("", "the amortised encoder export (<run_dir>/exports/encoder_ema<rate>.pt) for --encoder "
+                       "amortised"),
+        guidance_scale=F(1.0, "guidance scale w a guidance-conditioned generator G(z, y, w) decodes at; 1: unguided "
+                         "(the only value for a generator without a w input)", _c.greater_than(0)),
+        num_steps=F(12, "Heun steps of the PF-ODE encoder (Karras grid from start_sigma, or sigma_min, to sigma_max)",
+                    _c.at_least(2)),
+        start_sigma=F(0.1, "noise level the image is first noised to before the ODE climbs from there (as the "
+                      "bundled latents were made); 0: from clean x at sigma_min", _c.at_least(0)),
+        sigma_min=F(0.002, "smallest noise level of the ODE grid (and of the teacher's replacement baseline)",
+                    _c.greater_than(0)),
+        sigma_max=F(80.0, "the latents' noise level: the end of the ODE, the generator's prior", _c.greater_than(0)),
+        rho=F(7.0, "rho of the Karras grid (higher: steps denser at small sigma)", _c.greater_than(0)),
+        seed=F(0, "seed of the encoder's noise, the random target classes, the strokes masks", _c.at_least(0)),
+    ),
+    "task": dict(
+        target_label=F(-1, "transfer: the class every image is decoded with; -1: a random other class per image "
+                       "(seeded)", _c.at_least(-1)),
+        num_pairs=F(8, "interpolate: pairs of images (2k, 2k + 1) to interpolate between", _c.at_least(1)),
+        num_interp=F(7, "interpolate: points on each spherical path, ends included", _c.at_least(3)),
+        mask=F("center", "inpaint: the observed pixels: center (the central box missing), half (the right half "
+               "missing), strokes (3 random strokes missing) or a mask file (.npy or grey image, nonzero = observed)"),
+        search_steps=F(40, "inpaint: Adam steps of the latent search through the generator", _c.at_least(1)),
+        search_lr=F(1.0, "inpaint: learning rate of the latent search", _c.greater_than(0)),
+        prior_weight=F(1e-3, "inpaint: weight of the Gaussian prior term on z in the latent search (keeps z typical)",
+                       _c.at_least(0)),
+        replacement_steps=F(0, "inpaint: Heun steps of the teacher's replacement baseline; 0: as many as fit in the "
+                            "latent search's wall time", _c.at_least(0)),
+    ),
+    "output": dict(
+        out_dir=F("runs/apply", "folder for the grid PNG, the npz (ADM format), the JSON of scores and the log"),
+        num_blocks=F(5, "blocks the images are split into for the scores' mean +- spread", _c.at_least(1)),
+        grid_images=F(16, "images shown in the PNG grid", _c.at_least(1)),
+        classifier_data=F("bundled:mnist", "training data of the domain classifier that predicts labels and scores "
+                          "(trained once and cached)"),
+        inception_kid=F(False, "also score the evaluator's Inception KID against the references (slow on a CPU)"),
+        inception=F("", "the evaluator's Inception weights file; '': where evaluations.inception looks"),
+    ),
 }
-_c = script_util
-CONSTRAINTS = {
-    "task": _c.one_of(*TASKS), "limit": _c.at_least(0), "label": _c.at_least(-1), "batch_size": _c.at_least(1),
-    "encoder": _c.one_of(*ENCODERS), "guidance_scale": _c.greater_than(0), "num_steps": _c.at_least(2),
-    "start_sigma": _c.at_least(0),
-    "sigma_min": _c.greater_than(0), "sigma_max": _c.greater_than(0), ("sigma_min", "sigma_max"): _c.increasing,
-    ("start_sigma", "sigma_max"): _c.increasing, "rho": _c.greater_than(0), "seed": _c.at_least(0),
-    "target_label": _c.at_least(-1), "num_pairs": _c.at_least(1), "num_interp": _c.at_least(3),
-    "search_steps": _c.at_least(1), "search_lr": _c.greater_than(0), "prior_weight": _c.at_least(0),
-    "replacement_steps": _c.at_least(0), "num_blocks": _c.at_least(1), "grid_images": _c.at_least(1),
-}
+CONSTRAINTS = {("sigma_min", "sigma_max"): _c.increasing, ("start_sigma", "sigma_max"): _c.increasing}
 
 
 def read_images(source, indices, teacher_size, out_size):

@@ -41,16 +41,35 @@ from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampl
                                 sampler_for_export)
 from scripts.compare_figure import write_figure  # noqa: E402
 
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(data_dir="bundled:mnist", heldout_dir="", split_seed=0),
-    "protocol": dict(num_samples=5000, num_seeds=3, seed=0, kid_subsets=100, kid_subset_size=1000, anchor="",
-                     gap_row=""),
-    "output": dict(out_dir="runs/compare", batch_size=250, chunk_size=500, device="cpu"),
+    "data": dict(
+        data_dir=F("bundled:mnist", "the models' training data: its domain classifier (trained once and cached) "
+                   "scores every row"),
+        heldout_dir=F("", "labelled real images no compared model was trained on; '': the held-out split of a "
+                      "bundled --data_dir"),
+        split_seed=F(0, "seed of the cut of the held-out reals into a reference half and a floor half",
+                     _c.at_least(0)),
+    ),
+    "protocol": dict(
+        num_samples=F(5000, "samples per seed of a row (a row's n=... overrides it)", _c.at_least(2)),
+        num_seeds=F(3, "seeds (disjoint sample blocks) per row: the scores are mean +- std over them",
+                    _c.at_least(1)),
+        seed=F(0, "base seed of the samples (sample i uses seed + i) and of the KID subsets", _c.at_least(0)),
+        kid_subsets=F(100, "random subsets KID is averaged over", _c.at_least(1)),
+        kid_subset_size=F(1000, "images per KID subset", _c.at_least(2)),
+        anchor=F("", "label of the row the others are compared with (better / worse / tie); '': the first row"),
+        gap_row=F("", "label of a row whose FD gap to the anchor is reported against the largest spread; '': none"),
+    ),
+    "output": dict(
+        out_dir=F("runs/compare", "folder of compare.md, compare.json, compare.png and samples/ (kept, resumable, "
+                  "shared by rows that sample alike)"),
+        batch_size=F(250, "samples per forward batch (the samples do not change)", _c.at_least(1)),
+        chunk_size=F(500, "samples per part file (the unit a rerun resumes from)", _c.at_least(1)),
+        device=F("cpu", "torch device the rows sample on (cpu, cuda, cuda:1, ...)"),
+    ),
 }
-CONSTRAINTS = {"split_seed": script_util.at_least(0), "num_samples": script_util.at_least(2),
-               "num_seeds": script_util.at_least(1), "seed": script_util.at_least(0),
-               "kid_subsets": script_util.at_least(1), "kid_subset_size": script_util.at_least(2),
-               "batch_size": script_util.at_least(1), "chunk_size": script_util.at_least(1)}
+CONSTRAINTS = {}  # relations between flags: none
 METRICS = [("fd", "domain FD", 2, True), ("kid", "domain KID", 3, True), ("precision", "precision", 3, False),
            ("recall", "recall", 3, False), ("class_fidelity", "class fidelity", 3, False)]
 

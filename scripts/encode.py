@@ -38,27 +38,52 @@ from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_item
 from pagoda.model_io import load_teacher  # noqa: E402
 from pagoda.sampling import karras_sigmas  # noqa: E402
 
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "data": dict(data_dir="bundled:mnist", image_size=0, flips=(0, 1), on_error="raise", limit=0),
-    "teacher": dict(teacher="", num_steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0, clamp_denoised=True,
-                    start_sigma=0.0, precision="auto"),
-    "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
-    "decode": dict(direction="encode", num_pairs=0, guidance_scales=(1.5, 2.0, 3.0, 4.0), seed=0),
+    "data": dict(
+        data_dir=F("bundled:mnist", "the images to encode: bundled:<name>, a folder (class sub-folders or flat) or an "
+                   "ADM .npz"),
+        image_size=F(0, "side in pixels of the ADM centre crop; 0: the teacher's resolution (the only other valid "
+                     "value)", _c.at_least(0)),
+        flips=F((0, 1), "comma list of the orientations encoded per image: 0 as is, 1 flipped horizontally",
+                _c.each(_c.one_of(0, 1), nonempty=True, distinct=True)),
+        on_error=F("raise", "files that fit no class while indexing: raise stops with an error naming the file, "
+                   "skip leaves them out", _c.one_of("raise", "skip")),
+        limit=F(0, "encode this many images drawn at random (seeded) and sorted; 0: all", _c.at_least(0)),
+    ),
+    "teacher": dict(
+        teacher=F("", "the teacher export (<run_dir>/exports/denoiser_ema<rate>.pt) or the released "
+                  "edm_imagenet64_ema.pt; required"),
+        num_steps=F(40, "points of the Karras grid the deterministic Heun ODE climbs (official: 40)", _c.at_least(2)),
+        sigma_min=F(0.002, "where the grid starts for clean images (--start_sigma 0)", _c.greater_than(0)),
+        sigma_max=F(80.0, "where it ends: the latents' noise level, the generator's prior", _c.greater_than(0)),
+        rho=F(7.0, "rho of the Karras grid (higher: steps denser at small sigma)", _c.greater_than(0)),
+        clamp_denoised=F(True, "clamp the teacher's denoised estimates to [-1, 1] on the way (official)"),
+        start_sigma=F(0.0, "climb from x + start_sigma n (n seeded per image and flip) instead of clean x at "
+                      "sigma_min; clean images are modes, which flow to atypically small latents", _c.at_least(0)),
+        precision=F("auto", "autocast precision of the teacher: fp32, bf16, fp16 or auto (bf16 where the device "
+                    "computes it natively, else fp32)", _c.one_of(*PRECISION_CHOICES)),
+    ),
+    "output": dict(
+        out_dir=F("runs/latents", "folder of the latent chunks and their manifest (resumable: a rerun finishes what "
+                  "is missing)"),
+        storage=F("fp16", "dtype the latents are stored in: fp16 or fp32", _c.one_of("fp16", "fp32")),
+        chunk_size=F(256, "images (or pairs) per chunk file, the unit work is split and resumed by", _c.at_least(1)),
+        batch_size=F(64, "images per teacher batch; lower it when memory runs out", _c.at_least(1)),
+        verify=F(0, "decode this many latents back and report the reconstruction PSNR (verify.json); 0: none",
+                 _c.at_least(0)),
+    ),
+    "decode": dict(
+        direction=F("encode", "encode: data -> latents; decode: fresh prior latents -> guided teacher samples, the "
+                    "guided pairs of stage 2 --guided_pairs", _c.one_of("encode", "decode")),
+        num_pairs=F(0, "decode: guided pairs to make (required with --direction decode)", _c.at_least(0)),
+        guidance_scales=F((1.5, 2.0, 3.0, 4.0), "decode: comma list of guidance scales w, cycled over the pair index "
+                          "(w > 1 needs a teacher trained with label dropout)",
+                          _c.each(_c.at_least(1), nonempty=True, distinct=True)),
+        seed=F(0, "decode: seed of the prior latents and labels", _c.at_least(0)),
+    ),
 }
-CONSTRAINTS = {
-    "image_size": script_util.at_least(0), "flips": script_util.each(script_util.one_of(0, 1), nonempty=True,
-                                                                     distinct=True),
-    "on_error": script_util.one_of("raise", "skip"), "limit": script_util.at_least(0),
-    "num_steps": script_util.at_least(2), "sigma_min": script_util.greater_than(0),
-    "sigma_max": script_util.greater_than(0), ("sigma_min", "sigma_max"): script_util.increasing,
-    "rho": script_util.greater_than(0), "start_sigma": script_util.at_least(0),
-    ("start_sigma", "sigma_max"): script_util.increasing, "precision": script_util.one_of(*PRECISION_CHOICES),
-    "storage": script_util.one_of("fp16", "fp32"), "chunk_size": script_util.at_least(1),
-    "batch_size": script_util.at_least(1), "verify": script_util.at_least(0),
-    "direction": script_util.one_of("encode", "decode"), "num_pairs": script_util.at_least(0),
-    "guidance_scales": script_util.each(script_util.at_least(1), nonempty=True, distinct=True),
-    "seed": script_util.at_least(0),
-}
+CONSTRAINTS = {("sigma_min", "sigma_max"): _c.increasing, ("start_sigma", "sigma_max"): _c.increasing}
 
 
 def manifest(args, teacher_side_image_size, num_images, chunks, source, settings):

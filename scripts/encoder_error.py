@@ -27,10 +27,18 @@ from pagoda.image_util import from_uint8, psnr  # noqa: E402
 from pagoda.model_io import load_encoder, load_generator, load_teacher  # noqa: E402
 from pagoda.sampling import heun_decode  # noqa: E402
 
-GROUPS = {"main": dict(teacher="", generator="", encoder_path="", input="bundled:mnist_test", limit=500,
-                       batch_size=100, num_blocks=5, out="")}
-CONSTRAINTS = {"limit": script_util.at_least(2), "batch_size": script_util.at_least(1),
-               "num_blocks": script_util.at_least(1)}
+F, _c = script_util.Flag, script_util
+GROUPS = {"main": dict(
+    teacher=F("", "the teacher export whose PF-ODE latents are the reference; required"),
+    generator=F("", "a generator export at the teacher's resolution (stage 2) that decodes both latents; required"),
+    encoder_path=F("", "the amortised encoder export (<run_dir>/exports/encoder_ema<rate>.pt); required"),
+    input=F("bundled:mnist_test", "held-out images: bundled:<name>, a folder or an ADM .npz"),
+    limit=F(500, "images of --input, drawn at random (seeded) and sorted", _c.at_least(2)),
+    batch_size=F(100, "images per batch", _c.at_least(1)),
+    num_blocks=F(5, "disjoint blocks the spreads (std) are taken over", _c.at_least(1)),
+    out=F("", "also write the scores to this JSON file"),
+)}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def per_image(teacher, generator, encoder, x, y, seeds):

@@ -15,7 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import checkpoint, script_util  # noqa: E402
 
-GROUPS = {"main": dict(run="", encoder="", out_dir="tests/fixtures/apps")}
+F = script_util.Flag
+GROUPS = {"main": dict(
+    run=F("", "a quickstart run folder (its teacher and stage-3 generator are copied); required"),
+    encoder=F("", "an amortised encoder export trained on that run's latents; required"),
+    out_dir=F("tests/fixtures/apps", "where teacher.pt, generator32.pt and encoder.pt (+ .json sidecars) go"),
+)}
 FILES = {"teacher": "teacher/exports/denoiser_ema0.999.pt", "generator32": "stage3/exports/generator_ema0.99.pt"}
 
 

@@ -19,9 +19,17 @@ from pagoda import script_util  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.image_util import to_uint8  # noqa: E402
 
-GROUPS = {"reference": dict(data_dir="bundled:mnist_test", image_size=32, num_images=1000, seed=0, skip=0, out="")}
-CONSTRAINTS = {"image_size": script_util.at_least(1), "num_images": script_util.at_least(1),
-               "seed": script_util.at_least(0), "skip": script_util.at_least(0)}
+F, _c = script_util.Flag, script_util
+GROUPS = {"reference": dict(
+    data_dir=F("bundled:mnist_test", "the real images: bundled:<name>, a folder or an ADM .npz"),
+    image_size=F(32, "side in pixels of the ADM centre crop", _c.at_least(1)),
+    num_images=F(1000, "images in the batch", _c.at_least(1)),
+    seed=F(0, "seed of the draw without replacement", _c.at_least(0)),
+    skip=F(0, "drop the first K images of the draw (--skip N after a batch of N: no image shared, for a floor)",
+           _c.at_least(0)),
+    out=F("", "the reference .npz to write; required"),
+)}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):

@@ -24,27 +24,39 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import checkpoint, script_util  # noqa: E402
-from pagoda.discriminator import HEAD_NORMS, ProjectedDiscriminator  # noqa: E402
-from pagoda.features import MIN_FEATURE_RESOLUTION, create_feature_network  # noqa: E402
+from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
+from pagoda.features import create_feature_network  # noqa: E402
 from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
 from pagoda.losses import hinge_d_loss  # noqa: E402
 from pagoda.model_io import load_generator  # noqa: E402
+from pagoda.methods import gan  # noqa: E402
 from pagoda.methods.gan import discriminator_diagnostics, head_names  # noqa: E402
 from pagoda.random_util import StackedRandomGenerator  # noqa: E402
 from pagoda.sample_util import GeneratorSampler  # noqa: E402
 
+F, _c = script_util.Flag, script_util
+# The discriminator as stage 2 builds it: the pagoda method's flags of the same names.
+DISCRIMINATOR_FLAGS = script_util.with_defaults(
+    {k: gan.DISCRIMINATOR_FLAGS[k] for k in ("feature_networks", "feature_weights", "d_channel_scale", "d_norm",
+                                              "feature_resolution", "feature_seed")}, feature_weights=("",))
 GROUPS = {
-    "data": dict(generator="", data_dir="bundled:mnist", num_train=1000, num_heldout=500, seed=0),
-    "discriminator": dict(feature_networks=("random_conv",), feature_weights=("",), d_channel_scale=1.0,
-                          d_norm="batch", feature_resolution=0, lr=2e-3, steps=300, batch_size=64, feature_seed=0),
-    "output": dict(out=""),
+    "data": dict(
+        generator=F("", "the frozen generator export whose samples the heads must tell from reals; required"),
+        data_dir=F("bundled:mnist", "the real images (its training split): bundled:<name>, a folder or an .npz"),
+        num_train=F(1000, "reals (and as many samples) the heads train on", _c.at_least(8)),
+        num_heldout=F(500, "other reals (and samples) the accuracy is measured on", _c.at_least(2)),
+        seed=F(0, "seed of the image draw, the samples' latents and the heads", _c.at_least(0)),
+    ),
+    "discriminator": dict(
+        DISCRIMINATOR_FLAGS,
+        lr=F(2e-3, "learning rate of the heads (Adam, betas (0, 0.99))", _c.greater_than(0)),
+        steps=F(300, "training steps of the heads", _c.at_least(1)),
+        batch_size=F(64, "reals (and as many samples) per step", _c.at_least(2)),
+    ),
+    "output": dict(out=F("", "write the report (accuracies per network and head) to this JSON file; '': the "
+                         "console summary only")),
 }
-CONSTRAINTS = {"num_train": script_util.at_least(8), "num_heldout": script_util.at_least(2),
-               "steps": script_util.at_least(1), "batch_size": script_util.at_least(2),
-               "lr": script_util.greater_than(0), "d_channel_scale": script_util.greater_than(0),
-               "d_norm": script_util.one_of(*HEAD_NORMS),
-               "feature_resolution": script_util.zero_or_at_least(MIN_FEATURE_RESOLUTION),
-               "seed": script_util.at_least(0), "feature_seed": script_util.at_least(0)}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def real_images(data_dir, size, count, seed):

@@ -108,7 +108,7 @@ def floor_rows(run_dir, compare, inception):
 
 
 # The generator builder's flags, with their defaults for a run whose config.json predates one.
-GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values() for k, v in group.items()
+GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values() for k, v in script_util.defaults(group).items()
                       if k in pagoda_method.GENERATOR_FLAGS}
 
 
@@ -308,8 +308,15 @@ def plot_curves(progress_csv, keys, path, title, size=(480, 300)):
     img.save(path)
 
 
-GROUPS = {"report": dict(run_dir="runs/quickstart", inception="", speed_batch=50, num_inception=300)}
-CONSTRAINTS = {"speed_batch": script_util.at_least(1), "num_inception": script_util.at_least(2)}
+F, _c = script_util.Flag, script_util
+GROUPS = {"report": dict(
+    run_dir=F("runs/quickstart", "the quickstart's run folder (commands/quickstart.sh); the report is written there"),
+    inception=F("", "the evaluator's Inception weights file; '': where evaluations.inception looks"),
+    speed_batch=F(50, "batch of the side-by-side speed measurement of the teacher and the one-step generator",
+                  _c.at_least(1)),
+    num_inception=F(300, "samples of each row scored by Inception FID/KID (the first ones)", _c.at_least(2)),
+)}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):

@@ -21,23 +21,41 @@ from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # n
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
                                 sampler_for_export)
 
+F, _c = script_util.Flag, script_util
 GROUPS = {
-    "model": dict(model="", kind="auto", precision="auto"),
-    "sampler": dict(sampler="heun", num_steps=40, rho=7.0, s_churn=0.0, s_tmin=0.0, s_tmax=1e9, s_noise=1.0,
-                    guidance_scale=1.0),
-    "output": dict(out_dir="runs/samples", num_samples=1000, labels="uniform", seed=0, chunk_size=100,
-                   batch_size=100),
+    "model": dict(
+        model=F("", "the export to sample: a generator or denoiser export .pt, or a released checkpoint; required"),
+        kind=F("auto", "what --model is: generator (one step), denoiser (multi-step sampler) or auto (its sidecar "
+               "says; a file without one is a denoiser)", _c.one_of("auto", "generator", "denoiser")),
+        precision=F("auto", "autocast precision of the network: fp32, bf16, fp16 or auto (bf16 where the device "
+                    "computes it natively, else fp32)", _c.one_of(*PRECISION_CHOICES)),
+    ),
+    "sampler": dict(
+        sampler=F("heun", "denoiser sampler: heun (EDM's deterministic 2nd order), euler, or stochastic (EDM's "
+                  "churn sampler, see --s_churn)", _c.one_of("heun", "euler", "stochastic")),
+        num_steps=F(40, "denoiser steps on the Karras grid (heun: 2 * steps - 1 network evaluations)",
+                    _c.at_least(1)),
+        rho=F(7.0, "rho of the Karras grid (higher: steps denser at small sigma)", _c.greater_than(0)),
+        s_churn=F(0.0, "stochastic sampler: total noise added back over the steps (EDM's S_churn)", _c.at_least(0)),
+        s_tmin=F(0.0, "stochastic sampler: add noise only at sigma >= s_tmin", _c.at_least(0)),
+        s_tmax=F(1e9, "stochastic sampler: add noise only at sigma <= s_tmax", _c.at_least(0)),
+        s_noise=F(1.0, "stochastic sampler: scale of the added noise (EDM's S_noise)", _c.at_least(0)),
+        guidance_scale=F(1.0, "guidance scale w: classifier-free guidance of a teacher trained with label dropout, "
+                         "or the w input of a guidance-conditioned generator; 1: unguided", _c.at_least(0)),
+    ),
+    "output": dict(
+        out_dir=F("runs/samples", "folder of the samples (parts/ while sampling, then samples_<N>x<H>x<W>x3.npz) "
+                  "and a PNG grid; a rerun completes missing parts"),
+        num_samples=F(1000, "samples to draw", _c.at_least(1)),
+        labels=F("uniform", "class labels: uniform (each drawn from its sample's seed) or balanced (sample i gets "
+                 "class i % classes)", _c.one_of("uniform", "balanced")),
+        seed=F(0, "base seed: sample i uses seed + i for its noise (and uniform label)", _c.at_least(0)),
+        chunk_size=F(100, "samples per part file (the unit a rerun resumes from)", _c.at_least(1)),
+        batch_size=F(100, "samples per forward batch; lower it when memory runs out (the samples do not change)",
+                     _c.at_least(1)),
+    ),
 }
-
-
-_c = script_util
-CONSTRAINTS = {
-    "kind": _c.one_of("auto", "generator", "denoiser"), "precision": _c.one_of(*PRECISION_CHOICES),
-    "sampler": _c.one_of("heun", "euler", "stochastic"), "num_steps": _c.at_least(1), "rho": _c.greater_than(0),
-    "s_churn": _c.at_least(0), "s_tmin": _c.at_least(0), "s_tmax": _c.at_least(0), "s_noise": _c.at_least(0),
-    "guidance_scale": _c.at_least(0), "num_samples": _c.at_least(1), "labels": _c.one_of("uniform", "balanced"),
-    "seed": _c.at_least(0), "chunk_size": _c.at_least(1), "batch_size": _c.at_least(1),
-}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def build_sampler(args, device):

@@ -14,8 +14,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pagoda import script_util  # noqa: E402
 from pagoda.image_util import resize_bicubic, save_grid  # noqa: E402
 
-GROUPS = {"upsample": dict(input="", image_size=32, out_dir="")}
-CONSTRAINTS = {"image_size": script_util.at_least(1)}
+F, _c = script_util.Flag, script_util
+GROUPS = {"upsample": dict(
+    input=F("", "an ADM npz of samples (scripts/sample.py's samples_*.npz); required"),
+    image_size=F(32, "side in pixels to up-sample to (bicubic)", _c.at_least(1)),
+    out_dir=F("", "folder for samples_<N>x<H>x<W>x3.npz and grid.png; required"),
+)}
+CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):

@@ -204,17 +204,19 @@ def _numeric(value):
 @pytest.mark.parametrize("module", [apply, encode, sample, entry("diffusion"), entry("pagoda"), compare, make_reference,
                                     upsample_npz, quickstart_report, domain, probe_discriminator])
 def test_data_every_numeric_flag_has_a_parse_time_check(module):
-    groups = module._flag_defaults() if module is domain else module.GROUPS
-    constraints = domain.FLAG_CONSTRAINTS if module is domain else module.CONSTRAINTS
-    checked = {f for key in constraints for f in ((key,) if isinstance(key, str) else key)}
-    numeric = {k for defaults in groups.values() for k, v in defaults.items() if _numeric(v)}
+    groups = domain.flag_groups() if module is domain else module.GROUPS
+    constraints = {} if module is domain else module.CONSTRAINTS
+    assert all(isinstance(key, tuple) for key in constraints), "a check of one flag belongs on its Flag"
+    checked = set(script_util.group_checks(groups)) | {f for key in constraints for f in key}
+    numeric = {k for group in groups.values() for k, v in script_util.defaults(group).items() if _numeric(v)}
     assert numeric - checked == set()
     script_util.create_parser(groups, description="", constraints=constraints)  # names only existing flags
 
 
 def test_data_constraint_on_an_unknown_flag_is_an_error():
     with pytest.raises(ValueError, match=r"constraints name flags that do not exist: \['batch'\]"):
-        script_util.create_parser({"g": {"batch_size": 1}}, description="", constraints={"batch": int})
+        script_util.create_parser({"g": {"batch_size": script_util.Flag(1, "images per batch")}}, description="",
+                                  constraints={"batch": int})
 
 
 # -- data and latents --------------------------------------------------------------------------------------------
