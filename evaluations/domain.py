@@ -409,7 +409,7 @@ def flag_groups():
                      _c.at_least(8)),
         epochs=F(DEFAULTS["epochs"], "passes over the training images", _c.at_least(1)),
         batch_size=F(DEFAULTS["batch_size"], "images per training step", _c.at_least(1)),
-        lr=F(DEFAULTS["lr"], "learning rate", _c.greater_than(0)),
+        lr=F(DEFAULTS["lr"], "learning rate of the classifier", _c.greater_than(0)),
         seed=F(DEFAULTS["seed"], "seed of the initial weights, the held-out split and the batch order",
                _c.at_least(0)),
         out=F("", "also export the classifier to this file (required with --cache_dir '')"),

@@ -69,7 +69,7 @@ GROUPS = {
         device=F("cpu", "torch device the rows sample on (cpu, cuda, cuda:1, ...)"),
     ),
 }
-CONSTRAINTS = {}  # relations between flags: none
+
 METRICS = [("fd", "domain FD", 2, True), ("kid", "domain KID", 3, True), ("precision", "precision", 3, False),
            ("recall", "recall", 3, False), ("class_fidelity", "class fidelity", 3, False)]
 
@@ -271,7 +271,7 @@ def classifier_summary(model):
 
 
 def create_parser():
-    parser = script_util.create_parser(GROUPS, description=__doc__, constraints=CONSTRAINTS)
+    parser = script_util.create_parser(GROUPS, description=__doc__)
     parser.add_argument("--row", action="append", default=[], help="LABEL=EXPORT[@key=value,...] (repeatable)")
     return parser
 

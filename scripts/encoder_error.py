@@ -38,7 +38,6 @@ GROUPS = {"main": dict(
     num_blocks=F(5, "disjoint blocks the spreads (std) are taken over", _c.at_least(1)),
     out=F("", "also write the scores to this JSON file"),
 )}
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def per_image(teacher, generator, encoder, x, y, seeds):
@@ -61,7 +60,7 @@ def per_image(teacher, generator, encoder, x, y, seeds):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                     required={"teacher": "the teacher export", "generator": "a generator export at "
                                               "the teacher's resolution", "encoder_path": "the encoder export"})
     teacher, generator = load_teacher(args.teacher), load_generator(args.generator)

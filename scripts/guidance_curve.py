@@ -14,7 +14,6 @@ the row label up to its '_w' suffix) and ordered by their `guidance`. Written ne
                  row draws the same seeds (the same z and labels), so a column is one latent across the models and w.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations import protocol  # noqa: E402
-from pagoda import checkpoint  # noqa: E402
+from pagoda import checkpoint, script_util  # noqa: E402
 from pagoda.image_util import save_grid  # noqa: E402
 from scripts.compare_figure import COLOURS, write_curve_figure  # noqa: E402
 
@@ -174,11 +173,17 @@ def write_sample_grid(summary, path, *, per_row=12):
     return True
 
 
+GROUPS = {"main": dict(
+    compare=script_util.Flag("", "compare.json of a method table with one row per (model, w) (scripts/compare.py); "
+                             "required"),
+    out_dir=script_util.Flag("", "where to write guidance.{png,md,json} and guidance_samples.png; '': beside "
+                             "--compare"),
+)}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", required=True, help="compare.json of a table with one row per (model, w)")
-    parser.add_argument("--out_dir", default="", help="where to write guidance.{png,md,json} (default: beside it)")
-    args = parser.parse_args(argv)
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
+                                    required={"compare": "the method table's compare.json"})
     with open(args.compare) as f:
         result = json.load(f)
     out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.compare))

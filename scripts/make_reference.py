@@ -29,11 +29,10 @@ GROUPS = {"reference": dict(
            _c.at_least(0)),
     out=F("", "the reference .npz to write; required"),
 )}
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):
-    parser, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    parser, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                          required={"out": "the reference .npz to write"})
     dataset = ImageDataset(open_source(args.data_dir), image_size=args.image_size)
     if args.skip + args.num_images > len(dataset):

@@ -56,7 +56,6 @@ GROUPS = {
     "output": dict(out=F("", "write the report (accuracies per network and head) to this JSON file; '': the "
                          "console summary only")),
 }
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def real_images(data_dir, size, count, seed):
@@ -153,7 +152,7 @@ def _take_rows(features, rows):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                     required={"generator": "a stage-2 or stage-3 generator export"})
     weights = list(args.feature_weights) + [""] * (len(args.feature_networks) - len(args.feature_weights))
     generator = load_generator(args.generator)

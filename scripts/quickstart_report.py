@@ -108,8 +108,8 @@ def floor_rows(run_dir, compare, inception):
 
 
 # The generator builder's flags, with their defaults for a run whose config.json predates one.
-GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values() for k, v in script_util.defaults(group).items()
-                      if k in pagoda_method.GENERATOR_FLAGS}
+GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values()
+                      for k, v in script_util.defaults(group).items() if k in pagoda_method.GENERATOR_FLAGS}
 
 
 def reconstruction_rows(run_dir, exports, num_pairs=256):
@@ -316,11 +316,10 @@ GROUPS = {"report": dict(
                   _c.at_least(1)),
     num_inception=F(300, "samples of each row scored by Inception FID/KID (the first ones)", _c.at_least(2)),
 )}
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS)
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__)
     start = time.time()
     compare = read_compare(args.run_dir)
     by_label = {r["label"]: r for r in compare["rows"]}

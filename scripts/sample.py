@@ -48,14 +48,13 @@ GROUPS = {
                   "and a PNG grid; a rerun completes missing parts"),
         num_samples=F(1000, "samples to draw", _c.at_least(1)),
         labels=F("uniform", "class labels: uniform (each drawn from its sample's seed) or balanced (sample i gets "
-                 "class i % classes)", _c.one_of("uniform", "balanced")),
+                 "class i mod the number of classes)", _c.one_of("uniform", "balanced")),
         seed=F(0, "base seed: sample i uses seed + i for its noise (and uniform label)", _c.at_least(0)),
         chunk_size=F(100, "samples per part file (the unit a rerun resumes from)", _c.at_least(1)),
         batch_size=F(100, "samples per forward batch; lower it when memory runs out (the samples do not change)",
                      _c.at_least(1)),
     ),
 }
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def build_sampler(args, device):
@@ -72,7 +71,7 @@ def sampling_identity(args):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                     required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)

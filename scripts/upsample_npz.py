@@ -20,11 +20,10 @@ GROUPS = {"upsample": dict(
     image_size=F(32, "side in pixels to up-sample to (bicubic)", _c.at_least(1)),
     out_dir=F("", "folder for samples_<N>x<H>x<W>x3.npz and grid.png; required"),
 )}
-CONSTRAINTS = {}  # relations between flags: none
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                     required={"input": "the .npz of samples to up-sample", "out_dir": "where to write"})
     try:
         with np.load(args.input) as data:

@@ -4,6 +4,7 @@ guided teacher's samples (the guided pairs' x_w) at w > 1, against G(z, y, w) at
 import pytest
 import torch
 
+from pagoda import script_util
 from pagoda.diffaug import DiffAugment
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import create_feature_network
@@ -124,7 +125,7 @@ def test_guided_gan_without_guided_pairs_is_an_error(tmp_path):
                                          r"reals at w > 1"):
         _objective(True, guided=None)
     from pagoda.methods import pagoda  # noqa: PLC0415
-    config = {k: v for group in pagoda.GROUPS.values() for k, v in group.items()}
+    config = {k: v for group in pagoda.GROUPS.values() for k, v in script_util.defaults(group).items()}
     config.update(guided_gan=True, init_from="teacher.pt")  # refused before anything is loaded
     with pytest.raises(ValueError, match=r"^--guided_gan true needs --guided_pairs: the guided teacher's samples are "
                                          r"the discriminator's reals at w > 1"):

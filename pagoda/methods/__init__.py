@@ -1,5 +1,6 @@
-"""Training methods, one module each: its Objective, flag groups (GROUPS), PRESETS, CONSTRAINTS and
-build(config, device) -> common.Run. `scripts/train.py --method NAME` trains any of them in the one TrainLoop.
+"""Training methods, one module each: its Objective, flag groups (GROUPS of script_util.Flag records), PRESETS,
+CONSTRAINTS (relations between flags) and build(config, device) -> common.Run. `scripts/train.py --method NAME`
+trains any of them in the one TrainLoop.
 
 Adding a method adds a module here, its name below, and a recipe in commands/.
 """

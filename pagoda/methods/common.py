@@ -12,8 +12,8 @@ F, _c = script_util.Flag, script_util
 # Flags TrainLoop consumes; a method changes their defaults and adds its own (`train_group(**changes)`).
 TRAIN_FLAGS = dict(
     run_dir=F("runs/train", "folder of the run: log, config.json, checkpoints/ (training states), exports/ "
-              "(EMA networks) and samples/ (previews). Rerunning with the same folder resumes from its newest training state",
-              resume="free"),
+              "(EMA networks) and samples/ (previews). Rerunning with the same folder resumes from its newest "
+              "training state", resume="free"),
     global_batch_size=F(32, "images per optimiser step, summed over all processes (must divide by their number); "
                         "changing it changes the training, so scale the learning rates with it",
                         _c.at_least(1)),
@@ -96,7 +96,8 @@ class Run:
 
     objective: the Objective; data: `data(start_batch) -> iterator` of per-rank batches (see TrainLoop);
     optim: {player: OptimSpec}; callbacks: preview grids, monitors; record: entries config.json adds to the flags
-    (architecture and data records, compared on resume); title: the progress bar's; finish: called after the loop.
+    (architecture and data records, compared on resume as RECORD_CLASSES says); title: the progress bar's; finish:
+    called after the loop.
     """
     objective: object
     data: object
