@@ -152,6 +152,11 @@ def test_config_changes_by_class_with_nested_records():
                                                          "dataset_identity.digest", "git_commit", "preset", "method",
                                                          "teacher_sigmas")] == [
         "free", "guarded", "fixed", "fixed", "free", "free", "fixed", "guarded"]
+    # the same records in another method's run: its generator's run settings keep their classes
+    classes = _training_classes("pagoda")
+    assert [script_util.flag_class(k, classes) for k in ("generator.use_checkpoint", "generator.dropout",
+                                                         "generator.model_channels", "num_pairs", "recon_loss")] == [
+        "free", "guarded", "fixed", "fixed", "fixed"]
 
 
 def test_every_training_flag_has_a_deliberate_class():

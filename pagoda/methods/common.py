@@ -14,7 +14,7 @@ TRAIN_FLAGS = dict(
     run_dir=F("runs/train", "folder of the run: log, config.json, checkpoints/ (training states), exports/ "
               "(EMA networks) and samples/ (previews). Rerunning with the same folder resumes from its newest "
               "training state", resume="free"),
-    global_batch_size=F(32, "images per optimiser step, summed over all processes (must divide by their number); "
+    global_batch_size=F(32, "images per optimiser step, summed over all processes (a multiple of their number); "
                         "changing it changes the training, so scale the learning rates with it",
                         _c.at_least(1)),
     microbatch=F(0, "per-process images per forward/backward pass, gradients accumulated up to the per-process "
@@ -31,7 +31,7 @@ TRAIN_FLAGS = dict(
     log_interval=F(100, "steps between log lines (progress.csv and the console)", _c.at_least(1), resume="free"),
     save_interval=F(1000, "steps between saved training states and EMA exports (the last step always saves)",
                     _c.at_least(1), resume="free"),
-    keep_checkpoints=F(2, "training states kept in checkpoints/ (oldest deleted first); exports are all kept",
+    keep_checkpoints=F(2, "newest training states kept in checkpoints/ (older ones are deleted)",
                        _c.at_least(1), resume="free"),
     seed=F(0, "seed of everything the run draws (initial weights, data order, noise); a resumed run continues "
            "the same random streams", _c.at_least(0)),
@@ -42,7 +42,7 @@ TRAIN_FLAGS = dict(
                           resume="free"),
 )
 IMAGE_DATA_FLAGS = dict(
-    data_dir=F("bundled:mnist", "training images: bundled:<name> (bundled:mnist, bundled:fashion, ...), a folder "
+    data_dir=F("bundled:mnist", "training images: bundled:<name> (mnist, mnist5k, fashion, ...), a folder "
                "in the ImageNet train layout (one sub-folder per class), a flat folder of <class>_<anything> images, "
                "or an ADM-format .npz", resume="fixed"),
     image_size=F(0, "side in pixels the images are resized and centre-cropped to (ADM preprocessing); 0: the "
