@@ -1,4 +1,4 @@
-"""Shared test configuration: CPU only, one thread, deterministic, fixtures from ../shared/compat."""
+"""Shared test configuration: CPU only, one thread, deterministic, golden fixtures from tests/golden/compat."""
 
 import os
 from pathlib import Path
@@ -15,8 +15,8 @@ os.environ["PAGODA_CPU_BF16"] = "0"
 
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-COMPAT = Path(os.environ.get("PAGODA_COMPAT", REPO.parent / "shared" / "compat"))
+# The released networks' key lists and the small official-network goldens (tests/golden/compat/README.md).
+COMPAT = Path(__file__).resolve().parent / "golden" / "compat"
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True, warn_only=True)
@@ -24,6 +24,4 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 
 @pytest.fixture
 def compat_dir():
-    if not COMPAT.is_dir():
-        pytest.fail(f"golden fixtures not found at {COMPAT}; set PAGODA_COMPAT or put shared/ beside the repo")
     return COMPAT
