@@ -17,16 +17,14 @@ the row label up to its '_w' suffix) and ordered by their `guidance`. Written ne
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluations import protocol
+from pagoda import checkpoint
+from pagoda.image_util import save_grid
 
-from evaluations import protocol  # noqa: E402
-from pagoda import checkpoint  # noqa: E402
-from pagoda.image_util import save_grid  # noqa: E402
-from scripts.compare_figure import COLOURS, write_curve_figure  # noqa: E402
+from compare_figure import COLOURS, write_curve_figure
 
 METRICS = [("fd", "domain FD", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("class_fidelity", "class fidelity", 3)]

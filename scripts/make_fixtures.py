@@ -9,11 +9,8 @@ as one family.
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import checkpoint, script_util  # noqa: E402
+from pagoda import checkpoint, script_util
 
 GROUPS = {"main": dict(run="", encoder="", out_dir="tests/fixtures/apps")}
 FILES = {"teacher": "teacher/exports/denoiser_ema0.999.pt", "generator32": "stage3/exports/generator_ema0.99.pt"}

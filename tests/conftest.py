@@ -12,6 +12,10 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # --precision auto reads the CPU's bf16 flags; the suite's golden values and bit-exact resumes are fp32 on every
 # machine, so it (and every script it starts) sees a CPU without native bf16. tests/test_precision.py mocks the check.
 os.environ["PAGODA_CPU_BF16"] = "0"
+# Scripts and helpers started in subprocesses import this checkout's `pagoda` and `tests.helpers`, whichever copy
+# of the package is installed.
+REPO = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 import torch  # noqa: E402
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from scripts import probe_discriminator
 from tests.helpers.exports import tiny_export
 
+import probe_discriminator
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Domain feature network: a small classifier trained on the user's own labelled images, for evaluation only.
 
-    python -m evaluations.domain --data_dir bundled:mnist [--heldout_dir DIR] [--input_size 32] [--seed 0]
+    python -m pagoda.domain --data_dir bundled:mnist [--heldout_dir DIR] [--input_size 32] [--seed 0]
                                  [--out PATH] [--cache_dir DIR]
 
 FID's Inception network knows ImageNet, not MNIST digits or clothes. A CNN trained on the dataset itself gives a
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pagoda import checkpoint, script_util
-from pagoda.image_datasets import center_crop_arr, heldout_data_dir, open_source, source_identity
+from evaluations.metrics import FeatureStats, kid, precision_recall
 
-from .metrics import FeatureStats, kid, precision_recall
+from . import checkpoint, script_util
+from .image_datasets import center_crop_arr, heldout_data_dir, open_source, source_identity
 
 KIND = "domain_classifier"
 # Part of every cache key: bump it when training changes in a way the settings do not show, so that classifiers
@@ -343,7 +343,7 @@ def load_domain_classifier(path):
     sidecar = checkpoint.read_sidecar(path)
     if sidecar is None or sidecar.get("kind") != KIND:
         found = "no sidecar" if sidecar is None else f"a {sidecar.get('kind')!r} sidecar"
-        raise ValueError(f"{path} has {found}; a {KIND!r} export (from python -m evaluations.domain) is needed")
+        raise ValueError(f"{path} has {found}; a {KIND!r} export (from python -m pagoda.domain) is needed")
     state_dict, sidecar = checkpoint.load_export(path, expect_kind=KIND)
     model = DomainClassifier(**sidecar["config"])
     checkpoint.load_state_dict_strict(model, state_dict, source=path)
