@@ -317,13 +317,13 @@ class UNetModel(nn.Module):
     def _downsampler(ch, resblock_updown, res_block):
         if resblock_updown:
             return ResBlock(channels=ch, down=True, **res_block)
-        return _StridedConvDown(ch)
+        return StridedConvDown(ch)
 
     @staticmethod
     def _upsampler(ch, resblock_updown, res_block):
         if resblock_updown:
             return ResBlock(channels=ch, up=True, **res_block)
-        return _NearestUpConv(ch)
+        return NearestUpConv(ch)
 
     @property
     def high_res_levels(self):
@@ -409,7 +409,7 @@ def _guidance_embedding(model_channels, emb_dim):
     return mlp
 
 
-class _StridedConvDown(nn.Module):
+class StridedConvDown(nn.Module):
     """Non-resblock down-sampler (resblock_updown=False): a stride-2 3x3 conv, named `op` as in ADM."""
 
     def __init__(self, channels):
@@ -420,7 +420,7 @@ class _StridedConvDown(nn.Module):
         return self.op(x)
 
 
-class _NearestUpConv(nn.Module):
+class NearestUpConv(nn.Module):
     """Non-resblock up-sampler (resblock_updown=False): nearest x2 then a 3x3 conv, named `conv` as in ADM."""
 
     def __init__(self, channels):
