@@ -22,7 +22,10 @@ from .ema import EMA
 
 
 class Objective:
-    """Interface of a training method (see DESIGN.md, "One loop, many objectives")."""
+    """Interface of a training method. The loop owns batching, microbatches, optimisers, precision, EMA, logging,
+    checkpoints and resume; an objective owns the method: the networks it trains (`players`), which of them a step
+    updates (`phases`: generator / discriminator alternation lives here, never in a loss) and the named loss terms.
+    Stage 3 is the stage-2 objective with a grown generator, and the baselines are further objectives."""
 
     players = {}  # name -> nn.Module trained by the loop; frozen networks are plain attributes
 

@@ -4,7 +4,7 @@ The layout (module names, shapes and their order) matches the released EDM Image
 `edm_imagenet64_ema.pt` in consistency-models naming, and the PaGoDA generators grown from it: each extra 2x of
 output resolution appends, after the base network's output blocks, one up-sampling ResBlock and
 `num_res_blocks_high` plain ResBlocks (additive embedding, no attention, no skip concatenation), all with
-zero-initialised output convolutions so that growing preserves the function (see docs/pagoda-method.md 1, 4.1).
+zero-initialised output convolutions so that growing preserves the function (docs/method.md 1, 4.1).
 
 The network receives the raw sigma and computes its own noise-embedding input c_noise = 250 ln(sigma), the
 convention the released checkpoint was trained with.

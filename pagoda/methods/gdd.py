@@ -1,4 +1,4 @@
-"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; seed-systems.md 1 and 6):
+"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; docs/method.md 7.1):
 the teacher's own denoiser run once at sigma_max, fine-tuned by a GAN alone.
 
     python scripts/train.py --method gdd --preset mnist16 --init_from runs/teacher/exports/denoiser_ema0.999.pt \
