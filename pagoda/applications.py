@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from . import logger
-from .domain import domain_features
 from .image_datasets import center_crop_arr
 from .random_util import StackedRandomGenerator, noised
-from .sampling import heun_step, heun_invert, karras_sigmas
+from .sampling import heun_invert, heun_step, karras_sigmas
+
 
 def check_models(teacher, generator, *, teacher_path, generator_path):
     """A teacher and a generator can be chained only if the generator's latent is the teacher's image size and both
@@ -104,6 +104,7 @@ def slerp(z_a, z_b, t):
 @torch.no_grad()
 def classify(classifier, images_uint8):
     """(predicted class, its softmax confidence) of each uint8 NHWC image under the domain classifier."""
+    from .domain import domain_features  # the evaluation stack loads only where a classifier is used
     logits = torch.from_numpy(domain_features(classifier, images_uint8)[1])
     conf, pred = logits.softmax(1).max(1)
     return pred.numpy(), conf.numpy()

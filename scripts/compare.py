@@ -37,8 +37,6 @@ from pagoda.image_util import resize_bicubic
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,
                                 sampler_for_export)
 
-from compare_figure import write_figure
-
 GROUPS = {
     "data": dict(data_dir="bundled:mnist", heldout_dir="", split_seed=0),
     "protocol": dict(num_samples=5000, num_seeds=3, seed=0, kid_subsets=100, kid_subset_size=1000, anchor="",
@@ -284,6 +282,8 @@ def main(argv=None):
     text = markdown(result)
     checkpoint.atomic_write_text(text, os.path.join(args.out_dir, "compare.md"))
     checkpoint.atomic_write_text(json.dumps(result, indent=1, default=str), os.path.join(args.out_dir, "compare.json"))
+    from compare_figure import write_figure  # matplotlib loads only to draw: --help and --dry_run stay quick
+
     write_figure(result, os.path.join(args.out_dir, "compare.png"))
     print(text)
     return result

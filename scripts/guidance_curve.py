@@ -24,8 +24,6 @@ from evaluations import protocol
 from pagoda import checkpoint
 from pagoda.image_util import save_grid
 
-from compare_figure import COLOURS, write_curve_figure
-
 METRICS = [("fd", "domain FD", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("class_fidelity", "class fidelity", 3)]
 
@@ -147,6 +145,8 @@ def markdown(summary, result):
 
 
 def write_figure(summary, path):
+    from compare_figure import COLOURS, write_curve_figure  # matplotlib loads only to draw
+
     floor = summary["floor"]
     panels = []
     for key, title, _ in METRICS:
