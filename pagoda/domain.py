@@ -1,7 +1,7 @@
 """Domain feature network: a small classifier trained on the user's own labelled images, for evaluation only.
 
     python -m pagoda.domain --data_dir bundled:mnist [--heldout_dir DIR] [--input_size 32] [--seed 0]
-                                 [--out PATH] [--cache_dir DIR]
+                            [--out PATH] [--cache_dir DIR]
 
 FID's Inception network knows ImageNet, not MNIST digits or clothes. A CNN trained on the dataset itself gives a
 feature space in which FD, KID and precision/recall see the domain's own variations, and its logits give class
