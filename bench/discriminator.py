@@ -18,22 +18,19 @@ img/s is --batch divided by the seconds of one step (a D step sees --batch reals
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import BUNDLED, report_ratio  # noqa: E402
-from pagoda import checkpoint  # noqa: E402
-from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
-from pagoda.features import create_feature_network  # noqa: E402
-from pagoda.losses import hinge_d_loss, hinge_g_loss  # noqa: E402
-from pagoda.precond import teacher_sidecar  # noqa: E402
-from pagoda.unet import UNetModel  # noqa: E402
+from common import BUNDLED, report_ratio
+from pagoda import checkpoint
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import create_feature_network
+from pagoda.losses import hinge_d_loss, hinge_g_loss
+from pagoda.precond import teacher_sidecar
+from pagoda.unet import UNetModel
 
 NETWORKS = ("random_conv", "tf_efficientnet_lite0", "teacher")
 RESIZING = ("random_conv", "tf_efficientnet_lite0")

@@ -12,18 +12,15 @@ table (compare.json of scripts/compare.py) and of its rows.
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import report_ratio  # noqa: E402
-from evaluations.domain import DomainClassifier, domain_features  # noqa: E402
-from evaluations.inception import random_inception  # noqa: E402
+from common import report_ratio
+from evaluations.inception import random_inception
+from pagoda.domain import DomainClassifier, domain_features
 
 
 def rates(fns, images, rounds):

@@ -7,23 +7,19 @@ on the bundled digits with a random-weight bundled teacher. Target: at most 1.10
 """
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import BUNDLED, report_ratio, timed  # noqa: E402
-from pagoda.encoding import encode_chunks  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
-from pagoda.latent_store import LatentStore, num_chunks, work_items  # noqa: E402
-from pagoda.precond import Denoiser  # noqa: E402
-from pagoda.sampling import karras_sigmas  # noqa: E402
-from pagoda.unet import UNetModel  # noqa: E402
+from common import BUNDLED, report_ratio, timed
+from pagoda.encoding import encode_chunks
+from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.latent_store import LatentStore, num_chunks, work_items
+from pagoda.precond import Denoiser
+from pagoda.sampling import karras_sigmas
+from pagoda.unet import UNetModel
 
 
 def main():

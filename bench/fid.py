@@ -9,17 +9,13 @@ the TF / ADM code, on the same full-rank covariances, and the ratio of the two i
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluations.inception import random_inception  # noqa: E402
-from evaluations.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm  # noqa: E402
+from evaluations.inception import random_inception
+from evaluations.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
 
 
 def bench_features(model, *, num_images, batch, image_size, device):

@@ -13,17 +13,14 @@ harmless at this sample size) and `RATIO inception_bf16_speedup` (fp32 feature t
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import cpu_banner, report_ratio  # noqa: E402
-from evaluations.inception import load_inception  # noqa: E402
-from evaluations.metrics import FeatureStats, kid  # noqa: E402
+from common import cpu_banner, report_ratio
+from evaluations.inception import load_inception
+from evaluations.metrics import FeatureStats, kid
 
 PRECISIONS = ("fp32", "bf16")
 

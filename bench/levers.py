@@ -11,18 +11,14 @@ Prints `RATIO <lever>_speedup_<case>: eager time / lever time` and `RATIO compil
 """
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import BUNDLED, alternated, cpu_banner, report_ratio  # noqa: E402
-from pagoda.losses import EDMLoss  # noqa: E402
-from pagoda.precond import Denoiser  # noqa: E402
-from pagoda.unet import UNetModel  # noqa: E402
+from common import BUNDLED, alternated, cpu_banner, report_ratio
+from pagoda.losses import EDMLoss
+from pagoda.precond import Denoiser
+from pagoda.unet import UNetModel
 
 
 def _denoiser(device, channels_last):

@@ -10,26 +10,22 @@ Prints a table and `RATIO bf16_speedup_<name>: fp32 time / bf16 time` lines (abo
 """
 
 import argparse
-import os
-import sys
 import tempfile
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import BUNDLED, alternated, cpu_banner, report_ratio  # noqa: E402
-from evaluations.inception import random_inception  # noqa: E402
-from pagoda.amp import auto_precision  # noqa: E402
-from pagoda.encoding import encode_chunks  # noqa: E402
-from pagoda.generator import Generator, grow  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
-from pagoda.latent_store import LatentStore, num_chunks, work_items  # noqa: E402
-from pagoda.losses import EDMLoss  # noqa: E402
-from pagoda.precond import Denoiser  # noqa: E402
-from pagoda.sampling import karras_sigmas  # noqa: E402
-from pagoda.unet import UNetModel, imagenet64_config  # noqa: E402
+from common import BUNDLED, alternated, cpu_banner, report_ratio
+from evaluations.inception import random_inception
+from pagoda.amp import auto_precision
+from pagoda.encoding import encode_chunks
+from pagoda.generator import Generator, grow
+from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.latent_store import LatentStore, num_chunks, work_items
+from pagoda.losses import EDMLoss
+from pagoda.precond import Denoiser
+from pagoda.sampling import karras_sigmas
+from pagoda.unet import UNetModel, imagenet64_config
 
 
 def _net(config, device):

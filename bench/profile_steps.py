@@ -12,6 +12,7 @@ the profiler's per-operator cost that sum can exceed the step, so it is not spli
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,18 +20,13 @@ import sys
 import tempfile
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from common import cpu_banner
+from pagoda import logger, methods
+from pagoda.train_util import TrainLoop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-from bench.common import cpu_banner  # noqa: E402
-import train  # noqa: E402
-
-from pagoda import logger, methods  # noqa: E402
-from pagoda.train_util import TrainLoop  # noqa: E402
 
 SPANS = ("data", "forward_backward", "optimizer", "ema", "log")
 ONCE = {"callbacks": ("preview_interval", "monitor_interval"), "checkpoint": ("save_interval",)}
@@ -45,6 +41,14 @@ FAMILIES = (  # first match wins; matched against the lower-cased operator name
 )
 RECIPES = {"teacher": ("stage1_teacher_mnist.sh", "diffusion"), "stage2": ("stage2_mnist.sh", "pagoda"),
            "stage3": ("stage3_mnist.sh", "pagoda")}
+
+
+def train_script():
+    """scripts/train.py as a module, loaded by its path: it is an entry point in another folder, not a package."""
+    spec = importlib.util.spec_from_file_location("train", os.path.join(REPO, "scripts", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def recipe_config(recipe, env):
@@ -95,7 +99,7 @@ def profile_stage(stage, env, *, steps, warmup):
                 prof.step()
             TrainLoop.run_step = run_step
             try:
-                train.main(argv, method=method)
+                train_script().main(argv, method=method)
             finally:
                 TrainLoop.run_step = original
                 logger.configure(None)

@@ -7,19 +7,15 @@ not depend on them. Ratios are measured side by side in one run.
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import BUNDLED, report_ratio, timed  # noqa: E402
-from pagoda.generator import Generator, grow  # noqa: E402
-from pagoda.precond import Denoiser  # noqa: E402
-from pagoda.random_util import StackedRandomGenerator  # noqa: E402
-from pagoda.sample_util import GeneratorSampler, TeacherSampler  # noqa: E402
-from pagoda.unet import UNetModel  # noqa: E402
+from common import BUNDLED, report_ratio, timed
+from pagoda.generator import Generator, grow
+from pagoda.precond import Denoiser
+from pagoda.random_util import StackedRandomGenerator
+from pagoda.sample_util import GeneratorSampler, TeacherSampler
+from pagoda.unet import UNetModel
 
 
 def images_per_s(sampler, batch, device):

@@ -9,16 +9,12 @@ resident set size (getrusage), which never decreases, so each CPU figure is the 
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bench.common import BUNDLED  # noqa: E402  (the bundled recipe's teacher, commands/stage1_teacher_mnist.sh)
-from pagoda.unet import UNetModel, imagenet64_config  # noqa: E402
+from common import BUNDLED
+from pagoda.unet import UNetModel, imagenet64_config
 
 CONFIGS = {"imagenet64": (imagenet64_config(64), 2), "bundled": (BUNDLED, 32)}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The method table on the bundled digits: the teacher at several sampler budgets, the one-step generators and the
 # bicubic baseline, all on the same seeds, balanced labels and held-out reals, scored in the digits' own classifier
-# (evaluations/domain.py: trained once on the 60,000 training digits, cached) as FD, KID, precision/recall and class
+# (pagoda/domain.py: trained once on the 60,000 training digits, cached) as FD, KID, precision/recall and class
 # fidelity, each mean +- std over 3 seeds beside the real-vs-real floor (5,000 of the 10,000 test digits are the
 # reference, the other 5,000 the floor). Other methods add a row: EXTRA_ROWS=("--row" "GDD=path/to/export.pt").
 # In:  $RUN (a quickstart run directory: teacher/, stage2/, stage3/).  Out: $OUT_DIR/compare.{md,json,png}.

@@ -7,11 +7,9 @@
 # projections stay the teacher's.
 # In:  $TEACHER.  Out: $RUN_DIR/exports/generator_ema0.99.pt.  Budget: 500 steps of one G and one D update each on
 # batches of 32, PaGoDA stage 2's 1,000 alternating steps (stage2_mnist.sh).  Target: the teacher's domain FD.
-# G's learning rate, measured on one teacher (qs16_final; scripts/compare.py, 1000 x 3 samples, domain FD / recall):
-# 1e-3: 241 / 0.00 | 2e-4: 151 / 0.00 | 5e-5: 63.8 / 0.21 | 1e-5: 38.0 / 0.17 | 3e-6: 66.7 / 0.11; with DiffAugment
-# (not GDD's setting) 5e-5: 50.0 / 0.26, 1e-5: 41.7 / 0.21; D at 5e-5 (GDD's G:D ratio) with G 1e-5: 44.6 / 0.23.
-# Every setting collapses towards one digit per class
-# (recall <= 0.26, the teacher's 0.88): GAN-only fine-tuning has nothing that maps each z to its own image.
+# G's learning rate 1e-5 (LR_G) scored best of 3e-6 to 1e-3, with or without DiffAugment (not GDD's setting). Every
+# setting collapses towards one digit per class (recall far below the teacher's): GAN-only fine-tuning has nothing
+# that maps each z to its own image.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}

@@ -3,14 +3,11 @@
 # digits at 32 px), training output_blocks[4:] (the 16 px level and the new 32 px level) and the head.
 # In:  $GENERATOR (stage-2 export), $LATENTS.  Out: $RUN_DIR/exports/generator_ema0.99.pt (32 px).
 # Target: one-step 32 px samples with a lower FID than the stage-2 samples up-sampled bicubically.
-# --refit_head true: the trained 3x3 output head does not commute with up-sampling, so the grown network started
-# 10 dB (PSNR) from its bicubically up-sampled parent; a least-squares re-fit of that head on prior latents starts it
-# at 28.5 dB from it (21.9 dB against the real digits, bicubic 23.1). From the runs/quickstart3 stage-2 generator,
-# 1000 steps: FID 73.3 with the re-fit, 77.4 without (bicubic 92.6); after 400 steps it is 93.2, at the bicubic level.
-# The generator lr is high for a fine-tune (1e-3); without the re-fit, 200 steps gave 21.1 dB vs 15.8 at 2e-4.
-# Discriminator heads at a quarter width, as in stage 2. Steps, measured from one stage-2 generator (300 samples,
-# FID at 32 px; its bicubic 2x scores 137.5): 300 steps 165.4 (PSNR 25.3 dB) | 600 steps 136.6 (28.7 dB). Training
-# only the new 32 px level (--activate_from 6) is worse: 208.9 after 300 steps.
+# --refit_head true: the trained 3x3 output head does not commute with up-sampling, so the grown network starts far
+# (in PSNR) from its bicubically up-sampled parent; a least-squares re-fit of that head on prior latents starts it
+# close, and training ends at a lower FID than without it. The generator lr is high for a fine-tune (1e-3): lower
+# rates move too little in the budget. Discriminator heads at a quarter width, as in stage 2. Training only the new
+# 32 px level (--activate_from 6) does worse than output_blocks[4:].
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 GENERATOR=${GENERATOR:-runs/mnist/stage2/exports/generator_ema0.99.pt}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Super-resolve your own low-resolution images: each is encoded by the teacher's PF-ODE (12 Heun steps from
 # x + 0.1 n, as the bundled latents were made) and decoded in one call by the grown generator, at its resolution.
-# Images of another size are ADM-resized to the teacher's resolution first (logged). Cheap (~40 ms an image on one
-# CPU thread for the bundled 16 -> 32 px models), so it does not resume: a rerun redoes everything.
+# Images of another size are ADM-resized to the teacher's resolution first (logged). Cheap (one short ODE encoding
+# and one generator call an image), so it does not resume: a rerun redoes everything.
 #   bash commands/super_resolve.sh INPUT_DIR_OR_NPZ [--label 3 | --use_data_labels true] [--limit N]
 # In:  $1 (a folder of images, an ADM .npz or bundled:<name>; default the held-out bundled:mnist_test digits),
 #      $TEACHER, $GENERATOR (the grown generator distilled from that teacher).

@@ -58,7 +58,7 @@ class BasicConv2d(nn.Module):
 
     @torch.no_grad()
     def fuse_batchnorm(self):
-        """Fold the (frozen) BatchNorm into the conv: same function, one layer less (1.3x faster on CPU)."""
+        """Fold the (frozen) BatchNorm into the conv: same function, one layer less."""
         if isinstance(self.bn, nn.Identity):
             return
         scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
@@ -247,7 +247,7 @@ class FIDInceptionV3(nn.Module):
         return self
 
     def prepare_for_inference(self):
-        """Fold the BatchNorms and store the conv weights channels-last, which oneDNN runs 1.3x faster on CPU
+        """Fold the BatchNorms and store the conv weights channels-last, the layout oneDNN runs fastest on CPU
         (bench/fid.py prints the ratio); activations follow the weights' layout. Same features to float rounding."""
         return self.fuse_batchnorm().to(memory_format=torch.channels_last)
 

@@ -41,7 +41,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     eigendecomposition) and one symmetric eigenvalue solve, in float64, instead of scipy's Schur-based sqrtm of a
     non-symmetric 2048 x 2048 product. Eigenvalues below the round-off floor count as zero, so rank-deficient
     covariances (fewer samples than dimensions) give exact zeros, not sqrt(noise). (scipy's LAPACK, not
-    torch.linalg: its symmetric eigensolver is several times faster on CPU here.)
+    torch.linalg: its symmetric eigensolver is the faster one on CPU.)
     """
     mu1, sigma1, mu2, sigma2 = _check_stats(mu1, sigma1, mu2, sigma2)
     factor = _psd_factor(sigma1)

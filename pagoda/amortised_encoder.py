@@ -1,4 +1,4 @@
-"""The amortised one-step encoder E(x, y) -> z (the official code's `pgd_encoder` mode, pagoda-method.md 7): one
+"""The amortised one-step encoder E(x, y) -> z (the official code's `pgd_encoder` mode, docs/method.md 5): one
 network call in place of the teacher's PF-ODE solve when an application needs the latent of an image.
 
 Parameterisation: E(x_s, y) = sigma_max * F(c_in(s) x_s, s, y), with F a UNet of the teacher's architecture evaluated

@@ -4,11 +4,10 @@
 gradients) skips the step and lowers the loss scale, and the caller must then skip the EMA update too.
 
 `--precision auto` resolves once, before anything is recorded, to bf16 where bf16 is native (a CUDA device that
-supports it; a CPU whose flags list AMX-BF16 or AVX512-BF16), else fp32. Measured side by side (bench/precision.py,
-an AVX512-BF16 EPYC, 2 threads) bf16 pays for every network the pipeline trains or samples, the narrow bundled UNet
-included: training step 1.19x, forward 1.05x, encoding 1.08x, one-step sampling 1.16x (16 px) / 1.63x (32 px),
-ImageNet-64 UNet forward 1.40x; and a bf16 quickstart scores as the fp32 one within the seed spread. The evaluator's
-Inception is not covered: it stays fp32 (bench/inception_precision.py: bf16 moves FID by up to 2.4 seed stds).
+supports it; a CPU whose flags list AMX-BF16 or AVX512-BF16), else fp32. Where it is native, bf16 speeds up every
+network the pipeline trains or samples, the narrow bundled UNet included (bench/precision.py measures each), and a
+bf16 quickstart scores as the fp32 one within the seed spread. The evaluator's Inception is not covered: it stays
+fp32, since bf16 moves FID by more than the seed spread (bench/inception_precision.py).
 Only autocast's matmuls/convolutions drop to bf16: losses, preconditioning, ODE states, parameters and optimiser
 states stay fp32, and records (config.json, encoder manifests, sampler identities) store the resolved value.
 """

@@ -15,7 +15,8 @@ import torch
 from . import logger
 from .image_datasets import center_crop_arr
 from .random_util import StackedRandomGenerator, noised
-from .sampling import _heun_step, heun_invert, karras_sigmas
+from .sampling import heun_invert, heun_step, karras_sigmas
+
 
 def check_models(teacher, generator, *, teacher_path, generator_path):
     """A teacher and a generator can be chained only if the generator's latent is the teacher's image size and both
@@ -103,7 +104,7 @@ def slerp(z_a, z_b, t):
 @torch.no_grad()
 def classify(classifier, images_uint8):
     """(predicted class, its softmax confidence) of each uint8 NHWC image under the domain classifier."""
-    from evaluations.domain import domain_features
+    from .domain import domain_features  # the evaluation stack loads only where a classifier is used
     logits = torch.from_numpy(domain_features(classifier, images_uint8)[1])
     conf, pred = logits.softmax(1).max(1)
     return pred.numpy(), conf.numpy()
@@ -270,7 +271,7 @@ def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds):
     eps = rng.randn(x_obs.shape, dtype=torch.float32)
     path = [float(s) for s in sigmas]
     for sigma, sigma_next in zip(path[:-1], path[1:]):
-        x = _heun_step(teacher, x, sigma, sigma_next, y, False)
+        x = heun_step(teacher, x, sigma, sigma_next, y, False)
         x = m * (x_obs + sigma_next * eps) + (1 - m) * x
     return x.clamp(-1, 1)
 

@@ -3,6 +3,7 @@
 Previews use fixed per-sample seeds, so grids from different steps show the same latents and labels.
 """
 
+import contextlib
 import os
 
 import torch
@@ -38,7 +39,7 @@ class _Preview:
         net = player.module
         was_training = net.training
         net.eval()
-        context = player.ema.swapped_in(net, player.ema.rates[-1]) if player.ema else _nullcontext()
+        context = player.ema.swapped_in(net, player.ema.rates[-1]) if player.ema else contextlib.nullcontext()
         with context, torch.no_grad():
             images = self.sample(net, loop.device)
         net.train(was_training)
@@ -90,14 +91,6 @@ class GeneratorPreview(_Preview):
         z = rng.randn(shape, device=device) * self.sigma_max
         return generate(net, z, y, sigma_max=self.sigma_max, sigma_data=self.sigma_data,
                         output=self.output).float().clamp(-1, 1)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class GeneratorMetric(GeneratorPreview):

@@ -16,7 +16,7 @@ With classes, logits use projection conditioning: <out, FC(embed(y))> / sqrt(cma
 the embedding table from a StyleGAN-XL pickle (1000 x 320, pretrained on ImageNet); that file is not available
 offline, so the table here is a trainable embedding with random init.
 
-A guidance-conditioned discriminator D(x, y, w) (`guidance_embed`, option (b) of issue 19; the paper's text-to-image
+A guidance-conditioned discriminator D(x, y, w) (`guidance_embed`; the paper's text-to-image
 discriminator takes an embedding of the CFG scale) adds, in every head, an MLP of the sinusoid of w to the class
 embedding before the projection: w then shapes the same conditioning vector y does. The MLP's last layer starts at
 zero, so a new D(x, y, w) equals D(x, y) at every w until training moves it.

@@ -5,7 +5,6 @@ without MPI. Other modules ask this one for rank / world size and never query MP
 """
 
 import atexit
-import contextlib
 import os
 import socket
 import sys
@@ -121,16 +120,6 @@ def barrier():
         dist.barrier()
 
 
-@contextlib.contextmanager
-def rank0_first():
-    """Rank 0 runs the block first (e.g. building a cache), the others wait and then reuse its result."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
-
-
 def broadcast(tensor, src=0):
     """In-place broadcast of a tensor from `src` to every rank; returns the tensor."""
     if dist.is_initialized():
@@ -170,15 +159,6 @@ def all_reduce_sum(tensor):
     if staged is not tensor:
         tensor.copy_(staged)
     return tensor
-
-
-def all_gather_cat(tensor):
-    """Concatenate equally-shaped tensors from every rank along dim 0, in rank order."""
-    if not dist.is_initialized():
-        return tensor
-    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(out, tensor.contiguous())
-    return torch.cat(out)
 
 
 def all_gather_objects(obj):

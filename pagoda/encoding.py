@@ -4,6 +4,7 @@ The work is split into fixed chunks (pagoda/latent_store.py); each process encod
 c % num_shards == shard. Chunks already complete on disk are skipped, damaged ones are redone.
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -90,7 +91,7 @@ def encode_chunks(teacher, dataset, store, items, chunks, *, chunk_size, sigmas,
             x, y, loaded = _load_batch(dataset, part[b:b + batch_size], device, skip_unreadable=skip_unreadable)
             if loaded:
                 x = start_state(x, loaded, start_sigma)
-                with autocast() if autocast else _null():
+                with autocast() if autocast else contextlib.nullcontext():
                     z = heun_invert(teacher, x, sigmas, y if class_cond else None, clamp_denoised=clamp_denoised)
                 latents.append(z.float().cpu().numpy().astype(dtype))
                 kept += loaded
@@ -132,11 +133,3 @@ def verify_round_trip(teacher, dataset, store, index, keys, *, sigmas, clamp_den
     if start_sigma:
         x_hat = teacher(x_hat, torch.full((len(x_hat),), float(sigmas[-2]), device=device), y)
     return psnr(x_hat.clamp(-1, 1), x)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

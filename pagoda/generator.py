@@ -1,6 +1,6 @@
 """The one-step generator G(z, y) and its progressive growth to 2x output resolution.
 
-Parameterisation (official PaGoDA, pagoda-method.md 3.1): G(z, y) = F(c_in(sigma_max) * z, sigma_max, y), the raw
+Parameterisation (official PaGoDA, docs/method.md 3.1): G(z, y) = F(c_in(sigma_max) * z, sigma_max, y), the raw
 backbone output, with no c_skip / c_out (output "raw"). A generator initialised from the teacher's backbone
 therefore starts at about 2x the teacher's one-step estimate of x0 (c_out(80) ~ 0.5); training removes that factor
 in a few steps. GDD's generator is the EDM denoiser itself at sigma_max, c_skip z + c_out F(...) (output

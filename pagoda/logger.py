@@ -8,10 +8,10 @@ import csv
 import json
 import os
 import sys
-import time
 from collections import defaultdict
 
 import torch
+from tqdm.auto import tqdm
 
 from . import dist_util
 
@@ -120,10 +120,6 @@ def _read_csv_header(path):
         return next(csv.reader(f), [])
 
 
-def get_logger():
-    return _CURRENT
-
-
 def logkv(key, value):
     _CURRENT.logkv(key, value)
 
@@ -150,33 +146,6 @@ def banner(*, title, config, world_size, per_rank_batch, global_batch, param_cou
 
 
 def progress(iterable=None, *, total=None, desc=None, unit="it"):
-    """tqdm on rank 0 (to stderr, so logs stay clean); a plain iterable elsewhere."""
-    if not dist_util.is_main():
-        return iterable if iterable is not None else _NullBar()
-    from tqdm.auto import tqdm
-
+    """tqdm on rank 0 (to stderr, so logs stay clean); silent on the other ranks."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=1.0)
-
-
-class _NullBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
-
-
-class Timer:
-    """Wall-clock seconds since construction or the last `lap()`."""
-
-    def __init__(self):
-        self.t = time.time()
-
-    def lap(self):
-        now = time.time()
-        dt, self.t = now - self.t, now
-        return dt
+                mininterval=1.0, disable=not dist_util.is_main())

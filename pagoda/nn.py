@@ -1,7 +1,5 @@
 """Small tensor and module helpers shared by the networks, losses and samplers."""
 
-import torch
-
 
 def zero_module(module):
     """Zero every parameter of `module` and return it (ADM zero-initialised output layers)."""
@@ -18,14 +16,3 @@ def mean_flat(tensor):
 def append_dims(x, target_ndim):
     """Append singleton dimensions so `x` (e.g. a per-sample sigma of shape (N,)) broadcasts to NCHW."""
     return x.reshape(x.shape + (1,) * (target_ndim - x.ndim))
-
-
-def count_parameters(module, trainable_only=False):
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-@torch.no_grad()
-def update_ema(target_params, source_params, rate):
-    """target <- rate * target + (1 - rate) * source, in place."""
-    for targ, src in zip(target_params, source_params):
-        targ.mul_(rate).add_(src.detach(), alpha=1 - rate)

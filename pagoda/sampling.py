@@ -72,7 +72,7 @@ def _denoised(denoise, x, sigma, y, clamp_denoised):
     return denoised.clamp(-1, 1) if clamp_denoised else denoised
 
 
-def _heun_step(denoise, x, sigma, sigma_next, y, clamp_denoised):
+def heun_step(denoise, x, sigma, sigma_next, y, clamp_denoised):
     """One step of EDM Algorithm 2 (s_churn = 0): Euler, then the trapezoidal correction unless sigma_next is 0."""
     d = (x - _denoised(denoise, x, sigma, y, clamp_denoised)) / sigma
     x_next = x + (sigma_next - sigma) * d
@@ -86,7 +86,7 @@ def _heun_path(denoise, x, path, y, clamp_denoised, progress):
     """Heun steps along consecutive entries of `path` (a python list of sigmas, in either direction)."""
     x = _state(x)
     for sigma, sigma_next in tqdm(list(zip(path[:-1], path[1:])), disable=not progress):
-        x = _heun_step(denoise, x, sigma, sigma_next, y, clamp_denoised)
+        x = heun_step(denoise, x, sigma, sigma_next, y, clamp_denoised)
     return x
 
 
@@ -145,7 +145,7 @@ def stochastic_sample(
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + (sigma_hat**2 - sigma**2) ** 0.5 * s_noise * randn_like(x)
-        x = _heun_step(denoise, x, sigma_hat, sigma_next, y, clamp_denoised=False)
+        x = heun_step(denoise, x, sigma_hat, sigma_next, y, clamp_denoised=False)
     return x
 
 

@@ -6,6 +6,7 @@ updates at a given step (`phases`), and the named per-sample loss terms of a pha
 Each phase draws its own batch from the data stream, so e.g. a discriminator step sees an independent batch.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -21,7 +22,10 @@ from .ema import EMA
 
 
 class Objective:
-    """Interface of a training method (see DESIGN.md, "One loop, many objectives")."""
+    """Interface of a training method. The loop owns batching, microbatches, optimisers, precision, EMA, logging,
+    checkpoints and resume; an objective owns the method: the networks it trains (`players`), which of them a step
+    updates (`phases`: generator / discriminator alternation lives here, never in a loss) and the named loss terms.
+    Stage 3 is the stage-2 objective with a grown generator, and the baselines are further objectives."""
 
     players = {}  # name -> nn.Module trained by the loop; frozen networks are plain attributes
 
@@ -240,7 +244,7 @@ class TrainLoop:
             micro = {k: v[start:start + self.microbatch].to(self.device) for k, v in batch.items()}
             gen = self._generator(phase_index, i)
             last = start + self.microbatch >= n
-            sync = player.net.no_sync() if isinstance(player.net, DDP) and not last else _null()
+            sync = player.net.no_sync() if isinstance(player.net, DDP) and not last else contextlib.nullcontext()
             with sync, record_function("forward_backward"):
                 with player.mp.autocast():
                     terms = self.objective.losses(phase, nets, micro, step=self.step, generator=gen)
@@ -291,11 +295,3 @@ def _own_rng(state):
 
 def _batch_len(batch):
     return len(next(iter(batch.values())))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -4,7 +4,7 @@ The layout (module names, shapes and their order) matches the released EDM Image
 `edm_imagenet64_ema.pt` in consistency-models naming, and the PaGoDA generators grown from it: each extra 2x of
 output resolution appends, after the base network's output blocks, one up-sampling ResBlock and
 `num_res_blocks_high` plain ResBlocks (additive embedding, no attention, no skip concatenation), all with
-zero-initialised output convolutions so that growing preserves the function (see docs/pagoda-method.md 1, 4.1).
+zero-initialised output convolutions so that growing preserves the function (docs/method.md 1, 4.1).
 
 The network receives the raw sigma and computes its own noise-embedding input c_noise = 250 ln(sigma), the
 convention the released checkpoint was trained with.
@@ -317,13 +317,13 @@ class UNetModel(nn.Module):
     def _downsampler(ch, resblock_updown, res_block):
         if resblock_updown:
             return ResBlock(channels=ch, down=True, **res_block)
-        return _StridedConvDown(ch)
+        return StridedConvDown(ch)
 
     @staticmethod
     def _upsampler(ch, resblock_updown, res_block):
         if resblock_updown:
             return ResBlock(channels=ch, up=True, **res_block)
-        return _NearestUpConv(ch)
+        return NearestUpConv(ch)
 
     @property
     def high_res_levels(self):
@@ -409,7 +409,7 @@ def _guidance_embedding(model_channels, emb_dim):
     return mlp
 
 
-class _StridedConvDown(nn.Module):
+class StridedConvDown(nn.Module):
     """Non-resblock down-sampler (resblock_updown=False): a stride-2 3x3 conv, named `op` as in ADM."""
 
     def __init__(self, channels):
@@ -420,7 +420,7 @@ class _StridedConvDown(nn.Module):
         return self.op(x)
 
 
-class _NearestUpConv(nn.Module):
+class NearestUpConv(nn.Module):
     """Non-resblock up-sampler (resblock_updown=False): nearest x2 then a 3x3 conv, named `conv` as in ADM."""
 
     def __init__(self, channels):

@@ -25,16 +25,14 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import applications as app  # noqa: E402
-from pagoda.applications import block_spread  # noqa: E402
-from pagoda import logger, script_util  # noqa: E402
-from pagoda.checkpoint import atomic_write_text  # noqa: E402
-from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
-from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
-from pagoda.latent_store import image_subset  # noqa: E402
-from pagoda.model_io import load_encoder, load_generator, load_teacher, real_classes  # noqa: E402
+from pagoda import applications as app
+from pagoda.applications import block_spread
+from pagoda import logger, script_util
+from pagoda.checkpoint import atomic_write_text
+from pagoda.image_datasets import center_crop_arr, check_labels, open_source
+from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8
+from pagoda.latent_store import image_subset
+from pagoda.model_io import load_encoder, load_generator, load_teacher, real_classes
 
 LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
@@ -191,7 +189,7 @@ def block_distances(features, distance, refs, candidates, num_blocks):
 
 def fd_blocks(classifier, refs, candidates, num_blocks):
     """Domain FD (the digit classifier's features) per block against all references."""
-    from evaluations.domain import domain_features
+    from pagoda.domain import domain_features
     from evaluations.metrics import FeatureStats
 
     def fd(ref, part):
@@ -423,7 +421,7 @@ def run(args):
 
     def classifier():
         if "model" not in cache:
-            from evaluations.domain import load_or_train
+            from pagoda.domain import load_or_train
             cache["model"] = load_or_train(args.classifier_data, progress=False)
         return cache["model"]
 

@@ -12,7 +12,7 @@ The export's sidecar says whether it is a teacher or a one-step generator; anoth
 its export. A distilled k-step denoiser (progressive distillation) samples Euler on its own grid at NFE k: sampler
 and steps do not apply to its row.
 
-Protocol (evaluations/protocol.py): the domain classifier of `--data_dir` (evaluations/domain.py, trained once
+Protocol (evaluations/protocol.py): the domain classifier of `--data_dir` (pagoda/domain.py, trained once
 and cached) gives FD, KID, precision/recall and class fidelity; reals are the held-out split, cut into a reference
 half and a floor half; seed k is the block of samples [k n, (k+1) n) with balanced labels; every score is mean +-
 std over the seeds beside the real-vs-real floor at the same n, and a difference inside the spread is a tie.
@@ -25,21 +25,17 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluations import protocol  # noqa: E402
-from evaluations.domain import cropped_images, domain_features, domain_scores, load_or_train  # noqa: E402
-from pagoda import checkpoint, logger, script_util  # noqa: E402
-from pagoda.image_datasets import heldout_data_dir, open_source  # noqa: E402
-from pagoda.image_util import resize_bicubic  # noqa: E402
-from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
+from evaluations import protocol
+from pagoda import checkpoint, logger, script_util
+from pagoda.domain import cropped_images, domain_features, domain_scores, load_or_train
+from pagoda.image_datasets import heldout_data_dir, open_source
+from pagoda.image_util import resize_bicubic
+from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,
                                 sampler_for_export)
-from scripts.compare_figure import write_figure  # noqa: E402
 
 F, _c = script_util.Flag, script_util
 GROUPS = {
@@ -305,6 +301,8 @@ def main(argv=None):
     text = markdown(result)
     checkpoint.atomic_write_text(text, os.path.join(args.out_dir, "compare.md"))
     checkpoint.atomic_write_text(json.dumps(result, indent=1, default=str), os.path.join(args.out_dir, "compare.json"))
+    from compare_figure import write_figure  # matplotlib loads only to draw: --help and --dry_run stay quick
+
     write_figure(result, os.path.join(args.out_dir, "compare.png"))
     print(text)
     return result

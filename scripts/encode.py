@@ -21,22 +21,19 @@ the training pairs of a guidance-conditioned generator (stage 2 --guided_pairs).
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import dist_util, logger, script_util  # noqa: E402
-from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
-from pagoda.checkpoint import atomic_write_text  # noqa: E402
-from pagoda import guided_pairs  # noqa: E402
-from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
-from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity  # noqa: E402
-from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
-from pagoda.model_io import load_teacher  # noqa: E402
-from pagoda.sampling import karras_sigmas  # noqa: E402
+from pagoda import dist_util, logger, script_util
+from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
+from pagoda.checkpoint import atomic_write_text
+from pagoda import guided_pairs
+from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip
+from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity
+from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items
+from pagoda.model_io import load_teacher
+from pagoda.sampling import karras_sigmas
 
 F, _c = script_util.Flag, script_util
 GROUPS = {

@@ -11,21 +11,18 @@ Spreads: std over --num_blocks disjoint blocks. Writes a JSON and prints it.
 """
 
 import json
-import os
 import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import applications as app  # noqa: E402
-from pagoda import script_util  # noqa: E402
-from pagoda.checkpoint import atomic_write_text  # noqa: E402
-from pagoda.image_datasets import center_crop_arr, open_source  # noqa: E402
-from pagoda.image_util import from_uint8, psnr  # noqa: E402
-from pagoda.model_io import load_encoder, load_generator, load_teacher  # noqa: E402
-from pagoda.sampling import heun_decode  # noqa: E402
+from pagoda import applications as app
+from pagoda import script_util
+from pagoda.checkpoint import atomic_write_text
+from pagoda.image_datasets import center_crop_arr, open_source
+from pagoda.image_util import from_uint8, psnr
+from pagoda.model_io import load_encoder, load_generator, load_teacher
+from pagoda.sampling import heun_decode
 
 F, _c = script_util.Flag, script_util
 GROUPS = {"main": dict(

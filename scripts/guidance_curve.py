@@ -16,16 +16,12 @@ the row label up to its '_w' suffix) and ordered by their `guidance`. Written ne
 
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluations import protocol  # noqa: E402
-from pagoda import checkpoint, script_util  # noqa: E402
-from pagoda.image_util import save_grid  # noqa: E402
-from scripts.compare_figure import COLOURS, write_curve_figure  # noqa: E402
+from evaluations import protocol
+from pagoda import checkpoint, script_util
+from pagoda.image_util import save_grid
 
 METRICS = [("fd", "domain FD", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("class_fidelity", "class fidelity", 3)]
@@ -148,6 +144,8 @@ def markdown(summary, result):
 
 
 def write_figure(summary, path):
+    from compare_figure import COLOURS, write_curve_figure  # matplotlib loads only to draw
+
     floor = summary["floor"]
     panels = []
     for key, title, _ in METRICS:

@@ -9,11 +9,8 @@ as one family.
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import checkpoint, script_util  # noqa: E402
+from pagoda import checkpoint, script_util
 
 F = script_util.Flag
 GROUPS = {"main": dict(

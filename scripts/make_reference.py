@@ -8,16 +8,13 @@ what a real-vs-real floor needs.
 """
 
 import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import script_util  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
-from pagoda.image_util import to_uint8  # noqa: E402
+from pagoda import script_util
+from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.image_util import to_uint8
 
 F, _c = script_util.Flag, script_util
 GROUPS = {"reference": dict(

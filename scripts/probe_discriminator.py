@@ -16,23 +16,20 @@ random and timm networks (0: their own size); the teacher network always works a
 
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import checkpoint, script_util  # noqa: E402
-from pagoda.discriminator import ProjectedDiscriminator  # noqa: E402
-from pagoda.features import create_feature_network  # noqa: E402
-from pagoda.image_datasets import ImageDataset, open_source  # noqa: E402
-from pagoda.losses import hinge_d_loss  # noqa: E402
-from pagoda.model_io import load_generator  # noqa: E402
-from pagoda.methods import gan  # noqa: E402
-from pagoda.methods.gan import discriminator_diagnostics, head_names  # noqa: E402
-from pagoda.random_util import StackedRandomGenerator  # noqa: E402
-from pagoda.sample_util import GeneratorSampler  # noqa: E402
+from pagoda import checkpoint, script_util
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import create_feature_network
+from pagoda.image_datasets import ImageDataset, open_source
+from pagoda.losses import hinge_d_loss
+from pagoda.methods import gan
+from pagoda.methods.gan import discriminator_diagnostics, head_names
+from pagoda.model_io import load_generator
+from pagoda.random_util import StackedRandomGenerator
+from pagoda.sample_util import GeneratorSampler
 
 F, _c = script_util.Flag, script_util
 # The discriminator as stage 2 builds it: the pagoda method's flags of the same names.

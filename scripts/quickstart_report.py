@@ -15,24 +15,21 @@ import math
 import os
 import re
 import statistics
-import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluations import protocol  # noqa: E402
-from evaluations.evaluator import evaluate  # noqa: E402
-from pagoda import script_util  # noqa: E402
-from pagoda.generator import reconstruction_psnr  # noqa: E402
-from pagoda.methods import pagoda as pagoda_method  # noqa: E402
-from pagoda.image_util import make_grid, resize_bicubic  # noqa: E402
-from pagoda.model_io import load_generator_or_teacher_backbone  # noqa: E402
-from pagoda.pair_datasets import PairDataset  # noqa: E402
-from pagoda.random_util import StackedRandomGenerator  # noqa: E402
-from pagoda.sample_util import sample_labels, sampler_for_export  # noqa: E402
+from evaluations import protocol
+from evaluations.evaluator import evaluate
+from pagoda import script_util
+from pagoda.generator import reconstruction_psnr
+from pagoda.methods import pagoda as pagoda_method
+from pagoda.image_util import make_grid, resize_bicubic
+from pagoda.model_io import load_generator_or_teacher_backbone
+from pagoda.pair_datasets import PairDataset
+from pagoda.random_util import StackedRandomGenerator
+from pagoda.sample_util import sample_labels, sampler_for_export
 
 STAGES = ["teacher", "encode", "stage2", "stage3", "compare", "evaluation"]
 CURVES = {"teacher": ["loss/denoiser/loss"], "stage2": ["loss/generator/rec", "loss/discriminator/loss"],

@@ -14,11 +14,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import checkpoint, dist_util, logger, script_util  # noqa: E402
-from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
-from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
+from pagoda import checkpoint, dist_util, logger, script_util
+from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
+from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,
                                 sampler_for_export)
 
 F, _c = script_util.Flag, script_util

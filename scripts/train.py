@@ -13,12 +13,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import dist_util, logger, methods, random_util, script_util  # noqa: E402
-from pagoda.amp import resolve_precision  # noqa: E402
-from pagoda.methods import common  # noqa: E402
-from pagoda.train_util import TrainLoop  # noqa: E402
+from pagoda import dist_util, logger, methods, random_util, script_util
+from pagoda.amp import resolve_precision
+from pagoda.methods import common
+from pagoda.train_util import TrainLoop
 
 
 def method_name(argv):

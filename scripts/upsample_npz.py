@@ -9,10 +9,8 @@ import zipfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pagoda import script_util  # noqa: E402
-from pagoda.image_util import resize_bicubic, save_grid  # noqa: E402
+from pagoda import script_util
+from pagoda.image_util import resize_bicubic, save_grid
 
 F, _c = script_util.Flag, script_util
 GROUPS = {"upsample": dict(

@@ -1,4 +1,4 @@
-"""Shared test configuration: CPU only, one thread, deterministic, fixtures from ../shared/compat."""
+"""Shared test configuration: CPU only, one thread, deterministic, golden fixtures from tests/golden/compat."""
 
 import os
 from pathlib import Path
@@ -12,11 +12,15 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # --precision auto reads the CPU's bf16 flags; the suite's golden values and bit-exact resumes are fp32 on every
 # machine, so it (and every script it starts) sees a CPU without native bf16. tests/test_precision.py mocks the check.
 os.environ["PAGODA_CPU_BF16"] = "0"
+# Scripts and helpers started in subprocesses import this checkout's `pagoda` and `tests.helpers`, whichever copy
+# of the package is installed.
+REPO = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-COMPAT = Path(os.environ.get("PAGODA_COMPAT", REPO.parent / "shared" / "compat"))
+# The released networks' key lists and the small official-network goldens (tests/golden/compat/README.md).
+COMPAT = Path(__file__).resolve().parent / "golden" / "compat"
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True, warn_only=True)
@@ -24,6 +28,4 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 
 @pytest.fixture
 def compat_dir():
-    if not COMPAT.is_dir():
-        pytest.fail(f"golden fixtures not found at {COMPAT}; set PAGODA_COMPAT or put shared/ beside the repo")
     return COMPAT

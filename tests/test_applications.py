@@ -301,7 +301,7 @@ def test_a_mask_of_the_wrong_size_is_refused(tmp_path):
 
 
 def test_block_distances_score_disjoint_blocks_of_each_candidate_against_all_references():
-    from scripts import apply
+    import apply
     refs, cand = np.arange(4.0).reshape(4, 1), np.array([[10.0], [20.0], [30.0], [40.0], [50.0]])
     got = apply.block_distances(lambda a: a, lambda ref, part: float(part.mean() - ref.mean()), refs,
                                 {"c": cand}, 2)
@@ -313,7 +313,7 @@ def test_super_resolution_reports_inception_kid_with_its_real_floor(tmp_path, mo
     """--inception_kid scores the outputs, bicubic and unused real images block by block with the evaluator's KID
     (a random-weight Inception stands in for the real one here); the real images of the input score near 0."""
     from evaluations.inception import random_inception
-    from scripts import apply
+    import apply
     monkeypatch.setattr(apply.inception, "model", random_inception(seed=0), raising=False)
     teacher, generator = tiny_export(tmp_path / "t.pt"), tiny_export(tmp_path / "g.pt", kind="generator")
     data = tmp_path / "imgs.npz"

@@ -14,17 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluations import domain, evaluator, inception
-from pagoda import checkpoint, script_util
+from evaluations import evaluator, inception
+from pagoda import checkpoint, domain, script_util
 from pagoda.features import load_weights_file
 from pagoda.image_datasets import open_source
 from pagoda.latent_store import LatentStore
 from pagoda.model_io import load_backbone, load_generator, load_teacher
 from pagoda.pair_datasets import PairDataset
-from scripts import apply, compare, encode, make_reference, probe_discriminator, quickstart_report, sample, upsample_npz
 from tests.helpers.exports import tiny_export as _export
 from tests.helpers.methods import entry
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
+
+import apply, compare, encode, make_reference, probe_discriminator, quickstart_report, sample, upsample_npz
+
 
 def _snapshot(run_dir):
     """config.json's bytes and the state files: what a refused resume must leave as it was."""
@@ -355,7 +357,6 @@ def test_data_stage2_refuses_latents_of_another_teacher(latents, tmp_path):
             f"({mine[:12]}); encode the data with this teacher") in out.stderr
     assert manifest["teacher_sha256"] == checkpoint.read_sidecar(str(latents / "teacher.pt"))["content_sha256"]
     assert not os.path.exists(tmp_path / "run" / "exports")
-
 
 
 def test_data_stage3_refuses_latents_of_another_teacher_through_the_generator_sidecar(latents, tmp_path):

@@ -46,8 +46,6 @@ def test_bench_script_reports_its_ratios(script):
 def test_profile_steps_replays_each_recipe_exactly():
     """bench/profile_steps.py turns a recipe's dry-run config back into flags; parsed again they give the same
     config (so the profile is of what the quickstart runs), records such as git_commit left out."""
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     import profile_steps
 
     from pagoda import methods
@@ -72,7 +70,6 @@ def test_profile_steps_replays_each_recipe_exactly():
                                        ("aten::upsample_nearest2d", "resampling"),
                                        ("aten::copy_", "copies / layout"), ("aten::silu", "elementwise / other ops")])
 def test_profile_families(op, family):
-    sys.path.insert(0, os.path.join(REPO, "bench"))
     import profile_steps
 
     assert profile_steps.family(op) == family

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from evaluations import protocol
-from evaluations.domain import cropped_images, domain_features, domain_scores, load_domain_classifier
+from pagoda.domain import cropped_images, domain_features, domain_scores, load_domain_classifier
 from pagoda.image_datasets import open_source
 from pagoda.image_util import resize_bicubic
-from scripts import compare
 from tests.helpers.exports import tiny_export as _export
 
+import compare
 
 
 def _labelled(path, n, seed):

@@ -1,4 +1,4 @@
-"""Tests for evaluations/domain.py: the domain classifier's accuracy on the official MNIST test digits, how its
+"""Tests for pagoda/domain.py: the domain classifier's accuracy on the official MNIST test digits, how its
 feature distance and class fidelity respond to degraded and mislabelled images, determinism, the cache and
 export, prepare() and the command line.
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluations import domain
-from evaluations.domain import (
+from pagoda import domain
+from pagoda.domain import (
     DomainClassifier, class_fidelity, cropped_images, domain_features, domain_scores, load_domain_classifier,
     load_or_train, prepare, train_domain_classifier,
 )

@@ -15,9 +15,10 @@ from pagoda.model_io import load_generator
 from pagoda.random_util import StackedRandomGenerator
 from pagoda.sample_util import GeneratorSampler, sampler_classes, sampler_for_export
 from pagoda.unet import UNetModel
-from scripts import sample
 from tests.helpers.exports import TINY, tiny_export
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run, tiny_dataset
+
+import sample
 
 
 def _randomised(net, seed=0):
@@ -156,7 +157,7 @@ def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_k
     assert gen.backbone.guidance_embed[-1].weight.any()  # the distillation term reached the w-embedding
     z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
     assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
-    from scripts.compare import Row, row_nfe  # noqa: PLC0415
+    from compare import Row, row_nfe  # noqa: PLC0415
     assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance=3.0)) == 1
     _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
                             str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from scripts import guidance_curve
+import guidance_curve
 
 
 def _scores(fd, precision, recall, fidelity, std=0.01):

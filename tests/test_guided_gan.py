@@ -1,4 +1,4 @@
-"""Option (b) of issue 19: a guidance-conditioned discriminator D(x, y, w) whose reals are the data at w = 1 and the
+"""The guided GAN: a guidance-conditioned discriminator D(x, y, w) whose reals are the data at w = 1 and the
 guided teacher's samples (the guided pairs' x_w) at w > 1, against G(z, y, w) at the matching (y, w)."""
 
 import pytest

@@ -2,8 +2,6 @@
 UNet's output, and that autocast never changes the dtype of anything written to disk."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -14,10 +12,8 @@ from pagoda.checkpoint import load_export
 from pagoda.precond import Denoiser
 from pagoda.unet import UNetModel
 from tests.helpers import tiny_runs
-from tests.helpers.exports import tiny_export
 
-sys.path.insert(0, os.path.join(tiny_runs.REPO, "scripts"))
-import sample  # noqa: E402
+import sample
 
 
 @pytest.fixture

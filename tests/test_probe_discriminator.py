@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from scripts import probe_discriminator
 from tests.helpers.exports import tiny_export
 
+import probe_discriminator
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_probe_tells_an_untrained_generator_from_reals(setup, tmp_path):
     assert heads == [f"accuracy_tiny_{k}" for k in range(len(result["head_depths"]))]
     # Separable data: the best head and the overall score get every held-out image right (measured 1.0 and 1.0, the
     # coarse levels' heads 1.0 / 0.99). The fine levels' BatchNorm heads score at or below chance in eval mode
-    # (0.36 / 0.5), having trained on all-real and all-fake batches (issue 16, point 5).
+    # (0.36 / 0.5), having trained on all-real and all-fake batches.
     assert result["head_depths"] == [1, 1, 1, 1] and result["input_size"] == 32
     assert max(result[h] for h in heads) >= 0.95 and result["accuracy"] > 0.9, result
     assert result["accuracy_tiny_0"] < 0.6 and result["accuracy_tiny_1"] < 0.6, result

@@ -251,7 +251,7 @@ def test_round_exports_their_grid_and_the_sampler_uses_exactly_it(rounds, capsys
     teacher = sampler_for_export(rounds["teacher"], sampler="heun", num_steps=3)
     assert teacher.nfe == 5 and torch.equal(teacher.sigmas(), karras_sigmas(3))
     # the method table's row of a k-step export reports NFE k, whatever sampler the row names
-    from scripts.compare import parse_row, row_nfe
+    from compare import parse_row, row_nfe
 
     row = parse_row(f"PD 2 steps={rounds['two']}@sampler=heun,steps=18", 10)
     assert row_nfe(sampler_for_export(row.path, sampler=row.sampler, num_steps=row.steps), row) == 2
@@ -266,7 +266,7 @@ def test_student_starts_as_the_teacher_and_the_teacher_stays_frozen(rounds):
     student = checkpoint.torch_load(rounds["two"])
     assert teacher.keys() == student.keys()
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)
-    from scripts.train import parser_for
+    from train import parser_for
     from pagoda import script_util
     from pagoda.methods import progressive
 

@@ -200,10 +200,10 @@ def test_two_processes_match_one_process(tmp_path, launcher):
 def test_crashed_rank_ends_the_job(tmp_path):
     script = tmp_path / "crash.py"
     script.write_text(
-        "import sys, time\nsys.path.insert(0, %r)\nfrom pagoda import dist_util\n"
+        "import time\nfrom pagoda import dist_util\n"
         "dist_util.setup_dist()\n"
         "if dist_util.get_rank() == 1:\n    raise RuntimeError('rank 1 dies')\n"
-        "dist_util.barrier()\ntime.sleep(60)\n" % REPO)
+        "dist_util.barrier()\ntime.sleep(60)\n")
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
@@ -214,12 +214,12 @@ def test_crashed_rank_ends_the_job(tmp_path):
 def test_rank_consistency_check_catches_unseeded_projections(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom pagoda import dist_util\n"
+        "import sys\nfrom pagoda import dist_util\n"
         "from pagoda.features import create_feature_network\n"
         "dist_util.setup_dist()\n"
         "seed = 0 if sys.argv[1] == 'same' else dist_util.get_rank()\n"
         "dist_util.check_same_across_ranks(create_feature_network('tiny', seed=seed), what='projections')\n"
-        "print('consistent')\n" % REPO)
+        "print('consistent')\n")
     same = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "same"], capture_output=True, text=True,
                           timeout=120)
     assert same.returncode == 0 and same.stdout.count("consistent") == 2

@@ -79,7 +79,7 @@ def test_imagenet64_layout_matches_released_checkpoint(compat_dir, output_size, 
     assert layout(model) == read_keys(compat_dir / f"adm_imagenet64_out{output_size}_keys.txt")
     assert sum(p.numel() for p in model.parameters()) == params
     assert model.high_res_levels == {64: 0, 128: 1, 256: 2}[output_size]
-    # The adaptive GAN weight's layer: output_blocks[15 / 18 / 21][0].out_layers[3] (pagoda-method.md 3.4).
+    # The adaptive GAN weight's layer: output_blocks[15 / 18 / 21][0].out_layers[3] (docs/method.md 3.4).
     last = {64: 15, 128: 18, 256: 21}[output_size]
     assert model.last_resblock_conv() is model.output_blocks[last][0].out_layers[3]
     assert tuple(model.last_resblock_conv().weight.shape) == (192, 192, 3, 3)
@@ -166,7 +166,7 @@ def test_batch_equals_per_sample_outputs():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fresh_high_res_levels_are_identities(seed):
     """With zero-init high-res output convs and equal widths, a grown network is the base network whose final
-    features are nearest-up-sampled before the (shared) `out` head (pagoda-method.md 4.1)."""
+    features are nearest-up-sampled before the (shared) `out` head (docs/method.md 4.1)."""
     grown = tiny(output_size=32)
     fresh = {k: v.clone() for k, v in grown.state_dict().items()}
     golden_fill(grown, seed=seed)

@@ -1,4 +1,4 @@
-"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; seed-systems.md 1 and 6):
+"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; docs/method.md 7.1):
 the teacher's own denoiser run once at sigma_max, fine-tuned by a GAN alone.
 
     python scripts/train.py --method gdd --preset mnist16 --init_from runs/teacher/exports/denoiser_ema0.999.pt \
@@ -26,7 +26,7 @@ from ..generator import generate, generator_sidecar
 from ..image_datasets import check_labels, source_identity
 from ..model_io import load_backbone, real_classes
 from ..train_util import Objective, OptimSpec
-from ..unet import AttentionBlock, ResBlock, _NearestUpConv, _StridedConvDown
+from ..unet import AttentionBlock, ResBlock, NearestUpConv, StridedConvDown
 from . import common, gan
 
 TITLE = "GDD: GAN fine-tuning of the teacher at sigma_max"
@@ -78,9 +78,9 @@ def frozen_convs(backbone):
             convs += [(f"{prefix}.in_layers.2", module.in_layers[2]), (f"{prefix}.out_layers.3", module.out_layers[3])]
         elif isinstance(module, AttentionBlock):
             convs.append((f"{prefix}.proj_out", module.proj_out))
-        elif isinstance(module, (_StridedConvDown, _NearestUpConv)):
-            convs.append((f"{prefix}.{'op' if isinstance(module, _StridedConvDown) else 'conv'}",
-                          module.op if isinstance(module, _StridedConvDown) else module.conv))
+        elif isinstance(module, (StridedConvDown, NearestUpConv)):
+            convs.append((f"{prefix}.{'op' if isinstance(module, StridedConvDown) else 'conv'}",
+                          module.op if isinstance(module, StridedConvDown) else module.conv))
     return sorted(f"{name}.{p}" for name, conv in convs for p, _ in conv.named_parameters())
 
 

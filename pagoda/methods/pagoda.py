@@ -1,4 +1,4 @@
-"""PaGoDA stages 2 and 3 (pagoda-method.md 3-4): distil a one-step generator from the teacher on (latent, image)
+"""PaGoDA stages 2 and 3 (docs/method.md 3-4): distil a one-step generator from the teacher on (latent, image)
 pairs, or grow it to 2x/4x/8x resolution.
 
     # stage 2: G starts as a copy of the teacher, trained on (latent, image) pairs at the teacher's resolution
@@ -101,7 +101,7 @@ PRESETS = {
                         lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
                         total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
                         log_interval=50),
-    # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
+    # The paper's ImageNet settings (docs/method.md 6), corrected: the official 64->64 recipe trains nothing.
     "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
     "imagenet64to128": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, global_batch_size=256),
     "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,

@@ -19,7 +19,7 @@ The student starts as a copy of the teacher; Adam, the learning rate annealed li
 EMA (PD's settings). Export: <run_dir>/exports/student.pt, a 'denoiser' whose sidecar adds `sigmas` (the student's
 grid: the sampler uses exactly that, NFE = N/2) and `distilled_from` (its teacher's content hash).
 
-Unlike the v-diffusion seed repository (docs/seed-systems.md 2.3), the target is the exact two-step one: that code
+Unlike the v-diffusion seed repository (docs/method.md 7.2), the target is the exact two-step one: that code
 takes ONE teacher step and regresses on the teacher's intermediate denoised estimate, which is the right target
 only on the last step (elsewhere its implied eps explodes at small sigma), and it calls the teacher and the student
 at different times for the same noise level (off by one index). Here both see (x_t, sigma_t), and the teacher

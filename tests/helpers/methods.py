@@ -2,16 +2,11 @@
 process; GROUPS, PRESETS, CONSTRAINTS are the method module's."""
 
 import functools
-import os
-import sys
 import types
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+import train
 
-import train  # noqa: E402
-
-from pagoda import methods  # noqa: E402
+from pagoda import methods
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,17 +1,13 @@
 """Tiny teacher, encode and stage-2 runs through the scripts' own main(argv), in this process (8 px, 12 images)."""
 
 import os
-import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+import encode
 
-import encode  # noqa: E402
-
-from pagoda import logger  # noqa: E402
-from tests.helpers.methods import entry  # noqa: E402
+from pagoda import logger
+from tests.helpers.methods import entry
 
 TEACHER_FLAGS = ["--image_size", "8", "--model_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
                  "--attention_resolutions", "2", "--num_head_channels", "32", "--global_batch_size", "4",

@@ -3,15 +3,12 @@ toy_train.py RUN_DIR STEPS [--kill_at N] [--clean] [--keep K] [--global_noise]."
 
 import os
 import signal
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from pagoda import dist_util, logger, random_util  # noqa: E402
-from pagoda.train_util import OptimSpec, TrainLoop  # noqa: E402
-from tests.helpers.toy import ToyObjective, toy_data  # noqa: E402
+from pagoda import dist_util, logger, random_util
+from pagoda.train_util import OptimSpec, TrainLoop
+from tests.helpers.toy import ToyObjective, toy_data
 
 
 class KillAt:
