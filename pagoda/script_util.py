@@ -275,7 +275,7 @@ FLAG_CLASSES = {
               "num_head_channels",
               "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
               "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",
-              "recon_discriminator", "recon_loss", "unet", "generator", "data_dir", "latent_dir", "image_size",
+              "recon_discriminator", "recon_loss", "unet", "dimr", "arch", "dimr_layout", "dimr_time", "generator", "data_dir", "latent_dir", "image_size",
               "random_flip", "dataset", "dataset_identity", "num_images", "num_classes", "num_pairs"),
     # guarded is the default; listed here are those that records of the architecture hold too ("unet.dropout")
     "guarded": ("dropout",),
