@@ -71,8 +71,8 @@ def encoder_sidecar(backbone, *, encoder_sigma, input_sigma, sigma_max, sigma_da
     """The export sidecar of an amortised encoder (kind 'encoder'); `latent_settings` holds LATENT_SETTINGS of the
     ODE latents it was trained on."""
     cfg = backbone.config
-    side = {"kind": "encoder", "unet": cfg, "encoder_sigma": float(encoder_sigma), "input_sigma": float(input_sigma),
-            "sigma_max": float(sigma_max), "sigma_data": float(sigma_data), "image_size": cfg["image_size"],
+    side = {"kind": "encoder", backbone.SIDECAR_KEY: cfg, "encoder_sigma": float(encoder_sigma),
+            "input_sigma": float(input_sigma), "sigma_max": float(sigma_max), "sigma_data": float(sigma_data), "image_size": cfg["image_size"],
             "num_classes": cfg["num_classes"],
             "latent_settings": {k: latent_settings.get(k) for k in LATENT_SETTINGS}}
     if teacher_sha256:

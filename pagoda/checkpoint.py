@@ -138,13 +138,17 @@ def _stamp(path):
 # checkpoints) and sidecars written before the hash existed load as before.
 CONTENT_HASH = "content_sha256"
 _NUMBER = (int, float)
-# Required entries and their JSON types, by kind (checked when a consumer names the kind it needs).
+# A network's constructor config sits under its architecture's name: "unet" (pagoda.unet) or "dimr" (pagoda.dimr).
+NETWORK_KEYS = ("unet", "dimr")
+NETWORK = "network"
+# Required entries and their JSON types, by kind (checked when a consumer names the kind it needs); NETWORK: one of
+# NETWORK_KEYS, a dict.
 SIDECAR_SCHEMAS = {
-    "denoiser": {"unet": dict, "sigma_data": _NUMBER, "sigma_min": _NUMBER, "sigma_max": _NUMBER},
-    "generator": {"unet": dict, "sigma_data": _NUMBER, "sigma_max": _NUMBER},
+    "denoiser": {NETWORK: dict, "sigma_data": _NUMBER, "sigma_min": _NUMBER, "sigma_max": _NUMBER},
+    "generator": {NETWORK: dict, "sigma_data": _NUMBER, "sigma_max": _NUMBER},
     "domain_classifier": {"config": dict, "settings": dict, "record": dict},
     # the amortised encoder E(x, y) -> z (pagoda.amortised_encoder): what it inverts is in the sidecar
-    "encoder": {"unet": dict, "encoder_sigma": _NUMBER, "input_sigma": _NUMBER, "sigma_data": _NUMBER,
+    "encoder": {NETWORK: dict, "encoder_sigma": _NUMBER, "input_sigma": _NUMBER, "sigma_data": _NUMBER,
                 "sigma_max": _NUMBER, "latent_settings": dict},
 }
 # Entries any sidecar may carry, and their types.
@@ -210,7 +214,13 @@ def validate_sidecar(sidecar, *, source, kind=None):
     optional entries have their types, and (given `kind`) it holds every entry that kind needs."""
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("kind"), str):
         raise ValueError(f"{source}: a sidecar must be a JSON object with a string 'kind'; re-export the network")
-    required = SIDECAR_SCHEMAS.get(kind, {}) if kind is not None else {}
+    required = dict(SIDECAR_SCHEMAS.get(kind, {})) if kind is not None else {}
+    if required.pop(NETWORK, None) is not None:
+        present = [key for key in NETWORK_KEYS if key in sidecar]
+        if len(present) != 1:
+            raise ValueError(f"{source}: a {kind!r} sidecar needs one entry 'unet' or 'dimr' (its network's "
+                             f"configuration), found {present or 'neither'}; re-export the network")
+        required[present[0]] = dict
     for key, types in {**_OPTIONAL, **required}.items():
         if key not in sidecar:
             if key in required:

@@ -116,7 +116,7 @@ def generator_sidecar(backbone, *, sigma_max=80.0, sigma_data=0.5, output="raw",
     `null_class` (the guided teacher's, which G never samples) only when there is one, so PaGoDA exports stay
     byte-identical to those written before the entries existed."""
     cfg = backbone.config
-    side = {"kind": "generator", "unet": cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
+    side = {"kind": "generator", backbone.SIDECAR_KEY: cfg, "sigma_max": sigma_max, "sigma_data": sigma_data,
             "latent_size": cfg["image_size"], "output_size": cfg["output_size"] or cfg["image_size"],
             "num_classes": cfg["num_classes"]}
     if output != "raw":

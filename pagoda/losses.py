@@ -25,19 +25,62 @@ class EDMLoss:
         self.label_dropout = label_dropout
         self.null_class = null_class
 
-    def __call__(self, denoiser, x, y=None, generator=None):
+    def draw(self, x, y, generator):
+        """(sigma, lambda(sigma), eps, y with label dropout) for a batch, in one fixed order of draws."""
         n = x.shape[0]
         rnd = torch.randn(n, device=x.device, generator=generator)
         sigma = (rnd * self.P_std + self.P_mean).exp()
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         eps = torch.randn(x.shape, device=x.device, generator=generator)
-        x_sigma = x + append_dims(sigma, x.ndim) * eps
         if y is not None and self.label_dropout > 0:
             drop = torch.rand(n, device=x.device, generator=generator) < self.label_dropout
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        return sigma, weight, eps, y
+
+    def __call__(self, denoiser, x, y=None, generator=None):
+        sigma, weight, eps, y = self.draw(x, y, generator)
+        x_sigma = x + append_dims(sigma, x.ndim) * eps
         denoised = denoiser(x_sigma, sigma, y)
         per_sample = mean_flat((denoised.float() - x.float()) ** 2)
         return {"loss": weight * per_sample, "mse": per_sample, "sigma": sigma.detach()}
+
+
+class MultiScaleEDMLoss(EDMLoss):
+    """DiMR's multi-scale loss in EDM form, for a backbone with `forward_branches` (pagoda.dimr.DiMR).
+
+    Branch k predicts at 1/r of the input size. Its head is trained as the EDM denoiser of the r x r average-pooled
+    image x_k = avgpool_r(x) at the same sigma, whose noise is r * avgpool_r(eps): the noise sum-pooled over r x r
+    and divided by r (DiMR's scale correction), which keeps unit variance. Its denoised estimate is
+    c_skip x_k,sigma + c_out F_k with x_k,sigma = x_k + sigma r avgpool_r(eps), so the finest branch (r = 1) is
+    exactly the EDM loss of the Denoiser. loss = sum_k weights[k] lambda(sigma) |D_k - x_k|^2 (mean over C, H, W),
+    weights coarsest first (pagoda.dimr.multiscale_weights).
+    """
+
+    def __init__(self, *, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.weights = tuple(weights)
+
+    def __call__(self, denoiser, x, y=None, generator=None):
+        sigma, weight, eps, y = self.draw(x, y, generator)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        x, eps = x.to(dtype), eps.to(dtype)
+        s = append_dims(sigma.to(dtype), x.ndim)
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in denoiser.scalings(sigma.to(dtype)))
+        outputs = denoiser.backbone.forward_branches(c_in * (x + s * eps), sigma.to(dtype), y)
+        if len(outputs) != len(self.weights):
+            raise ValueError(f"{len(self.weights)} multi-scale weights for a backbone with {len(outputs)} branches")
+        terms = {"loss": 0.0}
+        for k, (w, F_k) in enumerate(zip(self.weights, outputs)):
+            r = x.shape[-1] // F_k.shape[-1]
+            x_k = F.avg_pool2d(x, r) if r > 1 else x
+            eps_k = r * F.avg_pool2d(eps, r) if r > 1 else eps
+            x_k_sigma = x_k + s * eps_k
+            mse = mean_flat((c_skip * x_k_sigma + c_out * F_k.to(dtype) - x_k) ** 2)
+            terms["loss"] = terms["loss"] + w * weight * mse
+            terms[f"mse_branch{k}"] = mse.detach()
+        terms["mse"] = terms.pop(f"mse_branch{len(outputs) - 1}")
+        terms["sigma"] = sigma.detach()
+        return terms
 
 
 class ReconstructionLoss:

@@ -9,6 +9,7 @@ import os
 import torch
 
 from . import checkpoint
+from .dimr import DiMR
 from .generator import Generator
 from .precond import Denoiser
 from .unet import UNetModel, imagenet64_config
@@ -16,6 +17,7 @@ from .unet import UNetModel, imagenet64_config
 HINTS = {"generator": " A pagoda generator export is `<run_dir>/exports/generator_ema<rate>.pt`.",
          "encoder": " An amortised encoder export is `<run_dir>/exports/encoder_ema<rate>.pt`, trained by "
                     "commands/encoder_mnist.sh (scripts/train.py --method encoder)."}
+ARCHITECTURES = {"unet": UNetModel, "dimr": DiMR}  # sidecar entry -> the network it configures
 RELEASED = {f"imagenet64_out{s}": (lambda s=s: imagenet64_config(output_size=s)) for s in (64, 128, 256)}
 
 
@@ -51,10 +53,16 @@ def load_backbone(path, *, expect_kind):
         raise ValueError(f"{path} is a training state, not an export; use the files in <run_dir>/exports/")
     if sidecar is None:
         sidecar = {"kind": expect_kind, "unet": infer_released_config(state_dict, source=path)}
-    backbone = UNetModel(**sidecar["unet"])
+    backbone = build_network(sidecar)
     checkpoint.load_state_dict_strict(backbone, state_dict, source=path)
     backbone.content_sha256 = sidecar.get(checkpoint.CONTENT_HASH) or checkpoint.weights_digest(state_dict)
     return backbone, sidecar
+
+
+def build_network(sidecar):
+    """The backbone a (validated) sidecar configures: the UNet under "unet", DiMR under "dimr"."""
+    key = next(k for k in ARCHITECTURES if k in sidecar)
+    return ARCHITECTURES[key](**sidecar[key])
 
 
 def real_classes(num_classes, null_class):

@@ -64,6 +64,6 @@ class Denoiser(nn.Module):
 def teacher_sidecar(backbone, *, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, null_class=None):
     """The export sidecar of a Denoiser around `backbone` (kind 'denoiser')."""
     cfg = backbone.config
-    return {"kind": "denoiser", "unet": cfg, "sigma_data": sigma_data, "sigma_min": sigma_min,
+    return {"kind": "denoiser", backbone.SIDECAR_KEY: cfg, "sigma_data": sigma_data, "sigma_min": sigma_min,
             "sigma_max": sigma_max, "null_class": null_class, "image_size": cfg["image_size"],
             "num_classes": cfg["num_classes"]}

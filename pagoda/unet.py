@@ -165,6 +165,8 @@ def _high_res_levels(image_size, output_size):
 class UNetModel(nn.Module):
     """ADM UNet with optional grown high-resolution output levels; returns the raw output F(c_in x, sigma, y)."""
 
+    SIDECAR_KEY = "unet"  # exports record the constructor config under this entry (pagoda.model_io.ARCHITECTURES)
+
     def __init__(self, *, image_size, model_channels, num_res_blocks, in_channels=3, out_channels=3,
                  attention_resolutions=(2, 4, 8), dropout=0.0, channel_mult=(1, 2, 3, 4), num_classes=None,
                  num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True, use_checkpoint=False,

@@ -439,7 +439,8 @@ def test_export_without_hash_or_sidecar_loads_as_before(tmp_path):
                    r"restore it or re-export the network"),
     ("[1, 2]", r"teacher.json: a sidecar must be a JSON object with a string 'kind'; re-export the network"),
     ('{"kind": "denoiser", "sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80}',
-     r"teacher.json: a 'denoiser' sidecar needs the entry 'unet'; re-export the network"),
+     r"teacher.json: a 'denoiser' sidecar needs one entry 'unet' or 'dimr' \(its network's configuration\), "
+     r"found neither; re-export the network"),
     ('{"kind": "denoiser", "unet": {}, "sigma_data": "0.5", "sigma_min": 0.002, "sigma_max": 80}',
      r"teacher.json: entry 'sigma_data' must be int/float, got str '0.5'; re-export the network"),
     ('{"kind": "denoiser", "unet": {}, "sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80, "null_class": true}',

@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "scripts"))
                  if f.endswith(".py") and "\ndef main(" in open(os.path.join(REPO, "scripts", f)).read())
 CLIS = ([f"method:{name}" for name in methods.METHODS] + [f"scripts.{name}" for name in SCRIPTS if name != "train"]
-        + ["evaluations.domain"])
+        + ["pagoda.domain"])
 
 
 def _groups_and_main(cli):

@@ -175,7 +175,8 @@ def test_every_training_flag_has_a_deliberate_class():
     assert fixed == {"model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
                      "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
                      "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",
-                     "recon_discriminator", "recon_loss", "data_dir", "latent_dir", "image_size", "random_flip"}
+                     "recon_discriminator", "recon_loss", "data_dir", "latent_dir", "image_size", "random_flip",
+                     "arch", "dimr_layout", "dimr_time"}
 
 
 def test_allowed_guarded_change_passes_and_fixed_never_does():

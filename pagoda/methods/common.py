@@ -81,7 +81,7 @@ def image_data_group(**changes):
 # How a resumed run may change the records methods add to config.json (Run.record), as script_util.flag_class reads
 # them. What the checkpoint's tensors are shaped by or were trained on is fixed; an architecture record also holds
 # two run settings, which keep the classes of their flags. Records not named here are guarded.
-ARCHITECTURE_RECORDS = ("unet", "generator", "encoder")
+ARCHITECTURE_RECORDS = ("unet", "dimr", "generator", "encoder")
 RECORD_CLASSES = {
     **{key: "fixed" for key in ARCHITECTURE_RECORDS + ("dataset", "dataset_identity", "num_images", "num_classes",
                                                        "num_pairs")},

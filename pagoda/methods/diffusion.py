@@ -11,7 +11,9 @@ import torch
 from .. import dist_util, logger, random_util, script_util
 from ..callbacks import TeacherPreview
 from ..image_datasets import source_identity
-from ..losses import EDMLoss
+from ..dimr import CONFIGS as DIMR_CONFIGS
+from ..dimr import TIME_CONDITIONING, DiMR, dimr_config, multiscale_weights
+from ..losses import EDMLoss, MultiScaleEDMLoss
 from ..model_io import load_backbone
 from ..precond import Denoiser, teacher_sidecar
 from ..train_util import Objective, OptimSpec
@@ -44,6 +46,20 @@ GROUPS = {
                     "released edm_imagenet64_ema.pt, whose architecture then replaces the model flags; '': random "
                     "initial weights"),
     ),
+    "architecture": dict(
+        arch=F("unet", "the teacher's network: 'unet' (ADM, the --model_channels ... flags) or 'dimr' (the "
+                       "multi-resolution DiMR backbone, the --dimr_* flags)", _c.one_of("unet", "dimr"),
+               resume="fixed"),
+        dimr_layout=F("p16_2r", "DiMR branch layout (pagoda/dimr.py CONFIGS): p16_2r / p16_3r / p32_3r are the "
+                                "~1M-parameter pixel layouts, xl2r_256 / xl3r_512 the ImageNet latent ones; the "
+                                "grids follow --image_size", _c.one_of(*DIMR_CONFIGS), resume="fixed"),
+        dimr_time=F("td", "how time enters DiMR: 'td' (time-dependent norms, DiMR's) or 'scale_shift' (the UNet's "
+                          "embedding MLP projected to each norm's scale and shift: the ablation)",
+                    _c.one_of(*TIME_CONDITIONING), resume="fixed"),
+        multiscale_loss=F(True, "with --arch dimr: DiMR's multi-scale loss over every branch's output (weights "
+                                "1/4, (1/2,) 1, coarsest first; losses.MultiScaleEDMLoss); false: the EDM loss on "
+                                "the finest output only"),
+    ),
     "loss": dict(
         P_mean=F(-1.2, "mean of ln(sigma) of the training noise levels (EDM's log-normal)", _c.finite),
         P_std=F(1.2, "standard deviation of ln(sigma) of the training noise levels", _c.greater_than(0)),
@@ -74,6 +90,9 @@ PRESETS = {
     # The CPU recipe on the bundled digits (commands/stage1_teacher_mnist.sh): a 1.0M-parameter teacher at 16 px.
     "mnist16": dict(model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, lr=2e-3, warmup_steps=100,
                     total_steps=1000, label_dropout=0.1),
+    # The same recipe with the 1.0M-parameter DiMR P16-2R (transformer at 8 px, ConvNeXt at 16 px) as the teacher.
+    "mnist16_dimr": dict(arch="dimr", dimr_layout="p16_2r", lr=2e-3, warmup_steps=100, total_steps=1000,
+                         label_dropout=0.1),
     # EDM (Karras et al. 2022, table 7) ImageNet-64 settings on the ADM architecture: batch 4096, lr 2e-4 with a
     # 10 Mimg warm-up, dropout 0.1, fp16, EMA half-life 50 Mimg (0.5 ** (4096 / 50e6) per step), 2500 Mimg.
     "imagenet64": dict(image_size=64, random_flip=True, cache_images=False, num_workers=8, model_channels=192,
@@ -118,12 +137,17 @@ class DiffusionObjective(Objective):
 
 
 def build_backbone(*, num_classes, image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
-                   num_head_channels, dropout=0.0, use_checkpoint=False, init_from=""):
-    """The teacher's UNet: loaded from `init_from`, the ADM ImageNet-64 network when the settings are its own,
-    else a UNet of these settings. `num_classes` counts the null class (None: unconditional)."""
+                   num_head_channels, dropout=0.0, use_checkpoint=False, init_from="", arch="unet",
+                   dimr_layout="p16_2r", dimr_time="td"):
+    """The teacher's network: loaded from `init_from`; else DiMR of `dimr_layout` at `image_size` (arch 'dimr'),
+    the ADM ImageNet-64 network when the settings are its own, or a UNet of these settings. `num_classes` counts
+    the null class (None: unconditional)."""
     if init_from:
         backbone, _ = load_backbone(init_from, expect_kind="denoiser")
         return backbone
+    if arch == "dimr":
+        return DiMR(**dimr_config(dimr_layout, image_size=image_size, num_classes=num_classes or 0,
+                                  time_conditioning=dimr_time))
     if image_size == 64 and model_channels == 192 and num_classes == 1000:
         return UNetModel(**dict(imagenet64_config(), dropout=dropout, use_checkpoint=use_checkpoint))
     return UNetModel(image_size=image_size, model_channels=model_channels, channel_mult=channel_mult,
@@ -133,7 +157,7 @@ def build_backbone(*, num_classes, image_size, model_channels, channel_mult, num
 
 
 ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-                "num_head_channels", "dropout", "use_checkpoint", "init_from")
+                "num_head_channels", "dropout", "use_checkpoint", "init_from", "arch", "dimr_layout", "dimr_time")
 
 
 def preset_architecture(preset):
@@ -150,8 +174,12 @@ def build(config, device):
     with random_util.seeded(config["seed"], "teacher"):
         backbone = build_backbone(num_classes=classes, **{k: config[k] for k in ARCHITECTURE}).to(device)
     dist_util.sync_params(backbone.parameters())
-    loss = EDMLoss(P_mean=config["P_mean"], P_std=config["P_std"], sigma_data=config["sigma_data"],
-                   label_dropout=config["label_dropout"], null_class=source.num_classes if guided else None)
+    loss_args = dict(P_mean=config["P_mean"], P_std=config["P_std"], sigma_data=config["sigma_data"],
+                     label_dropout=config["label_dropout"], null_class=source.num_classes if guided else None)
+    if isinstance(backbone, DiMR) and config["multiscale_loss"]:
+        loss = MultiScaleEDMLoss(weights=multiscale_weights(len(backbone.branches)), **loss_args)
+    else:
+        loss = EDMLoss(**loss_args)
     objective = DiffusionObjective(backbone=backbone, loss=loss, sigma_data=config["sigma_data"],
                                    sigma_min=config["sigma_min"], sigma_max=config["sigma_max"],
                                    ema_rates=config["ema_rates"])
@@ -165,6 +193,6 @@ def build(config, device):
             logger.log(f"on_error=skip: skipped {dataset.num_skipped} unreadable images in this process")
 
     record = dict(dataset=source.origin, dataset_identity=source_identity(source), num_images=len(source),
-                  num_classes=source.num_classes, unet=backbone.config)
+                  num_classes=source.num_classes, **{backbone.SIDECAR_KEY: backbone.config})
     return common.Run(objective=objective, data=common.stream(dataset, config, labels=config["class_cond"]),
                       optim=optim, callbacks=[preview], record=record, title=TITLE, finish=finish)
