@@ -78,11 +78,13 @@ def training_state(run_dir):
 
 @pytest.mark.slow
 def test_compiled_runs_keep_checkpoints_exports_samples_and_latents(tmp_path):
-    """A tiny teacher trained 6 steps with and without --compile (2 eager steps, the compiling one, 3 compiled),
+    """A tiny teacher trained 5 steps with and without --compile (2 eager steps, the compiling one, 2 compiled),
     then sampled and encoded from its export with and without it: the same keys everywhere, the same numbers up to
     float rounding, and the compile report in each log."""
     data = tiny_dataset(tmp_path / "data")
-    flags = ["--total_steps", "6", "--save_interval", "6"]
+    # RAdam's first steps are un-normalised momentum steps: rounding differences stay rounding-sized. Adam's
+    # g / sqrt(v) turns them into whole lr-sized steps wherever a gradient is near zero (seen: 1e-4 at lr 1e-3).
+    flags = ["--total_steps", "5", "--save_interval", "5", "--optimizer", "radam"]
     exports = {mode: teacher_run(tmp_path / mode, data, *flags, "--compile", str(mode == "compiled"))
                for mode in ("eager", "compiled")}
     assert re.search(r"compile \(training step\): compiling took [\d.]+ s; [\d.]+ ms per step eager",
