@@ -19,6 +19,11 @@ run levers "$@"
 run discriminator --iters 3 "$@"
 TABLE=${TABLE:-runs/quickstart/compare_table/compare.json}  # the method table's wall time, when one was made
 run domain $([ -f "$TABLE" ] && echo --table "$TABLE") "$@"
+if [ -n "${PAGODA_OFFICIAL_CM:-}" ]; then  # the official network side by side: needs a checkout (bench/official.py)
+  run official "$@"
+else
+  echo "[bench] official skipped: set PAGODA_OFFICIAL_CM to a consistency_models checkout" >&2
+fi
 RUN=${RUN:-runs/quickstart}  # the scripts that need a finished quickstart run (its models, samples, references)
 if [ -f "$RUN/ref16.npz" ]; then
   run inception_precision --ref "$RUN/ref16.npz" --samples "$RUN"/compare/samples/*/samples_*x16x16x3.npz "$@"

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 
 from . import checkpoint, dist_util, logger
+from .compile_util import CompileMeter
 from .faults import kill_point
 from .amp import MixedPrecision
 from .ema import EMA
@@ -110,6 +111,11 @@ class _Player:
         if dist_util.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.net = DDP(module, device_ids=ids, broadcast_buffers=False)
+        self.compiled = None  # torch.compile(net) once compiled: what losses call; net and module stay as they are
+
+    @property
+    def callable_net(self):
+        return self.net if self.compiled is None else self.compiled
 
     def state_dict(self):
         return {"model": self.module.state_dict(), "opt": self.opt.state_dict(), "scaler": self.mp.state_dict(),
@@ -133,12 +139,13 @@ class _Player:
 class TrainLoop:
     def __init__(self, *, objective, data, run_dir, global_batch_size, microbatch=0, optim=None,
                  precision="fp32", total_steps, log_interval=100, save_interval=1000, keep_checkpoints=3,
-                 seed=0, callbacks=(), config=None, title="training"):
+                 seed=0, callbacks=(), config=None, title="training", compile=False):
         """
         data: `data(start_batch) -> iterator` of dict batches of the per-rank size (global_batch_size / world);
               batch k of the stream must be a pure function of k so that resume is exact.
         optim: {player: OptimSpec}; microbatch: per-rank microbatch size (0 = the whole per-rank batch).
         callbacks: objects with `.interval` (steps; 0 = never) and `__call__(loop)`, e.g. preview grids.
+        compile: torch.compile the players the losses call, after two timed eager steps (pagoda/compile_util.py).
         """
         world = dist_util.get_world_size()
         if global_batch_size % world:
@@ -151,6 +158,7 @@ class TrainLoop:
         self.global_batch_size, self.total_steps, self.seed = global_batch_size, total_steps, seed
         self.log_interval, self.save_interval = log_interval, save_interval
         self.callbacks, self.config, self.title = list(callbacks), config or {}, title
+        self.compile = compile
         self.device = dist_util.dev()
         optim = optim or {}
         self.players = {name: _Player(name, m, optim.get(name, OptimSpec()), objective.ema_rates(name), precision,
@@ -206,8 +214,10 @@ class TrainLoop:
         timer, steps_since_log = time.time(), 0
         bar = logger.progress(total=self.total_steps, desc=self.title, unit="step")
         bar.update(self.step)
+        meter = CompileMeter("training step", self._compile_players, device=self.device) if self.compile else None
         while self.step < self.total_steps:
-            self.run_step()
+            with meter.unit() if meter else contextlib.nullcontext():
+                self.run_step()
             self.step += 1
             kill_point("train.step")
             steps_since_log += 1
@@ -227,6 +237,12 @@ class TrainLoop:
                 with record_function("checkpoint"):
                     self.save()
         bar.close()
+        if meter:
+            meter.report()
+
+    def _compile_players(self):
+        for player in self.players.values():
+            player.compiled = torch.compile(player.net)
 
     def run_step(self):
         for phase_index, phase in enumerate(self.objective.phases(self.step)):
@@ -236,7 +252,7 @@ class TrainLoop:
             self._update(self.players[phase.partition(":")[0]], phase, batch, phase_index)
 
     def _update(self, player, phase, batch, phase_index):
-        nets = {n: p.net for n, p in self.players.items()}
+        nets = {n: p.callable_net for n, p in self.players.items()}
         player.opt.zero_grad(set_to_none=True)
         n = _batch_len(batch)
         chunks = range(0, n, self.microbatch)

@@ -15,8 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from . import logger
 from .nn import zero_module
 
 GROUPS = 32
@@ -137,11 +139,55 @@ class AttentionBlock(nn.Module):
 
     def _forward(self, x):
         n, c, height, width = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, height * width)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (N, heads, tokens, head_dim)
-        h = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(head_dim)
-        h = h.transpose(-1, -2).reshape(n, c, height, width)
+        qkv = self.qkv(self.norm(x)).reshape(n, 3 * c, height * width)
+        h = attention_kernel(x.device.type)(qkv, self.num_heads).reshape(n, c, height, width)
         return x + self.proj_out(h)
+
+
+def attention_sdpa(qkv, num_heads):
+    """softmax(q^T k / sqrt(head_dim)) v of the (N, 3 * C, T) qkv tensor, as (N, C, T), through
+    F.scaled_dot_product_attention. q, k and v are made contiguous (N, heads, tokens, head_dim) tensors (one copy):
+    the fused CPU kernel and CUDA's flash / memory-efficient kernels want a unit-stride last dimension, and with
+    strided views SDPA falls back to its math path."""
+    n, width, tokens = qkv.shape
+    q, k, v = qkv.reshape(n, 3, num_heads, width // (3 * num_heads), tokens).transpose(-1, -2).contiguous().unbind(1)
+    h = F.scaled_dot_product_attention(q, k, v)
+    return h.transpose(-1, -2).reshape(n, width // 3, tokens)
+
+
+def attention_math(qkv, num_heads):
+    """attention_sdpa restricted to SDPA's unfused math path (kept as a candidate for the measurement)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return attention_sdpa(qkv, num_heads)
+
+
+def attention_bmm(qkv, num_heads):
+    """The official QKVAttention's formula: two batched matmuls over (N * heads), q and k each scaled by
+    head_dim^(-1/4) (kinder to fp16 than one 1/sqrt(head_dim) after the product), softmax in float32."""
+    n, width, tokens = qkv.shape
+    head_dim = width // (3 * num_heads)
+    q, k, v = (t.reshape(n * num_heads, head_dim, tokens) for t in qkv.chunk(3, dim=1))
+    scale = head_dim ** -0.25
+    weight = torch.bmm((q * scale).transpose(1, 2), k * scale)  # (N * heads, query tokens, key tokens)
+    weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
+    return torch.bmm(v, weight.transpose(1, 2)).reshape(n, width // 3, tokens)
+
+
+ATTENTION_KERNELS = {"sdpa": attention_sdpa, "math": attention_math, "bmm": attention_bmm}
+# The kernel per device type (docs/speed.md, bench/official.py): on CPU the fused SDPA kernel beats the official
+# bmm + softmax at every shape the configs use, and on CUDA SDPA takes its flash / memory-efficient kernels. Device
+# types not listed (mps, xpu, ...) take the plain formula, which every backend runs.
+ATTENTION_BY_DEVICE = {"cpu": "sdpa", "cuda": "sdpa"}
+_announced = set()
+
+
+def attention_kernel(device_type):
+    """The attention function for tensors on `device_type`; the first use of each device type is logged."""
+    name = ATTENTION_BY_DEVICE.get(device_type, "bmm")
+    if device_type not in _announced and not torch.compiler.is_compiling():
+        _announced.add(device_type)
+        logger.log(f"attention on {device_type}: {name} (pagoda.unet.ATTENTION_BY_DEVICE)")
+    return ATTENTION_KERNELS[name]
 
 
 def _level_width(base, mult, what):

@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 from pagoda import dist_util, logger, script_util
+from pagoda import guided_pairs
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
 from pagoda.checkpoint import atomic_write_text
-from pagoda import guided_pairs
+from pagoda.compile_util import compile_forward
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip
 from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity
 from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items
@@ -60,6 +61,11 @@ GROUPS = {
                       "sigma_min; clean images are modes, which flow to atypically small latents", _c.at_least(0)),
         precision=F("auto", "autocast precision of the teacher: fp32, bf16, fp16 or auto (bf16 where the device "
                     "computes it natively, else fp32)", _c.one_of(*PRECISION_CHOICES)),
+        # not in the chunks' settings: compiled latents equal eager ones within float rounding
+        compile=F(False, "torch.compile the teacher's forward after two eager calls; logs the compile time, the "
+                  "speed-up and after how many calls it pays for itself. Minutes of compiling for a fraction of "
+                  "every call (each image takes 2 * (num_steps - 1) calls): for ImageNet-size sets, not the "
+                  "bundled recipes. Needs a C++ compiler on CPU", resume="free"),
     ),
     "output": dict(
         out_dir=F("runs/latents", "folder of the latent chunks and their manifest (resumable: a rerun finishes what "
@@ -115,8 +121,17 @@ def main(argv=None):
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
+    meter = compile_forward(teacher.backbone, "teacher", device=device) if args.compile else None
     if args.direction == "decode":
-        return decode_main(args, teacher, device)
+        decode_main(args, teacher, device)
+    else:
+        encode_main(args, teacher, device)
+    if meter:
+        meter.report()
+    dist_util.cleanup()
+
+
+def encode_main(args, teacher, device):
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     image_size = args.image_size or teacher.backbone.config["image_size"]
     if image_size != teacher.backbone.config["image_size"]:
@@ -157,7 +172,6 @@ def main(argv=None):
     if dist_util.is_main():
         finish(args, store, dataset, items, image_size, n, teacher, sigmas)
     dist_util.barrier()
-    dist_util.cleanup()
 
 
 def decode_main(args, teacher, device):
@@ -201,7 +215,6 @@ def decode_main(args, teacher, device):
         store.write_manifest(manifest_)
         logger.log(f"guided pairs complete: {args.out_dir} ({args.num_pairs} pairs)")
     dist_util.barrier()
-    dist_util.cleanup()
 
 
 def teacher_classes(teacher):

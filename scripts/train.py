@@ -60,7 +60,7 @@ def main(argv=None, *, method=None):
                      global_batch_size=args.global_batch_size, microbatch=args.microbatch, optim=run.optim,
                      precision=args.precision, total_steps=args.total_steps, log_interval=args.log_interval,
                      save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-                     callbacks=run.callbacks, config=config, title=run.title)
+                     callbacks=run.callbacks, config=config, title=run.title, compile=args.compile)
     loop.run()
     if run.finish is not None:
         run.finish()

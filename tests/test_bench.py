@@ -73,3 +73,74 @@ def test_profile_families(op, family):
     import profile_steps
 
     assert profile_steps.family(op) == family
+
+
+STAND_IN_UNET = '''"""A stand-in for the official cm/unet.py: the project's network behind the official interface."""
+import os
+
+import torch
+
+from pagoda.unet import UNetModel as ProjectUNet
+
+QKVFlashAttention = None  # bench/official.py replaces it by QKVAttention
+
+
+class QKVAttention:
+    def __init__(self, num_heads):
+        self.num_heads = num_heads
+
+
+class UNetModel(ProjectUNet):
+    def __init__(self, *, use_fp16, **kwargs):
+        super().__init__(**kwargs)
+
+    def forward(self, x, timesteps, y=None):
+        offset = float(os.environ.get("STAND_IN_OFFSET", "0"))
+        return super().forward(x, torch.exp(timesteps / 250.0), y) + offset
+'''
+
+
+def run_official_bench(checkout, *args, offset="0"):
+    env = {k: v for k, v in os.environ.items() if k != "PAGODA_OFFICIAL_CM"}
+    if checkout is not None:
+        env.update(PAGODA_OFFICIAL_CM=str(checkout), STAND_IN_OFFSET=offset)
+    return subprocess.run([sys.executable, os.path.join(REPO, "bench", "official.py"), "--device", "cpu",
+                           "--configs", "bundled", "--batch", "2", "--rounds", "1", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_official_bench_names_the_checkout_it_needs(tmp_path):
+    out = run_official_bench(None)
+    assert out.returncode == 1 and "set PAGODA_OFFICIAL_CM to a checkout of" in out.stderr
+    out = run_official_bench(tmp_path)
+    assert out.returncode == 1 and f"PAGODA_OFFICIAL_CM={tmp_path} has no cm/unet.py" in out.stderr
+
+
+def stand_in_checkout(tmp_path):
+    (tmp_path / "cm").mkdir()
+    (tmp_path / "cm" / "__init__.py").write_text("")
+    (tmp_path / "cm" / "unet.py").write_text(STAND_IN_UNET)
+    return tmp_path
+
+
+def test_official_bench_reports_ratios_per_kernel_against_a_stand_in(tmp_path):
+    """The stand-in is the project's own network: the bench loads the weights across, agrees, times every kernel."""
+    out = run_official_bench(stand_in_checkout(tmp_path), "--kernels", "sdpa,bmm")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ratios = dict(re.findall(r"^RATIO (\w+): (\S+)", out.stdout, flags=re.M))
+    assert sorted(ratios) == [f"official_over_project_{k}_{p}_bundled" for k in ("bmm", "sdpa")
+                              for p in ("forward", "train")]
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in ratios.values()), ratios
+
+
+def test_official_bench_refuses_a_network_that_disagrees(tmp_path):
+    out = run_official_bench(stand_in_checkout(tmp_path), offset="0.01")
+    assert out.returncode == 1 and "bundled: the project's network does not reproduce the official one" in out.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("PAGODA_OFFICIAL_CM"), reason="needs PAGODA_OFFICIAL_CM: an official checkout")
+def test_official_bench_against_the_official_checkout():
+    out = run_official_bench(os.environ["PAGODA_OFFICIAL_CM"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    ratios = dict(re.findall(r"^RATIO (\w+): (\S+)", out.stdout, flags=re.M))
+    assert sorted(ratios) == ["official_over_project_forward_bundled", "official_over_project_train_bundled"]

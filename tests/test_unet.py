@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pagoda import unet
 from pagoda.unet import GroupNorm32, UNetModel, imagenet64_config
 
 GN_GAIN_SUFFIXES = ("in_layers.0.weight", "out_layers.0.weight", "norm.weight")
@@ -244,3 +245,97 @@ def test_forward_input_errors():
         model(x, sigma[:2], y)
     with pytest.raises(ValueError, match=re.escape("num_classes=None, so it needs y=None")):
         tiny(num_classes=None)(x, sigma, y)
+
+
+# --- 4. attention kernels -------------------------------------------------------------------------------------
+
+
+def reference_attention(qkv, num_heads):
+    """The official formula in float64: [q | k | v] chunks split into heads, softmax(q^T k / sqrt(d)) v."""
+    n, width, tokens = qkv.shape
+    head_dim = width // (3 * num_heads)
+    q, k, v = (t.double().reshape(n * num_heads, head_dim, tokens) for t in qkv.chunk(3, dim=1))
+    weight = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / head_dim**0.5, dim=-1)
+    return torch.einsum("bts,bcs->bct", weight, v).reshape(n, width // 3, tokens).to(qkv.dtype)
+
+
+def bundled_config(**overrides):
+    from pagoda.methods import diffusion
+
+    return dict(diffusion.build_backbone(num_classes=10, **diffusion.preset_architecture("mnist16")).config,
+                **overrides)
+
+
+def attention_shapes(config):
+    """{(qkv width, tokens, heads)} of every attention block of a network, read off a shape-only (meta) forward."""
+    with torch.device("meta"):
+        model = UNetModel(**config)
+        shapes = set()
+        for block in model.modules():
+            if isinstance(block, unet.AttentionBlock):
+                block.qkv.register_forward_hook(
+                    lambda m, args, out, heads=block.num_heads: shapes.add((out.shape[1], out[0, 0].numel(), heads)))
+        n = 1
+        model(torch.zeros(n, 3, config["image_size"], config["image_size"]), torch.ones(n),
+              torch.zeros(n, dtype=torch.long) if config["num_classes"] else None)
+    return sorted(shapes)
+
+
+SHAPE_CONFIGS = {"bundled": bundled_config, "imagenet64": imagenet64_config}
+
+
+@pytest.mark.parametrize("config", sorted(SHAPE_CONFIGS))
+@pytest.mark.parametrize("kernel", sorted(unet.ATTENTION_KERNELS))
+def test_attention_kernels_equal_the_reference_formula(config, kernel):
+    """Every kernel, forward and backward, at every attention shape of the bundled and ImageNet-64 networks."""
+    shapes = attention_shapes(SHAPE_CONFIGS[config]())
+    assert len(shapes) == {"bundled": 2, "imagenet64": 3}[config]
+    gen = torch.Generator().manual_seed(0)
+    for width, tokens, heads in shapes:
+        qkv = torch.randn(1, width, tokens, generator=gen, requires_grad=True)
+        cotangent = torch.randn(1, width // 3, tokens, generator=gen)
+        out = unet.ATTENTION_KERNELS[kernel](qkv, heads)
+        (grad,) = torch.autograd.grad(out, qkv, cotangent)
+        qkv64 = qkv.detach().double().requires_grad_()
+        expected = reference_attention(qkv64, heads)
+        (expected_grad,) = torch.autograd.grad(expected, qkv64, cotangent.double())
+        torch.testing.assert_close(out, expected.float(), atol=2e-5, rtol=1e-5, msg=f"{kernel} at {width, tokens}")
+        torch.testing.assert_close(grad, expected_grad.float(), atol=1e-4, rtol=1e-5)
+
+
+def network_outputs(model, kernel, monkeypatch, inputs, w):
+    monkeypatch.setitem(unet.ATTENTION_BY_DEVICE, "cpu", kernel)
+    with torch.no_grad():
+        return model(*inputs, w=w)
+
+
+@pytest.mark.parametrize("config", ["bundled", pytest.param("imagenet64_layout", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("guided", [False, True])
+def test_network_with_each_kernel_equals_the_reference(config, guided, monkeypatch):
+    """Whole networks, class-conditional, without and with the guidance-scale input (it enters through the
+    embedding, as the labels do), give the reference formula's output with every kernel."""
+    kwargs = bundled_config() if config == "bundled" else imagenet64_config(64)
+    if config != "bundled":  # the ImageNet-64 layout (levels, attention, 1000 classes) at a test's width
+        kwargs.update(model_channels=32, channels_high=32, num_head_channels=32)
+    model = golden_fill(UNetModel(**kwargs, guidance_embed=guided)).eval()
+    size, n = kwargs["image_size"], 2
+    gen = torch.Generator().manual_seed(1)
+    inputs = (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0.3, 12.0]),
+              torch.tensor([1, kwargs["num_classes"] - 1]))
+    w = torch.tensor([1.5, 4.0]) if guided else None
+    monkeypatch.setitem(unet.ATTENTION_KERNELS, "reference", reference_attention)
+    expected = network_outputs(model, "reference", monkeypatch, inputs, w)
+    if guided:  # the guidance input is live: another w changes the output
+        assert (network_outputs(model, "reference", monkeypatch, inputs, None) - expected).abs().max() > 1e-3
+    for kernel in sorted(set(unet.ATTENTION_KERNELS) - {"reference"}):
+        out = network_outputs(model, kernel, monkeypatch, inputs, w)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4, msg=kernel)
+
+
+def test_attention_choice_per_device_is_logged_once(monkeypatch, capsys):
+    monkeypatch.setattr(unet, "_announced", set())
+    assert unet.attention_kernel("cpu") is unet.ATTENTION_KERNELS[unet.ATTENTION_BY_DEVICE["cpu"]]
+    assert unet.attention_kernel("cpu") is unet.attention_kernel("cpu")
+    assert unet.attention_kernel("mps") is unet.attention_bmm  # device types without a measurement: the formula
+    assert capsys.readouterr().out.splitlines() == [
+        "attention on cpu: sdpa (pagoda.unet.ATTENTION_BY_DEVICE)", "attention on mps: bmm (pagoda.unet.ATTENTION_BY_DEVICE)"]

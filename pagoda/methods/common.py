@@ -40,6 +40,10 @@ TRAIN_FLAGS = dict(
     allow_config_change=F(False, "when resuming, accept changed guarded settings (learning rates, loss weights, "
                           "...); architecture and data changes are refused anyway (use a new --run_dir)",
                           resume="free"),
+    compile=F(False, "torch.compile the trained networks after two eager steps; logs the compile time, the "
+              "speed-up and after how many steps it pays for itself. Minutes of compiling for a fraction of every "
+              "step: for runs of tens of thousands of steps (the ImageNet stages), not the bundled recipes. Needs a "
+              "C++ compiler on CPU. Checkpoints and exports are the same with or without it", resume="free"),
 )
 IMAGE_DATA_FLAGS = dict(
     data_dir=F("bundled:mnist", "training images: bundled:<name> (mnist, mnist5k, fashion, ...), a folder "
