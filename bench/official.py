@@ -25,16 +25,15 @@ rounding. A few minutes on 2 CPU threads with the defaults; timings are only wor
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import BUNDLED, alternated, cpu_banner, report_ratio  # noqa: E402
-from pagoda import unet  # noqa: E402
-from pagoda.unet import UNetModel, imagenet64_config  # noqa: E402
+from common import BUNDLED, alternated, cpu_banner, report_ratio
+from pagoda import unet
+from pagoda.unet import UNetModel, imagenet64_config
 
 ENV = "PAGODA_OFFICIAL_CM"
 CONFIGS = {
@@ -52,7 +51,11 @@ def official_unet_module(folder):
         sys.exit(f"error: set {ENV} to a checkout of github.com/openai/consistency_models (see bench/official.py)")
     if not os.path.isfile(os.path.join(folder, "cm", "unet.py")):
         sys.exit(f"error: {ENV}={folder} has no cm/unet.py; it must name the checkout's top folder")
-    sys.path.insert(0, os.path.abspath(folder))
+    package = os.path.join(os.path.abspath(folder), "cm")
+    spec = importlib.util.spec_from_file_location("cm", os.path.join(package, "__init__.py"),
+                                                  submodule_search_locations=[package])
+    sys.modules["cm"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["cm"])
     module = importlib.import_module("cm.unet")
     module.QKVFlashAttention = lambda channels, num_heads, **_: module.QKVAttention(num_heads)
     return module

@@ -1,20 +1,15 @@
 """--compile (pagoda/compile_util.py): the compile-time / break-even report, and that compiling changes nothing a run
 keeps (checkpoint keys, exports, samples, latents) beyond float rounding."""
 
-import os
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from pagoda import checkpoint, compile_util
-from tests.helpers.tiny_runs import REPO, _main, encode_run, teacher_run, tiny_dataset
-
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-import sample  # noqa: E402
+import sample
+from tests.helpers.tiny_runs import _main, encode_run, teacher_run, tiny_dataset
 
 
 def fake_clock(monkeypatch, durations):
