@@ -49,6 +49,7 @@ def main(argv=None, *, method=None):
     if args.method != name:
         parser.error(f"--method {args.method} given to the {name} entry point")
     script_util.handle_dry_run(args)
+    script_util.resolve_paths(args)
     device = dist_util.setup_dist()
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir)
