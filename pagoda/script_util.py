@@ -296,7 +296,7 @@ def handle_dry_run(args):
 FLAG_CLASSES = {
     "free": ("total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps", "monitor_interval",
              "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers", "cache_images", "use_checkpoint",
-             "microbatch", "run_dir", "preset", "allow_config_change", "git_commit", "world_size"),
+             "microbatch", "run_dir", "preset", "allow_config_change", "git_commit", "world_size", "log_format"),
     "fixed": ("method", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
               "num_head_channels",
               "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",

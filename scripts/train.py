@@ -52,7 +52,7 @@ def main(argv=None, *, method=None):
     script_util.resolve_paths(args)
     device = dist_util.setup_dist()
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
-    logger.configure(args.run_dir)
+    logger.configure(args.run_dir, formats=args.log_format)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     run = spec.build(script_util.args_to_dict(args, vars(args)), device)
     config = script_util.write_config(args.run_dir, args, allow_change=args.allow_config_change, **run.record)

@@ -11,7 +11,14 @@ from ..image_datasets import ImageDataset, infinite_batches, open_source
 # Flags TrainLoop consumes, with the defaults a method may override (`train_group(**overrides)`).
 TRAIN_FLAGS = dict(run_dir="runs/train", global_batch_size=32, microbatch=0, ema_rates=(0.999,), precision="auto",
                    total_steps=1000, log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0,
-                   preview_interval=1000, allow_config_change=False)
+                   preview_interval=1000, allow_config_change=False,
+                   log_format=script_util.Flag(
+                       ("csv",), "where the logged scalars go, in <run_dir>: csv (progress.csv; always included) and "
+                       "tensorboard (event files beside it, with the preview grids; watch with `tensorboard "
+                       "--logdir <run_dir or its parent>`)",
+                       check=[script_util.each(script_util.one_of(*logger.LOG_FORMATS), distinct=True),
+                              lambda v: None if "csv" in v else "must include csv (reports read progress.csv)"],
+                       resume="free"))
 IMAGE_DATA_FLAGS = dict(data_dir="bundled:mnist", image_size=0, random_flip=False, num_workers=0, cache_images=True,
                         on_error="raise")
 
