@@ -115,10 +115,8 @@ class _Fetch:
         stat = self._stat(self.url)
         if stat is not None:
             path = self.file(self.url, stat, self.name, pinned=pinned, whole=True)
-            sidecar = checkpoint.sidecar_path(self.url)
-            side_stat = self._stat(sidecar) if sidecar != self.url else None
-            if side_stat is not None:
-                self.file(sidecar, side_stat, checkpoint.sidecar_path(self.name), pinned=None, whole=True)
+            if self.url.endswith(".pt"):
+                self.sidecar()
             kind = "file"
         else:
             if pinned:
@@ -128,6 +126,15 @@ class _Fetch:
         checkpoint.atomic_write_text(json.dumps({"url": self.url, "kind": kind, "path": path}),
                                      os.path.join(self.root, "resolved.json"))
         return path
+
+    def sidecar(self):
+        """An export's `.json` beside its `.pt`, when the store has one (a released checkpoint has none)."""
+        url, relative = checkpoint.sidecar_path(self.url), checkpoint.sidecar_path(self.name)
+        stat = self._stat(url)
+        if stat is not None:
+            self.file(url, stat, relative, pinned=None, whole=True)
+        else:  # a sidecar the store no longer has must not describe the new weights
+            _remove(os.path.join(self.root, "data", relative), os.path.join(self.root, "records", relative + ".json"))
 
     def _stat(self, url):
         try:
@@ -143,7 +150,10 @@ class _Fetch:
         wanted = set()
         logger.log(f"mirroring {self.url} ({len(entries):,} files) into {os.path.join(self.root, 'data', self.name)}")
         for entry in logger.progress(entries, desc=f"fetching {self.name}", unit="file"):
-            relative = os.path.join(self.name, entry.path[len(prefix):])
+            inside = entry.path[len(prefix):]
+            if inside.startswith("/") or ".." in inside.split("/"):
+                raise ValueError(f"{entry.path}: a blob name that would leave the cache folder")
+            relative = os.path.join(self.name, inside)
             wanted.add(relative)
             self.file(entry.path, entry.stat, relative, pinned=None, whole=False)
         _prune(os.path.join(self.root, "data", self.name), wanted, self.root)
@@ -257,9 +267,13 @@ def _prune(folder, wanted, root):
         for name in names:
             relative = os.path.relpath(os.path.join(parent, name), os.path.join(root, "data"))
             if relative not in wanted:
-                os.remove(os.path.join(parent, name))
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(root, "records", relative + ".json"))
+                _remove(os.path.join(parent, name), os.path.join(root, "records", relative + ".json"))
+
+
+def _remove(*paths):
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _drop_partials(root):

@@ -61,6 +61,15 @@ def test_fetched_once_then_read_from_the_cache(store):
     assert store.fetches("teachers/t.pt") == 2
 
 
+def test_an_export_brings_its_sidecar_and_loses_it_with_the_store(store):
+    store.put("e/gen.pt", PAYLOAD)
+    store.put("e/gen.json", b'{"kind": "generator"}')
+    path = remote.localize(store.url("e/gen.pt"))
+    assert _read(path[:-3] + ".json") == b'{"kind": "generator"}'
+    del store.blobs["e/gen.json"]  # weights without a sidecar now (e.g. replaced by a released file)
+    assert remote.localize(store.url("e/gen.pt")) == path and not os.path.exists(path[:-3] + ".json")
+
+
 def test_local_paths_pass_through_untouched(tmp_path):
     for path in ("runs/x.pt", "bundled:mnist", "", str(tmp_path)):
         assert remote.localize(path) == path
