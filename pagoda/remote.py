@@ -167,7 +167,9 @@ class _Fetch:
         record_path = os.path.join(self.root, "records", relative + ".json")
         record = _read_record(record_path)
         if (record and record["url"] == url and record["version"] == stat.version and record["size"] == stat.size
-                and (not pinned or record["sha256"] == pinned) and _intact(dest, record, rehash=whole)):
+                and _intact(dest, record, rehash=whole)):
+            if pinned and record["sha256"] != pinned:
+                raise RemoteError(_pin_mismatch(url, record["sha256"], pinned))
             return dest
         if record:
             os.remove(record_path)
@@ -209,9 +211,7 @@ def _download(ctx, url, stat, dest, *, pinned, bar):
         if stat.md5 and md5.hexdigest() != stat.md5:
             raise _Damaged(f"the download has md5 {md5.hexdigest()}, the store reports {stat.md5}")
         if pinned and sha256.hexdigest() != pinned:
-            raise RemoteError(f"{url} has sha256 {sha256.hexdigest()}, but {pinned} is pinned for it; the download "
-                              "was discarded. The file at that URL is not the one pinned: pass a copy you trust "
-                              "as a local path, or correct the pin")
+            raise RemoteError(_pin_mismatch(url, sha256.hexdigest(), pinned) + "; the download was discarded")
         os.replace(partial, dest)
     finally:
         if bar:
@@ -219,6 +219,11 @@ def _download(ctx, url, stat, dest, *, pinned, bar):
         if os.path.exists(partial):
             os.remove(partial)
     return sha256.hexdigest()
+
+
+def _pin_mismatch(url, digest, pinned):
+    return (f"{url} has sha256 {digest}, but {pinned} is pinned for it: the file at that URL is not the one pinned. "
+            "Pass a copy you trust as a local path, or correct the pin")
 
 
 def _intact(dest, record, *, rehash):

@@ -3,6 +3,9 @@ reuse, damaged and truncated downloads refetched, killed fetches never taken for
 unreachable hosts, remote outputs refused, and sample.py / train.py end to end from URLs.
 
 The stand-in speaks the blob REST API blobfile uses, so the real blobfile client runs; only 127.0.0.1 is contacted.
+It is a Python server rather than the Azurite emulator because a clone must test without npm packages and the faults
+(damaged bodies, a fetch killed midway) must be injectable; where Azurite is installed, the last test checks
+pagoda.remote against it.
 """
 
 import hashlib
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from pagoda import logger, remote, script_util
+from tests.helpers.azurite import Azurite, azurite_binary
 from tests.helpers.blob_store import BlobStore
 from tests.helpers.exports import tiny_export
 from tests.helpers.tiny_runs import encode_run, stage2_run, tiny_dataset
@@ -133,8 +137,9 @@ def test_pinned_sha256(store, tmp_path, monkeypatch):
     assert not _cached_files(tmp_path) or not [f for f in _cached_files(tmp_path) if f.endswith("t.pt")]
     assert _read(remote.localize(store.url("t.pt") + f"#sha256={good}")) == PAYLOAD
     monkeypatch.setitem(remote.PINNED_SHA256, store.url("t.pt"), wrong)  # a released file's published digest
-    with pytest.raises(remote.RemoteError, match="is pinned for it"):
-        remote.localize(store.url("t.pt"))
+    with pytest.raises(remote.RemoteError, match=rf"{store.url('t.pt')} has sha256 {good}, but {wrong} is pinned"):
+        remote.localize(store.url("t.pt"))  # the cached copy's recorded digest answers: no second download
+    assert store.fetches("t.pt") == 2
     with pytest.raises(ValueError, match="#sha256=<64 hex digits>"):
         remote.localize(store.url("t.pt") + "#md5=abc")
 
@@ -245,3 +250,27 @@ def test_stage2_from_remote_teacher_latents_and_data(store, tmp_path):
                          "--data_dir", store.url("data/data.npz"))
     assert _read(fetched) == _read(local)
     assert store.fetches("teacher/denoiser.pt") == 1
+
+
+@pytest.mark.skipif(not azurite_binary(), reason="Azurite is not installed (npm install azurite; or set PAGODA_AZURITE)")
+def test_against_azurite(tmp_path, monkeypatch):
+    """The real emulator answers pagoda.remote as the stand-in does: file, sidecar, cache, pin, folder, missing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with Azurite(azurite_binary(), tmp_path / "azurite") as emulator:
+        monkeypatch.setenv(remote.ENDPOINT_ENV, emulator.endpoint)
+        monkeypatch.setattr(remote, "_CONTEXT", None)
+        emulator.put("e/t.pt", PAYLOAD)
+        emulator.put("e/t.json", b"{}")
+        emulator.put("lat/a.npy", b"a" * 10)
+        emulator.put("lat/sub/b.json", b"{}")
+        path = remote.localize(emulator.url("e/t.pt"))
+        assert _read(path) == PAYLOAD and _read(path[:-3] + ".json") == b"{}"
+        assert remote.localize("az://devstoreaccount1/models/e/t.pt") == path
+        with pytest.raises(remote.RemoteError, match="is pinned for it"):
+            remote.localize(emulator.url("e/t.pt") + "#sha256=" + "0" * 64)
+        folder = remote.localize(emulator.url("lat"))
+        assert _read(os.path.join(folder, "sub", "b.json")) == b"{}"
+        with pytest.raises(FileNotFoundError, match="no such file or folder"):
+            remote.localize(emulator.url("nothing"))
+    monkeypatch.setattr(remote, "_CONTEXT", None)
