@@ -302,7 +302,9 @@ def _locked(root):
 
 
 def _first_line(exc):
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The cause without blobfile's request dump."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unreachable_errors():
@@ -319,7 +321,8 @@ def _context():
         import blobfile
         endpoint = os.environ.get(ENDPOINT_ENV)
         pool = _emulator_pool_class()(endpoint) if endpoint else None
-        _CONTEXT = blobfile.create_context(retry_limit=RETRIES, save_access_token_to_disk=False, output_az_paths=False,
+        _CONTEXT = blobfile.create_context(retry_limit=RETRIES, retry_log_threshold=RETRIES - 1,
+                                           save_access_token_to_disk=False, output_az_paths=False,
                                            get_http_pool=(lambda: pool) if pool else None, log_callback=logger.log)
     return _CONTEXT
 
