@@ -158,13 +158,17 @@ OUTPUT_PATH_FLAGS = ("run_dir", "out_dir", "out")
 
 def resolve_paths(args):
     """Replace every remote input flag of `args` by its local copy (pagoda.remote.localize: fetched once, then
-    read from the cache). Called after --dry_run, so a dry run fetches nothing."""
-    for flag in INPUT_PATH_FLAGS:
-        value = getattr(args, flag, None)
-        if isinstance(value, tuple):
-            setattr(args, flag, tuple(remote.localize(v, flag=flag) for v in value))
-        elif isinstance(value, str):
-            setattr(args, flag, remote.localize(value, flag=flag))
+    read from the cache). Called after --dry_run, so a dry run fetches nothing. A URL that cannot be used (missing,
+    unreachable, failing its checks) ends the script with its message (exit 1)."""
+    try:
+        for flag in INPUT_PATH_FLAGS:
+            value = getattr(args, flag, None)
+            if isinstance(value, tuple):
+                setattr(args, flag, tuple(remote.localize(v, flag=flag) for v in value))
+            elif isinstance(value, str):
+                setattr(args, flag, remote.localize(value, flag=flag))
+    except (remote.RemoteError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
     return args
 
 

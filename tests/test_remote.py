@@ -209,6 +209,13 @@ def test_resolve_paths_fetches_input_flags_only(store):
     assert args.data_dir == "bundled:mnist" and args.seed == 3
 
 
+def test_scripts_stop_with_the_message_of_an_unusable_url(store):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import sample
+    with pytest.raises(SystemExit, match=r"^error: --model https://pagodatest\S*/gone\.pt: no such file or folder"):
+        sample.main(["--model", store.url("gone.pt")])
+
+
 def test_sample_script_from_a_url(store, tmp_path):
     """scripts/sample.py --model URL: the same samples as from the local file; a second run fetches nothing."""
     model = tiny_export(tmp_path / "gen" / "generator_ema0.99.pt", kind="generator")
