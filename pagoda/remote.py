@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import urllib.parse
 
 from . import checkpoint, logger

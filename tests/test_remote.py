@@ -196,6 +196,13 @@ def test_unsupported_urls_and_remote_outputs_are_refused():
     assert exit_info.value.code == 2
 
 
+def test_imagenet_recipes_start_from_the_released_teacher_url():
+    recipes = ["encode_imagenet64.sh", "gdd_imagenet64.sh", "progressive_imagenet64.sh", "stage2_imagenet64.sh"]
+    for recipe in recipes:
+        with open(os.path.join(REPO, "commands", recipe)) as f:
+            assert f"TEACHER=${{TEACHER:-{remote.TEACHER_URL}}}" in f.read(), recipe
+
+
 def test_resolve_paths_fetches_input_flags_only(store):
     store.put("w.pth", b"w")
 
