@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
-TEACHER=${TEACHER:-/path/to/edm_imagenet64_ema.pt}
+TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_imagenet64_ema.pt}
 OUT_DIR=${OUT_DIR:-runs/imagenet64/latents}
 
 DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --flips 0,1"

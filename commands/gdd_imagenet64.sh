@@ -7,7 +7,7 @@
 #      timm/HF cache).  Out: $RUN_DIR/exports/generator_ema0.9999.pt.  Target: FID 1.42 (GDD), 1.16 (GDD-I).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
-TEACHER=${TEACHER:-/path/to/edm_imagenet64_ema.pt}
+TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_imagenet64_ema.pt}
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 DEIT_WEIGHTS=${DEIT_WEIGHTS:-}
 EFFNET_WEIGHTS=${EFFNET_WEIGHTS:-}

@@ -14,7 +14,7 @@
 # --dry_run prints ONE JSON object: each round's resolved config under its run name ({"steps128": {...}, ...}).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
-TEACHER=${TEACHER:-/path/to/edm_imagenet64_ema.pt}
+TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_imagenet64_ema.pt}
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 RUN=${RUN:-runs/imagenet64/progressive}
 START_STEPS=${START_STEPS:-256}

@@ -6,7 +6,7 @@
 #      or the timm/HF cache).  Out: $RUN_DIR/exports/generator_ema0.999.pt.  Target: FID 1.21 (paper, NFE 1).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
-TEACHER=${TEACHER:-/path/to/edm_imagenet64_ema.pt}
+TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_imagenet64_ema.pt}
 LATENTS=${LATENTS:-runs/imagenet64/latents}
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 DEIT_WEIGHTS=${DEIT_WEIGHTS:-}

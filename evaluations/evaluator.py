@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pagoda import remote
+
 from .inception import load_inception
 from .metrics import FeatureStats, inception_score, kid, load_reference_stats, precision_recall
 
@@ -290,8 +292,10 @@ def _positive_int(text):
 
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("ref_batch", help="reference batch npz (ADM format, may carry mu/sigma/mu_s/sigma_s)")
-    parser.add_argument("sample_batch", help="sample batch npz, or a folder of npz files")
+    parser.add_argument("ref_batch", help="reference batch npz (ADM format, may carry mu/sigma/mu_s/sigma_s); a "
+                        "local path, or gs://, az:// or Azure blob https:// (fetched once into ~/.cache/pagoda)")
+    parser.add_argument("sample_batch", help="sample batch npz, or a folder of npz files; local or remote as "
+                        "ref_batch")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--inception", default=None, help="Inception weight file (pytorch-fid .pth or TorchScript)")
     parser.add_argument("--batch", type=_positive_int, default=100)
@@ -305,9 +309,14 @@ def create_argparser():
 def main(argv=None):
     args = create_argparser().parse_args(argv)
     try:
+        remote.refuse_remote_output(args.json, flag="json")
+        # gs://, az:// and Azure blob https:// batches (or a folder of them) are read from their cached copies
+        args.ref_batch, args.sample_batch = (remote.localize(p, flag=f) for p, f in
+                                             ((args.ref_batch, "ref_batch"), (args.sample_batch, "sample_batch")))
+        args.inception = remote.localize(args.inception, flag="inception")
         result = evaluate(args.ref_batch, args.sample_batch, inception=args.inception, batch=args.batch,
                           device=args.device, cache_dir=args.cache_dir or None, precision=args.precision)
-    except (ValueError, FileNotFoundError) as exc:  # bad inputs: the message, a nonzero exit, no score
+    except (ValueError, FileNotFoundError, remote.RemoteError) as exc:  # bad inputs: the message, exit 1, no score
         raise SystemExit(f"error: {exc}") from exc
     print(format_report(result))
     if args.json:

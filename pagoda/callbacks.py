@@ -29,9 +29,10 @@ class _Preview:
     def __call__(self, loop):
         if not dist_util.is_main():
             return
-        images = self.ema_samples(loop)
+        images = to_uint8(self.ema_samples(loop))
         path = os.path.join(loop.run_dir, "samples", f"{loop.step:07d}.png")
-        save_grid(to_uint8(images), path, scale=max(1, 128 // images.shape[-1]))
+        save_grid(images, path, scale=max(1, 128 // images.shape[1]))
+        logger.log_image(f"samples/{self.player}", images, loop.step)
 
     def ema_samples(self, loop):
         """Samples from the player's EMA weights (the last rate), in eval mode; the live weights are restored."""

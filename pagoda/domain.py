@@ -434,6 +434,7 @@ def main(argv=None):
     parser = script_util.create_parser(flag_groups(), description=__doc__.split("\n")[0])
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
+    script_util.resolve_paths(args)
     if not args.cache_dir and not args.out:
         parser.error("with --cache_dir '' (no cache) --out is required, or the classifier would be lost")
     settings = dict(heldout_dir=args.heldout_dir or None, heldout_fraction=args.heldout_fraction,

@@ -1,7 +1,8 @@
-"""Key/value training logs averaged across ranks (stdout, log.txt, progress.csv) and rank-0 progress bars.
+"""Key/value training logs averaged across ranks (stdout, log.txt, progress.csv, optionally TensorBoard event files)
+and rank-0 progress bars.
 
-Usage: `configure(run_dir)` once, `logkv_mean(key, value)` as often as wanted, `dumpkvs()` at the log
-cadence. Values logged with `logkv_mean` are count-weighted means over every call on every rank.
+Usage: `configure(run_dir, formats)` once, `logkv_mean(key, value)` as often as wanted, `dumpkvs()` at the log
+cadence. Values logged with `logkv_mean` are count-weighted means over every call on every rank. Only rank 0 writes.
 """
 
 import csv
@@ -14,15 +15,25 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist_util
+from .image_util import make_grid
+
+# What --log_format may name: progress.csv (always: reports and plots read it), TensorBoard event files beside it.
+LOG_FORMATS = ("csv", "tensorboard")
 
 
 class Logger:
-    def __init__(self, run_dir=None):
+    def __init__(self, run_dir=None, formats=("csv",)):
+        unknown = sorted(set(formats) - set(LOG_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown log formats {unknown}: choose from {', '.join(LOG_FORMATS)}")
         self.run_dir = run_dir
+        self.formats = tuple(formats)
         self.sums = defaultdict(float)
         self.counts = defaultdict(float)
         self.values = {}
         self.csv_keys = []
+        self.events = None
+        self.dumps = 0
         if run_dir and dist_util.is_main():
             os.makedirs(run_dir, exist_ok=True)
 
@@ -53,10 +64,50 @@ class Logger:
         self.sums.clear()
         self.counts.clear()
         self.values.clear()
+        self.dumps += 1
         if dist_util.is_main() and kvs:
             self._write_table(kvs)
-            self._write_csv(kvs)
+            if "csv" in self.formats:
+                self._write_csv(kvs)
+            if self._tensorboard():
+                self._write_events(kvs)
         return kvs
+
+    # -- TensorBoard ---------------------------------------------------------------------------------
+    def start_at(self, step):
+        """This run goes on from `step` (0 when fresh): TensorBoard readers drop whatever an earlier, interrupted
+        run of the folder logged after it, so a resumed run's curves never repeat a step."""
+        if self._tensorboard():
+            self.close()
+            self.events = _event_writer(self.run_dir, purge_step=step + 1)
+
+    def log_image(self, tag, images, step):
+        """uint8 NHWC `images` as one grid under `tag` at `step` (TensorBoard only; rank 0)."""
+        if self._tensorboard():
+            self._writer().add_image(tag, make_grid(images), int(step), dataformats="HWC")
+            self.events.flush()
+
+    def _tensorboard(self):
+        return "tensorboard" in self.formats and self.run_dir and dist_util.is_main()
+
+    def _writer(self):
+        if self.events is None:
+            self.events = _event_writer(self.run_dir, purge_step=None)
+        return self.events
+
+    def _write_events(self, kvs):
+        """Every scalar at the loop's `step` (the count of dumps where no step was logged)."""
+        step = int(kvs.get("step", self.dumps))
+        writer = self._writer()
+        for key, value in sorted(kvs.items()):
+            if key != "step":
+                writer.add_scalar(key, value, step)
+        writer.flush()  # at the log cadence, so a watching TensorBoard sees each row as it is written
+
+    def close(self):
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     # -- sinks -----------------------------------------------------------------------------------------
     def _write_table(self, kvs):
@@ -103,13 +154,24 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+def _event_writer(run_dir, *, purge_step):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(f"--log_format tensorboard needs the tensorboard package ({exc}); pip install it from "
+                          "requirements.txt, or leave tensorboard out of --log_format") from exc
+    return SummaryWriter(run_dir, purge_step=purge_step)
+
+
 _CURRENT = Logger()
 
 
-def configure(run_dir=None):
-    """Start logging into `run_dir` (rank 0 writes; every rank takes part in the averaging)."""
+def configure(run_dir=None, formats=("csv",)):
+    """Start logging into `run_dir` in `formats` (see LOG_FORMATS; rank 0 writes, every rank takes part in the
+    averaging). The previous logger's event file is closed."""
     global _CURRENT
-    _CURRENT = Logger(run_dir)
+    _CURRENT.close()
+    _CURRENT = Logger(run_dir, formats)
     if run_dir and dist_util.is_main() and os.path.exists(os.path.join(run_dir, "progress.csv")):
         _CURRENT.csv_keys = list(_read_csv_header(os.path.join(run_dir, "progress.csv")))
     return _CURRENT
@@ -134,6 +196,14 @@ def dumpkvs():
 
 def log(*args):
     _CURRENT.log(*args)
+
+
+def log_image(tag, images, step):
+    _CURRENT.log_image(tag, images, step)
+
+
+def start_at(step):
+    _CURRENT.start_at(step)
 
 
 def banner(*, title, config, world_size, per_rank_batch, global_batch, param_counts):

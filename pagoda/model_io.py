@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, remote
 from .dimr import DiMR
 from .generator import Generator
 from .precond import Denoiser
@@ -44,8 +44,8 @@ def load_backbone(path, *, expect_kind):
     `content_sha256` identifies the file's model: the sidecar's content hash, or for a released file without a
     sidecar the digest of its weights."""
     if not os.path.exists(path):
-        hint = (" The released EDM ImageNet-64 teacher is `edm_imagenet64_ema.pt` from the openai/consistency_models "
-                "release; a pagoda teacher export is `<run_dir>/exports/denoiser_ema<rate>.pt`."
+        hint = (f" The released EDM ImageNet-64 teacher can be given by its URL, {remote.TEACHER_URL}; a pagoda "
+                "teacher export is `<run_dir>/exports/denoiser_ema<rate>.pt`."
                 if expect_kind == "denoiser" else HINTS.get(expect_kind, ""))
         raise FileNotFoundError(f"{expect_kind} checkpoint not found: {path}.{hint}")
     state_dict, sidecar = checkpoint.load_export(path, expect_kind=expect_kind)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import checkpoint, dist_util, logger
+from . import checkpoint, dist_util, logger, remote
 
 
 def str2bool(v):
@@ -154,6 +154,34 @@ def parse_args(parser, presets=None, argv=None):
         if isinstance(value, list):
             setattr(args, action.dest, tuple(value))
     check_flags(parser, args, getattr(parser, "constraints", {}))
+    for flag in OUTPUT_PATH_FLAGS:
+        try:
+            remote.refuse_remote_output(getattr(args, flag, ""), flag=flag)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return args
+
+
+# Flags that name an input file or folder (any script): a remote value (gs://, az://, Azure blob https://) is
+# fetched into the local cache by resolve_paths. Flags that name an output folder are refused when remote.
+INPUT_PATH_FLAGS = ("init_from", "teacher", "model", "generator", "encoder_path", "data_dir", "heldout_dir",
+                    "latent_dir", "guided_pairs", "input", "classifier_data", "feature_weights", "inception")
+OUTPUT_PATH_FLAGS = ("run_dir", "out_dir", "out")
+
+
+def resolve_paths(args):
+    """Replace every remote input flag of `args` by its local copy (pagoda.remote.localize: fetched once, then
+    read from the cache). Called after --dry_run, so a dry run fetches nothing. A URL that cannot be used (missing,
+    unreachable, failing its checks) ends the script with its message (exit 1)."""
+    try:
+        for flag in INPUT_PATH_FLAGS:
+            value = getattr(args, flag, None)
+            if isinstance(value, tuple):
+                setattr(args, flag, tuple(remote.localize(v, flag=flag) for v in value))
+            elif isinstance(value, str):
+                setattr(args, flag, remote.localize(value, flag=flag))
+    except (remote.RemoteError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
     return args
 
 
@@ -243,11 +271,13 @@ def _show(value):
 
 
 def parse_cli(groups, argv=None, *, description, constraints=None, presets=None, required=None):
-    """Every script's preamble: the parser of `groups`, parsed with presets and checked, --dry_run, then each flag of
-    `required` ({flag: what to give}) an argparse error (exit 2) when it is empty. Returns (parser, args)."""
+    """Every script's preamble: the parser of `groups`, parsed with presets and checked, --dry_run, remote inputs
+    fetched (resolve_paths), then each flag of `required` ({flag: what to give}) an argparse error (exit 2) when it
+    is empty. Returns (parser, args)."""
     parser = create_parser(groups, description=description, presets=presets, constraints=constraints)
     args = parse_args(parser, presets, argv)
     handle_dry_run(args)
+    resolve_paths(args)
     missing = [f"--{flag} ({what})" for flag, what in (required or {}).items() if not getattr(args, flag)]
     if missing:
         parser.error(f"required: {'; '.join(missing)}")

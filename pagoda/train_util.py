@@ -167,6 +167,7 @@ class TrainLoop:
         self.step = 0
         self.batches_drawn = 0
         self._resume()
+        logger.start_at(self.step)
         self._stream = self.data(self.batches_drawn)
 
     # -- resume / save ---------------------------------------------------------------------------------

@@ -276,6 +276,7 @@ def main(argv=None):
     parser = create_parser()
     args = script_util.parse_args(parser, None, argv)
     script_util.handle_dry_run(args)
+    script_util.resolve_paths(args)
     if not args.row:
         parser.error("give at least one --row LABEL=EXPORT[@options]")
     rows = [parse_row(text, args.num_samples) for text in args.row]

@@ -48,9 +48,10 @@ def main(argv=None, *, method=None):
     if args.method != name:
         parser.error(f"--method {args.method} given to the {name} entry point")
     script_util.handle_dry_run(args)
+    script_util.resolve_paths(args)
     device = dist_util.setup_dist()
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
-    logger.configure(args.run_dir)
+    logger.configure(args.run_dir, formats=args.log_format)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     run = spec.build(script_util.args_to_dict(args, vars(args)), device)
     classes = {**parser.resume_classes, "method": "fixed", **common.RECORD_CLASSES}

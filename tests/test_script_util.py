@@ -171,7 +171,8 @@ def test_every_training_flag_has_a_deliberate_class():
     fixed = {k for k, cls in classes.items() if cls == "fixed"}
     assert free == {"total_steps", "log_interval", "save_interval", "preview_interval", "preview_steps",
                     "monitor_interval", "monitor_samples", "monitor_network", "keep_checkpoints", "num_workers",
-                    "cache_images", "use_checkpoint", "microbatch", "run_dir", "allow_config_change", "compile"}
+                    "cache_images", "use_checkpoint", "microbatch", "run_dir", "allow_config_change", "compile",
+                    "log_format"}
     assert fixed == {"model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels",
                      "class_cond", "label_dropout", "ema_rates", "grow_factor", "channel_mult_high", "activate_from",
                      "feature_networks", "feature_weights", "d_channel_scale", "d_norm", "feature_resolution",

@@ -40,6 +40,11 @@ TRAIN_FLAGS = dict(
     allow_config_change=F(False, "when resuming, accept changed guarded settings (learning rates, loss weights, "
                           "...); architecture and data changes are refused anyway (use a new --run_dir)",
                           resume="free"),
+    log_format=F(("csv",), "where the logged scalars go, in <run_dir>: csv (progress.csv; always included) and "
+                 "tensorboard (event files beside it, with the preview grids; watch with `tensorboard --logdir "
+                 "<run_dir or its parent>`)",
+                 [_c.each(_c.one_of(*logger.LOG_FORMATS), distinct=True),
+                  lambda v: None if "csv" in v else "must include csv (reports read progress.csv)"], resume="free"),
     compile=F(False, "torch.compile the trained networks after two eager steps; logs the compile time, the "
               "speed-up and after how many steps it pays for itself. Minutes of compiling for a fraction of every "
               "step: for runs of tens of thousands of steps (the ImageNet stages), not the bundled recipes. Needs a "
