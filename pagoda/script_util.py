@@ -315,7 +315,20 @@ def config_changes(recorded, requested):
         for key in sorted(set(old) | set(new)):
             if old.get(key, "<absent>") != new.get(key, "<absent>"):
                 changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key)))
+    if _same_dataset(recorded, requested):  # a dataset is known by its digest; where it is installed may change
+        changes = [c[:3] + ("free",) if c[0] in DATASET_LOCATION else c for c in changes]
     return changes
+
+
+# Where a dataset was read from (a bundled dataset's file inside the installed package): informative only when the
+# dataset's digest is recorded and unchanged, so a moved virtual environment or data folder resumes.
+DATASET_LOCATION = ("dataset", "dataset_identity.origin")
+
+
+def _same_dataset(recorded, requested):
+    digests = [(c.get("dataset_identity") or {}).get("digest") if isinstance(c.get("dataset_identity"), dict)
+               else None for c in (recorded, requested)]
+    return digests[0] is not None and digests[0] == digests[1]
 
 
 def _flatten(prefix, value):
@@ -342,8 +355,15 @@ def check_resume(recorded, requested, *, allow_change, flags, run_dir):
         lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in fixed]
     if guarded and not allow_change:
         lines.append("  other changes (pass --allow_config_change true to continue with the new values):")
-        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in guarded]
+        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}{_KEY_NOTES.get(c[0].split('.')[0], '')}"
+                  for c in guarded]
     raise ConfigChangeError("\n".join(lines))
+
+
+# Why a record key that is no flag is guarded, shown beside its refused change.
+_KEY_NOTES = {"lr_anneal_steps": " (the learning-rate anneal's length in optimiser steps, fixed when the run was "
+                                 "created; allowing the change rebuilds the anneal for the new --total_steps, so the "
+                                 "rate rises again, and the result differs from a run made that long at once)"}
 
 
 def _name(key, flags):
@@ -351,28 +371,56 @@ def _name(key, flags):
 
 
 def write_config(run_dir, args, *, allow_change=False, **extra):
-    """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`.
+    """check_config, then record the result at once (see check_config)."""
+    checked = check_config(run_dir, args, allow_change=allow_change, **extra)
+    checked.write()
+    return checked.config
 
-    When the run resumes (run_dir holds a training state) the settings are first checked against the recorded
-    config.json (check_resume); only then is it rewritten, and the accepted changes are logged and appended to
-    config_history.jsonl. A refusal raises ConfigChangeError on every rank.
+
+@dataclasses.dataclass
+class CheckedConfig:
+    """A run's settings that passed check_config; `write()` records them (rank 0) once the data and the model have
+    passed their own checks too, so that a refused command never leaves its settings in config.json."""
+    run_dir: str
+    config: dict
+    changes: list
+    flags: set
+    newest_state: object = None
+
+    def write(self):
+        if not dist_util.is_main():
+            return
+        if self.changes:
+            _log_changes(self.run_dir, self.changes, self.flags, newest_state=self.newest_state)
+        checkpoint.atomic_write_text(json.dumps(self.config, indent=1, sort_keys=True),
+                                     os.path.join(self.run_dir, "config.json"))
+
+
+def check_config(run_dir, args, *, allow_change=False, **extra):
+    """The run's config (resolved flags, git commit, world size and anything in `extra`), checked but not written.
+
+    When the run resumes (run_dir holds a training state) the settings are checked against the recorded config.json
+    (check_resume); a refusal raises ConfigChangeError on every rank. CheckedConfig.write() records the config and
+    appends accepted changes to config_history.jsonl.
     """
     config = resolved_config(args)
     config.update(extra, git_commit=git_commit(), world_size=dist_util.get_world_size())
     config = json.loads(json.dumps(config, default=str))  # tuples -> lists etc., as the recorded file holds them
-    error = None
+    flags = set(vars(args))
+    outcome = None
     if dist_util.is_main():
         try:
-            _record_config(run_dir, config, allow_change=allow_change, flags=set(vars(args)))
+            outcome = ("ok",) + _check_recorded(run_dir, config, allow_change=allow_change, flags=flags)
         except ConfigChangeError as exc:
-            error = str(exc)
-    error = dist_util.broadcast_object(error)
-    if error:
-        raise ConfigChangeError(error)
-    return config
+            outcome = ("refused", str(exc))
+    outcome = dist_util.broadcast_object(outcome)
+    if outcome[0] == "refused":
+        raise ConfigChangeError(outcome[1])
+    return CheckedConfig(run_dir, config, outcome[1], flags, outcome[2])
 
 
-def _record_config(run_dir, config, *, allow_change, flags):
+def _check_recorded(run_dir, config, *, allow_change, flags):
+    """(accepted changes, newest state's step or None) against run_dir's config.json; ConfigChangeError if refused."""
     path = os.path.join(run_dir, "config.json")
     states = checkpoint.CheckpointManager(run_dir).states()
     if states and os.path.exists(path):
@@ -383,11 +431,10 @@ def _record_config(run_dir, config, *, allow_change, flags):
                 raise ConfigChangeError(f"{path} is not valid JSON ({exc}); it records the settings of the run's "
                                         f"checkpoints: restore it, or use a new --run_dir") from None
         changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, run_dir=run_dir)
-        if changes:
-            _log_changes(run_dir, changes, flags, newest_state=states[0][0])
-    elif states:
+        return changes, states[0][0]
+    if states:
         logger.log(f"warning: {run_dir} has training states but no config.json; the settings were not checked")
-    checkpoint.atomic_write_text(json.dumps(config, indent=1, sort_keys=True), path)
+    return [], None
 
 
 def _log_changes(run_dir, changes, flags, *, newest_state):
