@@ -361,7 +361,7 @@ def check_resume(recorded, requested, *, allow_change, flags, run_dir):
 
 
 # Why a record key that is no flag is guarded, shown beside its refused change.
-_KEY_NOTES = {"lr_anneal_steps": " (the learning-rate anneal's length in optimiser steps, fixed when the run was "
+_KEY_NOTES = {"lr_anneal": " (the learning-rate anneal's length in optimiser steps, fixed when the run was "
                                  "created; allowing the change rebuilds the anneal for the new --total_steps, so the "
                                  "rate rises again, and the result differs from a run made that long at once)"}
 

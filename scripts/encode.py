@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import dist_util, logger, script_util  # noqa: E402
+from pagoda import dist_util, logger, run_lock, script_util  # noqa: E402
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda import guided_pairs  # noqa: E402
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip  # noqa: E402
 from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity  # noqa: E402
-from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items  # noqa: E402
+from pagoda.latent_store import LATENTS_FORMAT, LatentStore, image_subset, num_chunks, work_items  # noqa: E402
 from pagoda.model_io import load_teacher  # noqa: E402
 from pagoda.sampling import karras_sigmas  # noqa: E402
 
@@ -70,7 +70,7 @@ def manifest(args, teacher_side_image_size, num_images, chunks, source, settings
             "limit": args.limit, "num_chunks": chunks, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
             "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
-            "chunk_size": args.chunk_size, "format": "pagoda-latents-v1"}
+            "chunk_size": args.chunk_size, "format": LATENTS_FORMAT}
 
 
 def encoding_settings(args, teacher, source):
@@ -91,6 +91,11 @@ def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
                                     required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
     device = dist_util.setup_dist()
+    with run_lock.hold(args.out_dir, what="latent folder"):
+        encode_main(args, device)
+
+
+def encode_main(args, device):
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
     if args.direction == "decode":

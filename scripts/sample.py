@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pagoda import checkpoint, dist_util, logger, script_util  # noqa: E402
+from pagoda import checkpoint, dist_util, logger, run_lock, script_util  # noqa: E402
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision  # noqa: E402
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,  # noqa: E402
                                 sampler_for_export)
@@ -57,6 +57,11 @@ def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
                                     required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
+    with run_lock.hold(args.out_dir, what="sample folder"):
+        sample_main(args, device)
+
+
+def sample_main(args, device):
     logger.configure(args.out_dir)
     sampler = build_sampler(args, device)
     num_classes = sampler_classes(sampler)
@@ -84,7 +89,7 @@ def main(argv=None):
         made_all = sum(m for m, _ in rates)
         speed = made_all / max(max(s for _, s in rates), 1e-9) if made_all else float("nan")
         stats = {"samples": path, "num_samples": args.num_samples, "nfe": sampler.nfe, "images_per_s": speed,
-                 "made_now": made_all, "model": os.path.abspath(args.model)}
+                 "made_now": made_all, **model_identity(args.model)}
         stats_path = os.path.join(args.out_dir, "sampling.json")
         if made_all or not os.path.exists(stats_path):  # a rerun with nothing to do keeps the measured speed
             checkpoint.atomic_write_text(json.dumps(stats, indent=1), stats_path)

@@ -80,8 +80,8 @@ def train(args, spec, device):
 def anneal_record(optim):
     """The learning-rate anneal's length of each player that has one, recorded with the run when it is created: a
     resume with another length (an extended --total_steps) is a guarded change, refused unless allowed."""
-    lengths = {name: spec.decay_steps for name, spec in optim.items() if spec.decay_steps}
-    return {"lr_anneal_steps": lengths} if lengths else {}
+    lengths = {f"{name}_steps": spec.decay_steps for name, spec in optim.items() if spec.decay_steps}
+    return {"lr_anneal": lengths} if lengths else {}
 
 
 if __name__ == "__main__":
