@@ -100,8 +100,8 @@ def torch_load(path):
 # The layout of a training state. States written before the version existed hold the same layout and are read as
 # version 1; a state of another version, or with other entries, is refused naming the file (never half-read).
 STATE_FORMAT_VERSION = 1
-STATE_KEYS = {"format_version", "step", "batches_drawn", "players", "objective", "rng", "rng_per_rank"}
-_REQUIRED_STATE_KEYS = STATE_KEYS - {"format_version", "rng_per_rank"}
+STATE_KEYS = {"format_version", "step", "batches_drawn", "players", "objective", "rng", "rng_per_rank", "config"}
+_REQUIRED_STATE_KEYS = STATE_KEYS - {"format_version", "rng_per_rank", "config"}
 PLAYER_KEYS = {"model", "opt", "scaler", "ema", "opt_steps", "skipped_in_a_row", "skipped_total"}
 _REQUIRED_PLAYER_KEYS = {"model", "opt", "scaler", "ema", "opt_steps"}
 

@@ -386,6 +386,17 @@ class CheckedConfig:
     changes: list
     flags: set
     newest_state: object = None
+    unchecked: bool = False  # training states but no config.json
+
+    def check_state_record(self, recorded, *, allow_change):
+        """Without config.json, check against `recorded`, the settings the newest training state carries, so that
+        deleting config.json bypasses nothing. ConfigChangeError (on every rank: each loaded the state) if refused."""
+        if not self.unchecked or not recorded:
+            return
+        self.changes = check_resume(recorded, self.config, allow_change=allow_change, flags=self.flags,
+                                    run_dir=self.run_dir)
+        logger.log(f"{self.run_dir} has no config.json: the settings were checked against those its newest training "
+                   "state carries")
 
     def write(self):
         if not dist_util.is_main():
@@ -416,11 +427,12 @@ def check_config(run_dir, args, *, allow_change=False, **extra):
     outcome = dist_util.broadcast_object(outcome)
     if outcome[0] == "refused":
         raise ConfigChangeError(outcome[1])
-    return CheckedConfig(run_dir, config, outcome[1], flags, outcome[2])
+    return CheckedConfig(run_dir, config, outcome[1], flags, outcome[2], unchecked=outcome[3])
 
 
 def _check_recorded(run_dir, config, *, allow_change, flags):
-    """(accepted changes, newest state's step or None) against run_dir's config.json; ConfigChangeError if refused."""
+    """(accepted changes, newest state's step or None, whether config.json was missing beside training states)
+    against run_dir's config.json; ConfigChangeError if refused."""
     path = os.path.join(run_dir, "config.json")
     states = checkpoint.CheckpointManager(run_dir).states()
     if states and os.path.exists(path):
@@ -431,10 +443,8 @@ def _check_recorded(run_dir, config, *, allow_change, flags):
                 raise ConfigChangeError(f"{path} is not valid JSON ({exc}); it records the settings of the run's "
                                         f"checkpoints: restore it, or use a new --run_dir") from None
         changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, run_dir=run_dir)
-        return changes, states[0][0]
-    if states:
-        logger.log(f"warning: {run_dir} has training states but no config.json; the settings were not checked")
-    return [], None
+        return changes, states[0][0], False
+    return [], states[0][0] if states else None, bool(states)
 
 
 def _log_changes(run_dir, changes, flags, *, newest_state):

@@ -170,6 +170,7 @@ class TrainLoop:
         self.ckpt = checkpoint.CheckpointManager(run_dir, keep=keep_checkpoints)
         self.step = 0
         self.batches_drawn = 0
+        self.recorded_config = None  # the settings the resumed state was saved with (None: fresh, or older state)
         self._resume()
         self._stream = self.data(self.batches_drawn)
 
@@ -187,6 +188,7 @@ class TrainLoop:
         for name, player in self.players.items():
             player.load_state_dict(state["players"][name], source=path)
         self.objective.load_state_dict(state["objective"])
+        self.recorded_config = state.get("config")
         self.step, self.batches_drawn = int(state["step"]), int(state["batches_drawn"])
         checkpoint.restore_rng(_own_rng(state))
         logger.log(f"resumed from step {self.step} ({self.ckpt.path(self.step)})")
@@ -200,7 +202,8 @@ class TrainLoop:
             state = {"format_version": checkpoint.STATE_FORMAT_VERSION, "step": self.step,
                      "batches_drawn": self.batches_drawn,
                      "players": {n: p.state_dict() for n, p in self.players.items()},
-                     "objective": self.objective.state_dict(), "rng": rngs[0], "rng_per_rank": rngs}
+                     "objective": self.objective.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                     "config": self.config}
             self.ckpt.save(self.step, state, log=logger.log)
             self.export()
         dist_util.barrier()

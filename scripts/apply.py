@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda import applications as app  # noqa: E402
 from pagoda.applications import block_spread  # noqa: E402
-from pagoda import logger, script_util  # noqa: E402
+from pagoda import logger, run_lock, script_util  # noqa: E402
 from pagoda.checkpoint import atomic_write_text  # noqa: E402
 from pagoda.image_datasets import center_crop_arr, check_labels, open_source  # noqa: E402
 from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8  # noqa: E402
@@ -419,8 +419,9 @@ def main(argv=None):
                                     required={"input": "a folder of images or an ADM .npz",
                                               "teacher": "the teacher export", "generator": "a generator export"})
     try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+        with run_lock.hold(args.out_dir, what="output folder"):
+            return run(args)
+    except (ValueError, FileNotFoundError, run_lock.FolderLockedError) as exc:
         sys.exit(f"error: {exc}")
 
 

@@ -69,6 +69,7 @@ def train(args, spec, device):
                      precision=args.precision, total_steps=args.total_steps, log_interval=args.log_interval,
                      save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
                      callbacks=run.callbacks, config=checked.config, title=run.title)
+    checked.check_state_record(loop.recorded_config, allow_change=args.allow_config_change)
     checked.write()
     loop.run()
     if run.finish is not None:

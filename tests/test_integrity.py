@@ -70,7 +70,7 @@ def test_second_training_job_on_a_run_dir_is_refused_naming_the_holder(tmp_path)
         assert second.returncode == 1
         assert (f"FolderLockedError: the run directory {run} is being written by another job (pid {first.pid} on "
                 f"{os.uname().nodename}: ") in second.stderr
-        assert "--lr" not in json.dumps(_config(run)) or _config(run)["lr"] != 0.01
+        assert not os.path.exists(run / "config.json") or _config(run)["lr"] != 0.01  # the refused job wrote none
         assert first.poll() is None  # the first job goes on
     finally:
         first.send_signal(signal.SIGKILL)
@@ -244,6 +244,18 @@ def test_refused_command_leaves_no_config_json(tmp_path, data):
     assert not os.path.exists(run / "config.json")
     teacher_run(run, data, "--total_steps", "4")
     assert _config(run)["model_channels"] == 32
+
+
+def test_deleting_config_json_does_not_bypass_the_settings_check(tmp_path, data):
+    """The training state carries the settings it was saved with: without config.json they are checked against it."""
+    run = tmp_path / "run"
+    teacher_run(run, data)
+    os.remove(run / "config.json")
+    with pytest.raises(script_util.ConfigChangeError, match=r"--lr: 0\.001 -> 0\.01"):
+        teacher_run(run, data, "--lr", "0.01", "--total_steps", "4")
+    assert not os.path.exists(run / "config.json")
+    teacher_run(run, data, "--total_steps", "4")
+    assert "the settings were checked against those its newest training state carries" in open(run / "log.txt").read()
 
 
 def test_fewer_total_steps_than_done_are_refused_and_the_record_stays_true(tmp_path, data):
