@@ -256,13 +256,17 @@ class TrainLoop:
 
     def verify_exports(self):
         """Raise unless every export holds exactly the final state's networks (a run is done only then)."""
-        if dist_util.is_main():
-            stale = self.stale_exports()
-            if stale:
-                lines = "\n".join(f"  {path}: {why}" for path, why in stale.items())
-                raise RuntimeError(f"{self.run_dir} is not done: its exports do not match the training state of step "
-                                   f"{self.step}:\n{lines}\nrerun the same command to rewrite them")
-        dist_util.barrier()
+        streak = {n: p.skipped_in_a_row for n, p in self.players.items() if p.skipped_in_a_row}
+        if streak:
+            raise DivergedError(f"{self.run_dir} is not done: the last updates before step {self.step} were skipped "
+                                f"for non-finite values ({streak}), so its final state was not exported. Lower the "
+                                "learning rate, or give a larger --total_steps to see whether it recovers")
+        # rank 0 checks; every rank stops on its verdict, so none waits for it in a collective
+        stale = dist_util.broadcast_object(self.stale_exports() if dist_util.is_main() else None)
+        if stale:
+            lines = "\n".join(f"  {path}: {why}" for path, why in stale.items())
+            raise RuntimeError(f"{self.run_dir} is not done: its exports do not match the training state of step "
+                               f"{self.step}:\n{lines}\nrerun the same command to rewrite them")
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self):
@@ -336,8 +340,9 @@ class TrainLoop:
         else:
             logger.logkv_mean(f"skipped_steps/{player.name}", 1.0)
             logger.log(f"step {self.step}: non-finite gradients for {player.name}; update skipped")
-            # fp16's loss scale skips overflowing steps while it searches its scale: only a non-finite loss counts
-            if player.mp.scaler is None or not bool(finite):
+            # fp16's loss scale skips overflowing steps while it searches its scale: only a non-finite loss (on any
+            # rank: every rank skips together, and must decide together) counts
+            if player.mp.scaler is None or dist_util.all_reduce_sum((~finite).float()).item() > 0:
                 self._count_skip(player)
 
     def _count_skip(self, player):

@@ -29,6 +29,7 @@ from tests.helpers.toy import ToyObjective, toy_data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 EXPORT = os.path.join("exports", "denoiser_ema0.999.pt")
+HOLDER = os.path.join(REPO, "tests", "helpers", "lock_holder.py")
 
 
 def _sidecar(path):
@@ -100,11 +101,10 @@ def test_sample_and_encode_jobs_take_the_lock_of_their_folder(tmp_path):
                          ("encode.py", ["--teacher", teacher, "--data_dir", tiny_dataset(tmp_path), "--num_steps",
                                         "2"])):
         out = tmp_path / script
-        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pagoda import run_lock\n"
-                                   "with run_lock.hold(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
-                                   str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
+        holder = subprocess.Popen([sys.executable, HOLDER, str(out), "600"], stdout=subprocess.PIPE, text=True,
+                                  env=ENV)
         try:
-            assert holder.stdout.readline() == "held\n"
+            assert holder.stdout.readline() == "rank 0 holds\n"
             refused = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), "--out_dir", str(out),
                                       *argv], capture_output=True, text=True, env=ENV, timeout=300)
             assert refused.returncode == 1
@@ -117,12 +117,7 @@ def test_sample_and_encode_jobs_take_the_lock_of_their_folder(tmp_path):
 
 @pytest.mark.slow
 def test_the_ranks_of_one_mpi_job_share_the_lock_and_a_second_job_is_refused(tmp_path):
-    script = ("import sys, time\nfrom pagoda import dist_util, run_lock\ndist_util.setup_dist()\n"
-              "try:\n    with run_lock.hold(sys.argv[1]):\n        dist_util.barrier()\n"
-              "        print(f'rank {dist_util.get_rank()} holds', flush=True)\n        time.sleep(float(sys.argv[2]))\n"
-              "except run_lock.FolderLockedError as exc:\n    print(f'rank {dist_util.get_rank()} refused: {exc}')\n"
-              "dist_util.cleanup()\n")
-    cmd = [mpiexec(), "-n", "2", sys.executable, "-c", script, str(tmp_path)]
+    cmd = [mpiexec(), "-n", "2", sys.executable, HOLDER, str(tmp_path)]
     first = subprocess.Popen(cmd + ["30"], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         held = sorted(first.stdout.readline() for _ in range(2))
