@@ -18,6 +18,8 @@ import tempfile
 
 import torch
 
+from .faults import kill_point
+
 STATE_PATTERN = re.compile(r"state_(\d{7,})\.pt$")
 
 
@@ -277,6 +279,7 @@ def export_network(state_dict, sidecar, path):
     sidecar = dict(_canonical(sidecar), **{CONTENT_HASH: content_hash(state_dict, sidecar)})
     validate_sidecar(sidecar, source=sidecar_path(path), kind=sidecar.get("kind"))
     atomic_save(state_dict, path)
+    kill_point("export.weights_written")
     atomic_write_text(json.dumps(sidecar, indent=1, sort_keys=True), sidecar_path(path))
 
 

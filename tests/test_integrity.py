@@ -165,19 +165,20 @@ def test_export_that_failed_on_a_full_disk_is_rewritten_on_rerun(tmp_path, data,
 
 
 def test_export_killed_between_weights_and_sidecar_is_rewritten_on_rerun(tmp_path, data):
-    """Step-4 weights beside the step-2 sidecar (a kill between the two writes): every consumer refuses the pair,
-    and the rerun used to say "done" without re-exporting."""
+    """The issue's case: SIGKILL between the final export's weights and its sidecar left a pair every consumer
+    refuses ("re-export the network"), and no command re-exported it."""
     run = tmp_path / "run"
-    teacher_run(run, data, "--total_steps", "2")
-    old_sidecar = open(checkpoint.sidecar_path(str(run / EXPORT))).read()
-    teacher_run(run, data, "--total_steps", "4")
-    open(checkpoint.sidecar_path(str(run / EXPORT)), "w").write(old_sidecar)
-    with pytest.raises(ValueError, match="do not match the content hash written at export"):
-        load_teacher(str(run / EXPORT))
-    teacher_run(run, data, "--total_steps", "4")
+    killed = subprocess.run(_train_cmd(run, data, "--total_steps", "4"), capture_output=True, text=True, timeout=300,
+                            env=dict(ENV, PAGODA_KILL_AT="export.weights_written:2"))  # the step-4 export
+    assert killed.returncode == -signal.SIGKILL
+    with pytest.raises(ValueError, match=r"do not match the content hash written at export: .*re-export the network"):
+        load_teacher(str(run / EXPORT))  # step-4 weights beside the step-2 sidecar
+    rerun = subprocess.run(_train_cmd(run, data, "--total_steps", "4"), capture_output=True, text=True, timeout=300,
+                           env=ENV)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"exports rewritten from the training state of step 4:\n  {run}/{EXPORT}: holds step 2" in rerun.stdout
     assert _sidecar(run / EXPORT)["step"] == 4
     load_teacher(str(run / EXPORT))
-    assert "exports rewritten from the training state of step 4" in open(run / "log.txt").read()
 
 
 def test_a_run_is_done_only_when_its_exports_verify(tmp_path, data, monkeypatch):
