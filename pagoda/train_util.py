@@ -358,8 +358,9 @@ class TrainLoop:
             f"({player.skipped_total} in all) for non-finite values, more than the {MAX_SKIPPED_IN_A_ROW} in a row or "
             f"{MAX_SKIPPED_TOTAL} in all allowed. Stopped without saving or exporting; "
             + (f"the newest training state {newest[0][1]} is kept. " if newest else "no training state was saved. ")
-            + f"Lower the learning rate or use fp32, then use a new --run_dir (a rerun of {self.run_dir} resumes "
-              "from its newest state)")
+            + f"Exports written before stay as they were (their sidecar names their step). Lower the learning rate "
+              f"(in fp16, or use bf16 or fp32) and use a new --run_dir: a rerun of {self.run_dir} resumes from its "
+              "newest state")
 
     def _generator(self, phase_index, micro_index):
         """Randomness of a (step, phase, microbatch) is a pure function of them: resume is bit-exact."""
