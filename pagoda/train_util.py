@@ -183,8 +183,7 @@ class TrainLoop:
         if int(state["step"]) > self.total_steps:
             raise ValueError(f"{self.run_dir} has already trained {int(state['step'])} steps ({path}) but "
                              f"--total_steps is {self.total_steps}: a run never goes back. Give --total_steps "
-                             f"{int(state['step'])} or more, or use a new --run_dir (an earlier state's exports are "
-                             "not kept)")
+                             f"{int(state['step'])} or more, or use a new --run_dir")
         for name, player in self.players.items():
             player.load_state_dict(state["players"][name], source=path)
         self.objective.load_state_dict(state["objective"])
