@@ -19,8 +19,9 @@ from .sampling import heun_invert, heun_step, karras_sigmas
 
 
 def check_models(teacher, generator, *, teacher_path, generator_path):
-    """A teacher and a generator can be chained only if the generator's latent is the teacher's image size and both
-    know the same classes; anything else is refused here, before any image is read."""
+    """A teacher and a generator can be chained only if the generator was distilled from that teacher (the content
+    hash its sidecar records, when it records one), its latent is the teacher's image size and both know the same
+    classes; anything else is refused here, before any image is read."""
     t_cfg, g_cfg = teacher.backbone.config, generator.backbone.config
     if t_cfg["image_size"] != generator.latent_size:
         raise ValueError(f"the teacher {teacher_path} works at {t_cfg['image_size']} px but the generator "
@@ -33,6 +34,11 @@ def check_models(teacher, generator, *, teacher_path, generator_path):
     if abs(teacher.sigma_max - generator.sigma_max) > 1e-6:
         raise ValueError(f"the teacher's sigma_max {teacher.sigma_max} differs from the generator's "
                          f"{generator.sigma_max}: its latents are not the generator's inputs")
+    recorded, actual = getattr(generator, "teacher_sha256", None), getattr(teacher.backbone, "content_sha256", None)
+    if recorded and actual and recorded != actual:
+        raise ValueError(f"the generator {generator_path} was distilled from another teacher (content hash "
+                         f"{recorded[:12]}) than {teacher_path} ({actual[:12]}): this teacher's latents are not its "
+                         "inputs; use the teacher it names, or the generator distilled from this one")
 
 
 def check_encoder(encoder, teacher, *, teacher_path, encoder_path):

@@ -5,46 +5,91 @@ stage, the sampler and the evaluator take: `<name>.pt` (a state_dict) beside `<n
 Every load uses weights_only=True and map_location="cpu".
 """
 
+import contextlib
+import errno
 import glob
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 
 import torch
 
+from .faults import kill_point
+
 STATE_PATTERN = re.compile(r"state_(\d{7,})\.pt$")
 
 
-def atomic_save(obj, path):
-    """torch.save into a temp file in the same folder, fsync, then os.replace: a crash never leaves a
-    half-written file under the final name."""
+class WriteError(OSError):
+    """A file could not be written; the message names the file and the cause."""
+
+
+def _umask():
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def write_error(path, exc):
+    """A WriteError naming `path` and why writing it failed: a full disk, a folder that is not writable, or what the
+    writer said (torch reports a full disk as a RuntimeError "file write failed")."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk is full ({os.strerror(code)})"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"the folder {folder} is not writable ({os.strerror(code)}: read-only, or owned by another user)"
+    else:
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**20:.1f} MiB are free there (a full disk is the usual cause)"
+        except OSError:
+            free = ""
+        cause = f"{type(exc).__name__}: {exc}{free}"
+    return WriteError(code or errno.EIO, f"could not write {path}: {cause}. Any earlier file of that name is "
+                                         "unchanged; free space or fix the folder, then rerun the same command")
+
+
+@contextlib.contextmanager
+def naming_write_errors(path):
+    """Turn any failure of the block that writes `path` into a WriteError naming it (see write_error)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        yield
+    except WriteError:
         raise
+    except (OSError, RuntimeError) as exc:
+        raise write_error(path, exc) from exc
+
+
+def _atomic_write(path, suffix, write):
+    """write(file) into a temp file in the same folder, fsync, then os.replace: a crash never leaves a half-written
+    file under the final name. The file gets the permissions the umask allows (mkstemp alone gives 0600)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with naming_write_errors(path):
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+def atomic_save(obj, path):
+    """torch.save `obj` to `path` atomically (see _atomic_write)."""
+    _atomic_write(path, ".pt", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, ".txt", lambda f: f.write(text.encode()))
 
 
 def torch_load(path):
@@ -52,6 +97,38 @@ def torch_load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# The layout of a training state. States written before the version existed hold the same layout and are read as
+# version 1; a state of another version, or with other entries, is refused naming the file (never half-read).
+STATE_FORMAT_VERSION = 1
+STATE_KEYS = {"format_version", "step", "batches_drawn", "players", "objective", "rng", "rng_per_rank", "config"}
+_REQUIRED_STATE_KEYS = STATE_KEYS - {"format_version", "rng_per_rank", "config"}
+PLAYER_KEYS = {"model", "opt", "scaler", "ema", "opt_steps", "skipped_in_a_row", "skipped_total"}
+_REQUIRED_PLAYER_KEYS = {"model", "opt", "scaler", "ema", "opt_steps"}
+
+
+def check_state(state, path, *, players):
+    """ValueError naming `path` unless `state` is a training state of this format with an entry for each of
+    `players` (names) and no other."""
+    def refuse(problem):
+        raise ValueError(f"{path} is not a training state this code can resume: {problem}. Resume it with the pagoda "
+                         "version that wrote it, or start a new --run_dir")
+    if not isinstance(state, dict):
+        refuse(f"it holds a {type(state).__name__}, not a dict")
+    version = state.get("format_version", 1)
+    if version != STATE_FORMAT_VERSION:
+        refuse(f"its format version is {version!r}, this code reads version {STATE_FORMAT_VERSION}")
+    missing, unknown = sorted(_REQUIRED_STATE_KEYS - set(state)), sorted(set(state) - STATE_KEYS)
+    if missing or unknown:
+        refuse(f"entries missing: {missing or 'none'}; unknown entries: {unknown or 'none'}")
+    if not isinstance(state["players"], dict) or set(state["players"]) != set(players):
+        refuse(f"it trains the networks {sorted(state['players'])}, this method trains {sorted(players)}")
+    for name, entry in state["players"].items():
+        missing = sorted(_REQUIRED_PLAYER_KEYS - set(entry))
+        unknown = sorted(set(entry) - PLAYER_KEYS)
+        if missing or unknown:
+            refuse(f"network {name!r}: entries missing: {missing or 'none'}; unknown entries: {unknown or 'none'}")
 
 
 class CheckpointManager:
@@ -206,7 +283,30 @@ def export_network(state_dict, sidecar, path):
     sidecar = dict(_canonical(sidecar), **{CONTENT_HASH: content_hash(state_dict, sidecar)})
     validate_sidecar(sidecar, source=sidecar_path(path), kind=sidecar.get("kind"))
     atomic_save(state_dict, path)
+    kill_point("export.weights_written")
     atomic_write_text(json.dumps(sidecar, indent=1, sort_keys=True), sidecar_path(path))
+
+
+def export_mismatch(path, state_dict, sidecar):
+    """None if export `path` holds exactly `state_dict` with `sidecar` (what export_network would write), else why
+    not: missing, unreadable, another step, or other content."""
+    expected = content_hash(state_dict, sidecar)
+    side = sidecar_path(path)
+    if not os.path.exists(path) or not os.path.exists(side):
+        return f"missing ({path if not os.path.exists(path) else side})"
+    try:
+        with open(side) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"unreadable sidecar ({type(exc).__name__}: {exc})"
+    if not isinstance(recorded, dict) or recorded.get(CONTENT_HASH) != expected:
+        step = recorded.get("step") if isinstance(recorded, dict) else None
+        return f"holds step {step}" if step != sidecar.get("step") else "holds other weights or settings"
+    try:
+        load_export(path)  # the weights against the sidecar's hash (a kill between the two writes)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def validate_sidecar(sidecar, *, source, kind=None):

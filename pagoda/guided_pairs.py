@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from .faults import kill_point
-from .latent_store import LatentStore, num_chunks
+from .latent_store import GUIDED_PAIRS_FORMAT, LatentStore, num_chunks
 from .random_util import StackedRandomGenerator
 from .sample_util import sample_labels
 from .sampling import classifier_free_guidance, heun_sample
 
-FORMAT = "pagoda-guided-pairs-v1"
+FORMAT = GUIDED_PAIRS_FORMAT
 
 
 def pair_scales(indices, scales):

@@ -21,9 +21,13 @@ import zlib
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, naming_write_errors
 
 MANIFEST, INDEX, PENDING = "manifest.json", "index.npz", "encoding.json"
+# Manifest formats this code reads: encoded data latents, and guided pairs (pagoda/guided_pairs.py). A manifest
+# without a format entry predates it and is read as data latents; any other format is refused naming the file.
+LATENTS_FORMAT, GUIDED_PAIRS_FORMAT = "pagoda-latents-v1", "pagoda-guided-pairs-v1"
+FORMATS = (LATENTS_FORMAT, GUIDED_PAIRS_FORMAT)
 
 
 def image_subset(num_images, limit=0, *, seed=0):
@@ -62,14 +66,15 @@ class LatentStore:
         """Write chunk c atomically: the array, then the record that certifies it. `settings` (teacher, solver,
         storage) are recorded so a rerun with other settings redoes the chunk instead of mixing latents; `skipped`
         (id, flip) items of the chunk had unreadable images and have no row."""
-        os.makedirs(self.folder, exist_ok=True)
         z = np.ascontiguousarray(z)
         tmp = self.npy_path(c) + ".tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, z)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.npy_path(c))
+        with naming_write_errors(self.npy_path(c)):
+            os.makedirs(self.folder, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, z)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.npy_path(c))
         meta = {"ids": list(ids), "flips": [bool(v) for v in flips], "indices": [int(i) for i in indices],
                 "shape": list(z.shape), "dtype": str(z.dtype), "crc32": zlib.crc32(z.tobytes()),
                 "settings": settings or {}, "skipped": [[image_id, bool(f)] for image_id, f in skipped]}
@@ -115,9 +120,10 @@ class LatentStore:
             rows += list(range(len(meta["ids"])))
         path = os.path.join(self.folder, "index.npz")
         tmp = path + ".tmp.npz"
-        np.savez(tmp, ids=np.array(ids), flips=np.array(flips, dtype=bool), chunks=np.array(chunks, np.int64),
-                 rows=np.array(rows, np.int64))
-        os.replace(tmp, path)
+        with naming_write_errors(path):
+            np.savez(tmp, ids=np.array(ids), flips=np.array(flips, dtype=bool), chunks=np.array(chunks, np.int64),
+                     rows=np.array(rows, np.int64))
+            os.replace(tmp, path)
 
     def write_manifest(self, manifest):
         atomic_write_text(json.dumps(manifest, indent=1, sort_keys=True), self._path(MANIFEST))
@@ -152,8 +158,17 @@ class LatentStore:
                            "and its chunks must not be mixed with older ones.")
             raise FileNotFoundError(f"{path} not found: {self.folder} is not a finished latent folder.{pending} Run "
                                     f"scripts/encode.py to completion; rerunning it finishes an interrupted run")
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); rerun scripts/encode.py to rewrite it") from exc
+        found = manifest.get("format", LATENTS_FORMAT) if isinstance(manifest, dict) else None
+        if found not in FORMATS:
+            raise ValueError(f"{path} has the format {found!r}, which this code does not read (it reads "
+                             f"{', '.join(FORMATS)}); encode the data again with this version, or use the version "
+                             "that wrote it")
+        return manifest
 
     def verify_chunks(self, chunks, *, expected_settings=None):
         """ValueError naming the first of `chunks` that is damaged, not finite or made with other settings than

@@ -87,6 +87,7 @@ def load_generator(path, *, device="cpu"):
     backbone, side = load_backbone(path, expect_kind="generator")
     gen = Generator(backbone, sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
                     output=side.get("output", "raw"), null_class=side.get("null_class"))
+    gen.teacher_sha256 = side.get("teacher_sha256")  # its lineage: the teacher whose latents it takes
     return gen.eval().to(device)
 
 

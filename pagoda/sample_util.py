@@ -5,7 +5,8 @@ in fixed chunks (independent of the process count and of which rank makes them) 
 atomically as parts/part_<c>.npz, so the output is identical for 1 or N processes and a rerun only makes the
 missing chunks. The finished file is samples_<N>x<H>x<W>x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels).
 A folder holds the samples of one model file: parts of that file made before it was retrained, or with other
-settings, are made again; samples of a model at another path are refused (claim_parts), never deleted.
+settings, are made again; samples of another model (another content hash, at another path) are refused
+(claim_parts), never deleted. A model is known by its sidecar's content hash, so a symlink or copy is the same.
 """
 
 import glob
@@ -140,10 +141,15 @@ def sampler_classes(sampler):
 
 
 def model_identity(path):
-    """What a sample depends on besides the settings: the model file, by absolute path, size and modification
-    time (a re-export or retrained model changes them; hashing a 1 GB teacher on every rerun would not pay)."""
+    """What a sample depends on besides the settings: the model's content hash from its sidecar (the same export
+    reached through a symlink or a copy is the same model; a re-export of other weights is another). A released
+    checkpoint without a sidecar is known by its real path, size and modification time (hashing a 1 GB teacher on
+    every rerun would not pay)."""
+    sidecar = checkpoint.read_sidecar(path) or {}
+    if checkpoint.CONTENT_HASH in sidecar:
+        return {"model": os.path.abspath(path), "model_sha256": sidecar[checkpoint.CONTENT_HASH]}
     st = os.stat(path)
-    return {"model": os.path.abspath(path), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns}
+    return {"model": os.path.realpath(path), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns}
 
 
 def claim_parts(out_dir, identity):
@@ -157,11 +163,11 @@ def claim_parts(out_dir, identity):
     """
     record = os.path.join(out_dir, "parts", "identity.json")
     previous = _read_json(record)  # None without a record, or with a damaged one: the parts cannot be trusted
-    other = _other_model(out_dir, previous, identity["model"])
+    other = _other_model(out_dir, previous, identity)
     if other is not None:
         raise FileExistsError(f"{out_dir} holds the samples of another model ({other}); sample "
                               f"{identity['model']} into another --out_dir, or move that folder away first")
-    stale = [] if previous == identity else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
+    stale = [] if _same_parts(previous, identity) else sorted(glob.glob(os.path.join(out_dir, "parts", "part_*.npz")))
     if stale:
         if previous is None:
             why = "have no record of the model and settings that made them"
@@ -184,12 +190,29 @@ def _read_json(path):
         return None
 
 
-def _other_model(out_dir, previous, model):
+def _same_model(found, identity):
+    """Whether a record names the model of `identity`, or an earlier version of the same file: the same content
+    hash, or the same file (its real path: a retrained export, whose parts are made again)."""
+    if found.get("model") is None:
+        return True
+    if found.get("model_sha256") is not None and found.get("model_sha256") == identity.get("model_sha256"):
+        return True
+    return os.path.realpath(found["model"]) == os.path.realpath(identity["model"])
+
+
+def _same_parts(previous, identity):
+    """Parts made by the same model with the same settings (the path a model was reached by does not matter)."""
+    if not isinstance(previous, dict) or not _same_model(previous, identity):
+        return False
+    return {k: v for k, v in previous.items() if k != "model"} == {k: v for k, v in identity.items() if k != "model"}
+
+
+def _other_model(out_dir, previous, identity):
     """The path of another model whose samples `out_dir` holds (by the parts' record, or by the finished
     samples' sampling.json), or None."""
     stats = _read_json(os.path.join(out_dir, "sampling.json"))
     for found in (previous, stats):
-        if isinstance(found, dict) and found.get("model") not in (None, model):
+        if isinstance(found, dict) and not _same_model(found, identity):
             return found["model"]
     return None
 
@@ -233,10 +256,11 @@ def run_sampling(sample_fn, *, out_dir, num_samples, num_classes, label_mode="un
 
 
 def _save_npz(path, **arrays):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with checkpoint.naming_write_errors(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
 
 
 def _same_npz(path, images, labels):

@@ -344,7 +344,20 @@ def config_changes(recorded, requested, classes):
         for key in sorted(set(old) | set(new)):
             if old.get(key, "<absent>") != new.get(key, "<absent>"):
                 changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key, classes)))
+    if _same_dataset(recorded, requested):  # a dataset is known by its digest; where it is installed may change
+        changes = [c[:3] + ("free",) if c[0] in DATASET_LOCATION else c for c in changes]
     return changes
+
+
+# Where a dataset was read from (a bundled dataset's file inside the installed package): informative only when the
+# dataset's digest is recorded and unchanged, so a moved virtual environment or data folder resumes.
+DATASET_LOCATION = ("dataset", "dataset_identity.origin")
+
+
+def _same_dataset(recorded, requested):
+    digests = [(c.get("dataset_identity") or {}).get("digest") if isinstance(c.get("dataset_identity"), dict)
+               else None for c in (recorded, requested)]
+    return digests[0] is not None and digests[0] == digests[1]
 
 
 def _flatten(prefix, value):
@@ -372,8 +385,15 @@ def check_resume(recorded, requested, *, allow_change, flags, classes, run_dir):
         lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in fixed]
     if guarded and not allow_change:
         lines.append("  other changes (pass --allow_config_change true to continue with the new values):")
-        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}" for c in guarded]
+        lines += [f"    {_name(c[0], flags)}: {c[1]!r} -> {c[2]!r}{_KEY_NOTES.get(c[0].split('.')[0], '')}"
+                  for c in guarded]
     raise ConfigChangeError("\n".join(lines))
+
+
+# Why a record key that is no flag is guarded, shown beside its refused change.
+_KEY_NOTES = {"lr_anneal": " (the learning-rate anneal's length in optimiser steps, fixed when the run was "
+                                 "created; allowing the change rebuilds the anneal for the new --total_steps, so the "
+                                 "rate rises again, and the result differs from a run made that long at once)"}
 
 
 def _name(key, flags):
@@ -381,30 +401,72 @@ def _name(key, flags):
 
 
 def write_config(run_dir, args, *, classes, allow_change=False, **extra):
-    """Rank 0 writes config.json: resolved flags, git commit, world size and anything in `extra`.
+    """check_config, then record the result at once (see check_config)."""
+    checked = check_config(run_dir, args, classes=classes, allow_change=allow_change, **extra)
+    checked.write()
+    return checked.config
 
-    When the run resumes (run_dir holds a training state) the settings are first checked against the recorded
-    config.json (check_resume, by `classes`: {key: class} of the flags and of the `extra` records; the parser's
-    `resume_classes` hold the flags'); only then is it rewritten, and the accepted changes are logged and appended to
-    config_history.jsonl. A refusal raises ConfigChangeError on every rank.
+
+@dataclasses.dataclass
+class CheckedConfig:
+    """A run's settings that passed check_config; `write()` records them (rank 0) once the data and the model have
+    passed their own checks too, so that a refused command never leaves its settings in config.json."""
+    run_dir: str
+    config: dict
+    changes: list
+    flags: set
+    classes: dict
+    newest_state: object = None
+    unchecked: bool = False  # training states but no config.json
+
+    def check_state_record(self, recorded, *, allow_change):
+        """Without config.json, check against `recorded`, the settings the newest training state carries, so that
+        deleting config.json bypasses nothing. ConfigChangeError (on every rank: each loaded the state) if refused."""
+        if not self.unchecked or not recorded:
+            return
+        self.changes = check_resume(recorded, self.config, allow_change=allow_change, flags=self.flags,
+                                    classes=self.classes, run_dir=self.run_dir)
+        logger.log(f"{self.run_dir} has no config.json: the settings were checked against those its newest training "
+                   "state carries")
+
+    def write(self):
+        if not dist_util.is_main():
+            return
+        if self.changes:
+            _log_changes(self.run_dir, self.changes, self.flags, newest_state=self.newest_state)
+        checkpoint.atomic_write_text(json.dumps(self.config, indent=1, sort_keys=True),
+                                     os.path.join(self.run_dir, "config.json"))
+
+
+def check_config(run_dir, args, *, classes, allow_change=False, **extra):
+    """The run's config (resolved flags, git commit, world size and anything in `extra`), checked but not written.
+
+    When the run resumes (run_dir holds a training state) the settings are checked against the recorded config.json
+    (check_resume, by `classes`: {key: class} of the flags and of the `extra` records; the parser's `resume_classes`
+    hold the flags'); a refusal raises ConfigChangeError on every rank. CheckedConfig.write() records the config and
+    appends accepted changes to config_history.jsonl.
     """
     config = resolved_config(args)
     config.update(extra, git_commit=git_commit(), world_size=dist_util.get_world_size())
     config = json.loads(json.dumps(config, default=str))  # tuples -> lists etc., as the recorded file holds them
-    error = None
+    flags = set(vars(args))
+    classes = {**WRITTEN_CLASSES, **classes}
+    outcome = None
     if dist_util.is_main():
         try:
-            _record_config(run_dir, config, allow_change=allow_change, flags=set(vars(args)),
-                           classes={**WRITTEN_CLASSES, **classes})
+            outcome = ("ok",) + _check_recorded(run_dir, config, allow_change=allow_change, flags=flags,
+                                                classes=classes)
         except ConfigChangeError as exc:
-            error = str(exc)
-    error = dist_util.broadcast_object(error)
-    if error:
-        raise ConfigChangeError(error)
-    return config
+            outcome = ("refused", str(exc))
+    outcome = dist_util.broadcast_object(outcome)
+    if outcome[0] == "refused":
+        raise ConfigChangeError(outcome[1])
+    return CheckedConfig(run_dir, config, outcome[1], flags, classes, outcome[2], unchecked=outcome[3])
 
 
-def _record_config(run_dir, config, *, allow_change, flags, classes):
+def _check_recorded(run_dir, config, *, allow_change, flags, classes):
+    """(accepted changes, newest state's step or None, whether config.json was missing beside training states)
+    against run_dir's config.json; ConfigChangeError if refused."""
     path = os.path.join(run_dir, "config.json")
     states = checkpoint.CheckpointManager(run_dir).states()
     if states and os.path.exists(path):
@@ -416,11 +478,8 @@ def _record_config(run_dir, config, *, allow_change, flags, classes):
                                         f"checkpoints: restore it, or use a new --run_dir") from None
         changes = check_resume(recorded, config, allow_change=allow_change, flags=flags, classes=classes,
                                run_dir=run_dir)
-        if changes:
-            _log_changes(run_dir, changes, flags, newest_state=states[0][0])
-    elif states:
-        logger.log(f"warning: {run_dir} has training states but no config.json; the settings were not checked")
-    checkpoint.atomic_write_text(json.dumps(config, indent=1, sort_keys=True), path)
+        return changes, states[0][0], False
+    return [], states[0][0] if states else None, bool(states)
 
 
 def _log_changes(run_dir, changes, flags, *, newest_state):

@@ -83,6 +83,16 @@ class OptimSpec:
         return lr
 
 
+# A run stops once a player skips more updates than this for non-finite values (loss, gradients): in a row, or in
+# all over the run (across resumes). Healthy fp32/bf16 runs skip none; fp16's loss-scale search is not counted.
+MAX_SKIPPED_IN_A_ROW = 3
+MAX_SKIPPED_TOTAL = 10
+
+
+class DivergedError(RuntimeError):
+    """A run whose updates keep coming out non-finite."""
+
+
 class LayoutChangedError(ValueError):
     """A training state whose network tensors do not fit the networks this code builds."""
 
@@ -107,6 +117,8 @@ class _Player:
         self.mp = MixedPrecision(precision=precision, device=device, grad_clip=spec.grad_clip or None)
         self.ema = EMA(module, rates=ema_rates) if ema_rates else None
         self.opt_steps = 0
+        self.skipped_in_a_row = 0  # updates skipped for non-finite values, since the last one that took
+        self.skipped_total = 0
         self.net = module
         if dist_util.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
@@ -119,7 +131,8 @@ class _Player:
 
     def state_dict(self):
         return {"model": self.module.state_dict(), "opt": self.opt.state_dict(), "scaler": self.mp.state_dict(),
-                "ema": self.ema.state_dict() if self.ema else {}, "opt_steps": self.opt_steps}
+                "ema": self.ema.state_dict() if self.ema else {}, "opt_steps": self.opt_steps,
+                "skipped_in_a_row": self.skipped_in_a_row, "skipped_total": self.skipped_total}
 
     def load_state_dict(self, state, *, source):
         mismatch = checkpoint.state_dict_mismatch(self.module, state["model"])
@@ -134,6 +147,9 @@ class _Player:
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         self.opt_steps = int(state["opt_steps"])
+        # states written before the divergence stop existed have no counts: they start from 0
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self.skipped_total = int(state.get("skipped_total", 0))
 
 
 class TrainLoop:
@@ -166,6 +182,7 @@ class TrainLoop:
         self.ckpt = checkpoint.CheckpointManager(run_dir, keep=keep_checkpoints)
         self.step = 0
         self.batches_drawn = 0
+        self.recorded_config = None  # the settings the resumed state was saved with (None: fresh, or older state)
         self._resume()
         logger.start_at(self.step)
         self._stream = self.data(self.batches_drawn)
@@ -175,39 +192,93 @@ class TrainLoop:
         path, state = self.ckpt.latest(log=logger.log)
         if state is None:
             return
+        checkpoint.check_state(state, path, players=self.players)
+        if int(state["step"]) > self.total_steps:
+            raise ValueError(f"{self.run_dir} has already trained {int(state['step'])} steps ({path}) but "
+                             f"--total_steps is {self.total_steps}: a run never goes back. Give --total_steps "
+                             f"{int(state['step'])} or more, or use a new --run_dir")
         for name, player in self.players.items():
             player.load_state_dict(state["players"][name], source=path)
         self.objective.load_state_dict(state["objective"])
+        self.recorded_config = state.get("config")
         self.step, self.batches_drawn = int(state["step"]), int(state["batches_drawn"])
         checkpoint.restore_rng(_own_rng(state))
         logger.log(f"resumed from step {self.step} ({self.ckpt.path(self.step)})")
+        if dist_util.is_main():
+            self.repair_exports()
 
     def save(self):
         # Every rank's global generators: their draws (dropout) differ by rank, and must go on so after a resume.
         rngs = dist_util.all_gather_objects(checkpoint.capture_rng())
         if dist_util.is_main():
-            state = {"step": self.step, "batches_drawn": self.batches_drawn,
+            state = {"format_version": checkpoint.STATE_FORMAT_VERSION, "step": self.step,
+                     "batches_drawn": self.batches_drawn,
                      "players": {n: p.state_dict() for n, p in self.players.items()},
-                     "objective": self.objective.state_dict(), "rng": rngs[0], "rng_per_rank": rngs}
+                     "objective": self.objective.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                     "config": self.config}
             self.ckpt.save(self.step, state, log=logger.log)
             self.export()
         dist_util.barrier()
 
-    def export(self):
-        """Plain state_dict + sidecar of every exported player (EMA weights per rate, else raw weights)."""
+    def exports(self):
+        """(path, state_dict, sidecar) of every exported player: EMA weights per rate, else raw weights."""
+        folder = os.path.join(self.run_dir, "exports")
         for name, player in self.players.items():
             sidecar = self.objective.export_sidecar(name)
             if sidecar is None:
                 continue
             sidecar = dict(sidecar, step=self.step)
-            folder = os.path.join(self.run_dir, "exports")
             if player.ema:
                 for rate in player.ema.rates:
-                    sd = player.ema.averaged_state_dict(player.module, rate)
-                    checkpoint.export_network(sd, dict(sidecar, ema_rate=rate),
-                                              os.path.join(folder, f"{name}_ema{rate:g}.pt"))
+                    yield (os.path.join(folder, f"{name}_ema{rate:g}.pt"),
+                           player.ema.averaged_state_dict(player.module, rate), dict(sidecar, ema_rate=rate))
             else:
-                checkpoint.export_network(player.module.state_dict(), sidecar, os.path.join(folder, f"{name}.pt"))
+                yield os.path.join(folder, f"{name}.pt"), player.module.state_dict(), sidecar
+
+    def export(self):
+        """Plain state_dict + sidecar of every exported player, unless an update was just skipped for non-finite
+        values: a run on its way to divergence is not exported (its training state is kept)."""
+        streak = {n: p.skipped_in_a_row for n, p in self.players.items() if p.skipped_in_a_row}
+        if streak:
+            logger.log(f"step {self.step}: not exported, the last updates were skipped for non-finite values "
+                       f"({streak})")
+            return False
+        for path, state_dict, sidecar in self.exports():
+            checkpoint.export_network(state_dict, sidecar, path)
+        return True
+
+    def stale_exports(self):
+        """{path: why} of the exports that do not hold exactly what this state exports (missing, damaged, another
+        step, or weights or a sidecar of other content)."""
+        stale = {}
+        for path, state_dict, sidecar in self.exports():
+            why = checkpoint.export_mismatch(path, state_dict, sidecar)
+            if why:
+                stale[path] = why
+        return stale
+
+    def repair_exports(self):
+        """Rewrite every export that does not match the resumed state (e.g. its write failed on a full disk, or the
+        job was killed between the weights and the sidecar), so the next stage never takes an older network."""
+        stale = self.stale_exports()
+        if not stale or not self.export():
+            return
+        lines = "\n".join(f"  {path}: {why}" for path, why in stale.items())
+        logger.log(f"exports rewritten from the training state of step {self.step}:\n{lines}")
+
+    def verify_exports(self):
+        """Raise unless every export holds exactly the final state's networks (a run is done only then)."""
+        streak = {n: p.skipped_in_a_row for n, p in self.players.items() if p.skipped_in_a_row}
+        if streak:
+            raise DivergedError(f"{self.run_dir} is not done: the last updates before step {self.step} were skipped "
+                                f"for non-finite values ({streak}), so its final state was not exported. Lower the "
+                                "learning rate, or give a larger --total_steps to see whether it recovers")
+        # rank 0 checks; every rank stops on its verdict, so none waits for it in a collective
+        stale = dist_util.broadcast_object(self.stale_exports() if dist_util.is_main() else None)
+        if stale:
+            lines = "\n".join(f"  {path}: {why}" for path, why in stale.items())
+            raise RuntimeError(f"{self.run_dir} is not done: its exports do not match the training state of step "
+                               f"{self.step}:\n{lines}\nrerun the same command to rewrite them")
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self):
@@ -257,6 +328,7 @@ class TrainLoop:
         player.opt.zero_grad(set_to_none=True)
         n = _batch_len(batch)
         chunks = range(0, n, self.microbatch)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for i, start in enumerate(chunks):
             micro = {k: v[start:start + self.microbatch].to(self.device) for k, v in batch.items()}
             gen = self._generator(phase_index, i)
@@ -266,6 +338,7 @@ class TrainLoop:
                 with player.mp.autocast():
                     terms = self.objective.losses(phase, nets, micro, step=self.step, generator=gen)
                 loss = terms["loss"].float().mean() * (_batch_len(micro) / n)
+                finite &= torch.isfinite(loss.detach())
                 player.mp.backward(loss)
             with record_function("log"):
                 for key, value in terms.items():
@@ -280,12 +353,34 @@ class TrainLoop:
             logger.logkv(f"lg_loss_scale/{player.name}", player.mp.log_scale)
         if took:
             player.opt_steps += 1
+            player.skipped_in_a_row = 0
             if player.ema:
                 with record_function("ema"):
                     player.ema.update(player.module)
         else:
             logger.logkv_mean(f"skipped_steps/{player.name}", 1.0)
             logger.log(f"step {self.step}: non-finite gradients for {player.name}; update skipped")
+            # fp16's loss scale skips overflowing steps while it searches its scale: only a non-finite loss (on any
+            # rank: every rank skips together, and must decide together) counts
+            if player.mp.scaler is None or dist_util.all_reduce_sum((~finite).float()).item() > 0:
+                self._count_skip(player)
+
+    def _count_skip(self, player):
+        """DivergedError once `player` skipped more than MAX_SKIPPED_IN_A_ROW updates in a row or MAX_SKIPPED_TOTAL
+        in all for non-finite values; nothing more is saved or exported, the newest training state stays."""
+        player.skipped_in_a_row += 1
+        player.skipped_total += 1
+        if player.skipped_in_a_row <= MAX_SKIPPED_IN_A_ROW and player.skipped_total <= MAX_SKIPPED_TOTAL:
+            return
+        newest = self.ckpt.states()
+        raise DivergedError(
+            f"training diverged at step {self.step}: {player.name} skipped {player.skipped_in_a_row} updates in a row "
+            f"({player.skipped_total} in all) for non-finite values, more than the {MAX_SKIPPED_IN_A_ROW} in a row or "
+            f"{MAX_SKIPPED_TOTAL} in all allowed. Stopped without saving or exporting; "
+            + (f"the newest training state {newest[0][1]} is kept. " if newest else "no training state was saved. ")
+            + f"Exports written before stay as they were (their sidecar names their step). Lower the learning rate "
+              f"(in fp16, or use bf16 or fp32) and use a new --run_dir: a rerun of {self.run_dir} resumes from its "
+              "newest state")
 
     def _generator(self, phase_index, micro_index):
         """Randomness of a (step, phase, microbatch) is a pure function of them: resume is bit-exact."""

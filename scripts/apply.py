@@ -27,7 +27,7 @@ import torch
 
 from pagoda import applications as app
 from pagoda.applications import block_spread
-from pagoda import logger, script_util
+from pagoda import logger, run_lock, script_util
 from pagoda.checkpoint import atomic_write_text
 from pagoda.image_datasets import center_crop_arr, check_labels, open_source
 from pagoda.image_util import from_uint8, psnr, resize_bicubic, save_grid, to_uint8
@@ -455,8 +455,9 @@ def main(argv=None):
                                     required={"input": "a folder of images or an ADM .npz",
                                               "teacher": "the teacher export", "generator": "a generator export"})
     try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+        with run_lock.hold(args.out_dir, what="output folder"):
+            return run(args)
+    except (ValueError, FileNotFoundError, run_lock.FolderLockedError) as exc:
         sys.exit(f"error: {exc}")
 
 

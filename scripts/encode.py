@@ -25,16 +25,16 @@ import time
 
 import numpy as np
 
-from pagoda import dist_util, logger, script_util
-from pagoda import guided_pairs
+from pagoda import dist_util, logger, run_lock, script_util
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
 from pagoda.checkpoint import atomic_write_text
-from pagoda.compile_util import compile_forward
+from pagoda import guided_pairs
 from pagoda.encoding import encode_chunks, pending_chunks, verify_round_trip
 from pagoda.image_datasets import ImageDataset, check_labels, open_source, source_identity
-from pagoda.latent_store import LatentStore, image_subset, num_chunks, work_items
+from pagoda.latent_store import LATENTS_FORMAT, LatentStore, image_subset, num_chunks, work_items
 from pagoda.model_io import load_teacher
 from pagoda.sampling import karras_sigmas
+from pagoda.compile_util import compile_forward
 
 F, _c = script_util.Flag, script_util
 GROUPS = {
@@ -98,7 +98,7 @@ def manifest(args, teacher_side_image_size, num_images, chunks, source, settings
             "limit": args.limit, "num_chunks": chunks, "num_steps": args.num_steps,
             "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "rho": args.rho,
             "clamp_denoised": args.clamp_denoised, "start_sigma": args.start_sigma, "storage": args.storage,
-            "chunk_size": args.chunk_size, "format": "pagoda-latents-v1"}
+            "chunk_size": args.chunk_size, "format": LATENTS_FORMAT}
 
 
 def encoding_settings(args, teacher, source):
@@ -119,6 +119,12 @@ def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
                                     required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
     device = dist_util.setup_dist()
+    with run_lock.hold(args.out_dir, what="latent folder"):
+        run(args, device)
+
+
+def run(args, device):
+    """The job in its locked folder: load the teacher, encode (or decode guided pairs), report --compile."""
     logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
     meter = compile_forward(teacher.backbone, "teacher", device=device) if args.compile else None

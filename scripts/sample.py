@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from pagoda import checkpoint, dist_util, logger, script_util
+from pagoda import checkpoint, dist_util, logger, run_lock, script_util
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
 from pagoda.compile_util import compile_forward
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,
@@ -79,6 +79,11 @@ def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
                                     required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
+    with run_lock.hold(args.out_dir, what="sample folder"):
+        sample_main(args, device)
+
+
+def sample_main(args, device):
     logger.configure(args.out_dir)
     sampler = build_sampler(args, device)
     network = getattr(sampler, "generator", None) or sampler.denoiser
@@ -110,7 +115,7 @@ def main(argv=None):
         made_all = sum(m for m, _ in rates)
         speed = made_all / max(max(s for _, s in rates), 1e-9) if made_all else float("nan")
         stats = {"samples": path, "num_samples": args.num_samples, "nfe": sampler.nfe, "images_per_s": speed,
-                 "made_now": made_all, "model": os.path.abspath(args.model)}
+                 "made_now": made_all, **model_identity(args.model)}
         stats_path = os.path.join(args.out_dir, "sampling.json")
         if made_all or not os.path.exists(stats_path):  # a rerun with nothing to do keeps the measured speed
             checkpoint.atomic_write_text(json.dumps(stats, indent=1), stats_path)

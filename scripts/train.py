@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from pagoda import dist_util, logger, methods, random_util, script_util
+from pagoda import dist_util, logger, methods, random_util, run_lock, script_util
 from pagoda.amp import resolve_precision
 from pagoda.methods import common
 from pagoda.train_util import TrainLoop
@@ -50,23 +50,40 @@ def main(argv=None, *, method=None):
     script_util.handle_dry_run(args)
     script_util.resolve_paths(args)
     device = dist_util.setup_dist()
+    with run_lock.hold(args.run_dir, what="run directory"):
+        train(args, spec, parser, device)
+    dist_util.cleanup()
+
+
+def train(args, spec, parser, device):
+    """Build, check, then record: config.json is written only after the settings (check_config), the data and the
+    model (build, and TrainLoop's resume) have passed their checks, so a refused command leaves the run as it was."""
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
     logger.configure(args.run_dir, formats=args.log_format)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     run = spec.build(script_util.args_to_dict(args, vars(args)), device)
     classes = {**parser.resume_classes, "method": "fixed", **common.RECORD_CLASSES}
-    config = script_util.write_config(args.run_dir, args, classes=classes, allow_change=args.allow_config_change,
-                                      **run.record)
+    checked = script_util.check_config(args.run_dir, args, classes=classes, allow_change=args.allow_config_change,
+                                       **run.record, **anneal_record(run.optim))
     loop = TrainLoop(objective=run.objective, data=run.data, run_dir=args.run_dir,
                      global_batch_size=args.global_batch_size, microbatch=args.microbatch, optim=run.optim,
                      precision=args.precision, total_steps=args.total_steps, log_interval=args.log_interval,
                      save_interval=args.save_interval, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-                     callbacks=run.callbacks, config=config, title=run.title, compile=args.compile)
+                     callbacks=run.callbacks, config=checked.config, title=run.title, compile=args.compile)
+    checked.check_state_record(loop.recorded_config, allow_change=args.allow_config_change)
+    checked.write()
     loop.run()
     if run.finish is not None:
         run.finish()
+    loop.verify_exports()
     logger.log(f"done: exports in {os.path.join(args.run_dir, 'exports')}")
-    dist_util.cleanup()
+
+
+def anneal_record(optim):
+    """The learning-rate anneal's length of each player that has one, recorded with the run when it is created: a
+    resume with another length (an extended --total_steps) is a guarded change, refused unless allowed."""
+    lengths = {f"{name}_steps": spec.decay_steps for name, spec in optim.items() if spec.decay_steps}
+    return {"lr_anneal": lengths} if lengths else {}
 
 
 if __name__ == "__main__":

@@ -189,7 +189,6 @@ def test_unsupported_urls_and_remote_outputs_are_refused():
     with pytest.raises(ValueError, match="--run_dir gs://b/run: outputs go to a local folder"):
         remote.refuse_remote_output("gs://b/run", flag="run_dir")
     remote.refuse_remote_output("runs/x", flag="run_dir")
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     import sample
     with pytest.raises(SystemExit) as exit_info:
         sample.main(["--model", "x.pt", "--out_dir", "az://acct/c/samples"])
@@ -217,7 +216,6 @@ def test_resolve_paths_fetches_input_flags_only(store):
 
 
 def test_scripts_stop_with_the_message_of_an_unusable_url(store):
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     import sample
     with pytest.raises(SystemExit, match=r"^error: --model https://pagodatest\S*/gone\.pt: no such file or folder"):
         sample.main(["--model", store.url("gone.pt")])
@@ -228,7 +226,6 @@ def test_sample_script_from_a_url(store, tmp_path):
     model = tiny_export(tmp_path / "gen" / "generator_ema0.99.pt", kind="generator")
     store.put("exports/generator_ema0.99.pt", _read(model))
     store.put("exports/generator_ema0.99.json", _read(model[:-3] + ".json"))
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     import sample as script
 
     def sample(source, out):

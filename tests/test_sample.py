@@ -112,7 +112,7 @@ def test_rerun_after_retraining_or_new_settings_remakes_the_parts(tmp_path):
     # "retrain": a different network exported to the same path
     assert _export(tmp_path, "teacher", seed=1) == model
     out = _sample(model, tmp_path / "s", "--num_steps", "4").stdout
-    assert "3 sample parts were made from another model or settings (model_mtime_ns differ)" in out
+    assert "3 sample parts were made from another model or settings (model_sha256 differ)" in out
     _sample(model, tmp_path / "retrained", "--num_steps", "4")
     assert np.array_equal(_load(tmp_path / "s")[0], _load(tmp_path / "retrained")[0])
 
