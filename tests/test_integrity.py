@@ -13,13 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
+import train
 
 from pagoda import applications as app
 from pagoda import checkpoint, run_lock, script_util
 from pagoda.latent_store import LatentStore
+from pagoda.methods import common
 from pagoda.model_io import load_generator, load_teacher
 from pagoda.train_util import DivergedError, LayoutChangedError, OptimSpec, TrainLoop
-from scripts import train
 from tests.helpers.exports import tiny_export
 from tests.helpers.launch import mpiexec
 from tests.helpers.tiny_runs import TEACHER_FLAGS, teacher_run, tiny_dataset
@@ -285,12 +286,14 @@ def test_a_moved_dataset_with_the_same_digest_resumes():
     recorded = {"data_dir": "bundled:mnist", "dataset": "/old/venv/mnist.csv",
                 "dataset_identity": {"origin": "/old/venv/mnist.csv", "digest": "abc", "num_images": 5}}
     moved = json.loads(json.dumps(recorded).replace("/old/venv", "/new/venv"))
-    assert script_util.check_resume(recorded, moved, allow_change=False, flags=set(), run_dir="r") == [
+    classes = common.RECORD_CLASSES
+    assert script_util.check_resume(recorded, moved, allow_change=False, flags=set(), classes=classes,
+                                    run_dir="r") == [
         ("dataset", "/old/venv/mnist.csv", "/new/venv/mnist.csv", "free"),
         ("dataset_identity.origin", "/old/venv/mnist.csv", "/new/venv/mnist.csv", "free")]
     other = json.loads(json.dumps(moved).replace("abc", "def"))
     with pytest.raises(script_util.ConfigChangeError, match=r"dataset_identity\.digest: 'abc' -> 'def'"):
-        script_util.check_resume(recorded, other, allow_change=True, flags=set(), run_dir="r")
+        script_util.check_resume(recorded, other, allow_change=True, flags=set(), classes=classes, run_dir="r")
 
 
 def _sample(model, out):
@@ -327,9 +330,9 @@ def test_extending_a_run_does_not_silently_rebuild_its_lr_anneal():
                                                             r"anneal's length in optimiser steps, fixed when the run "
                                                             r"was created; allowing the change"):
         script_util.check_resume({"total_steps": 4, **made}, {"total_steps": 6, **extended}, allow_change=False,
-                                 flags=set(), run_dir="r")
+                                 flags=set(), classes={"total_steps": "free"}, run_dir="r")
     assert script_util.check_resume({"total_steps": 4, **made}, {"total_steps": 6, **extended}, allow_change=True,
-                                    flags=set(), run_dir="r")[1] == ("total_steps", 4, 6, "free")
+                                    flags=set(), classes={"total_steps": "free"}, run_dir="r")[1] == ("total_steps", 4, 6, "free")
     assert train.anneal_record({"denoiser": OptimSpec(lr=1e-4)}) == {}  # no anneal, no record: old runs unchanged
 
 
