@@ -15,7 +15,7 @@ latents back and reports reconstruction PSNR (also written to verify.json).
 
 --direction decode runs it the other way (pagoda/guided_pairs.py): --num_pairs fresh prior latents, decoded by the
 teacher's Heun at the guidance scales of --guidance_scales (cycled over the pair index), stored in the same chunks;
-the training pairs of a guidance-conditioned generator (stage 2 --guided_pairs). --data_dir, --flips, --limit,
+the training pairs of a guidance-conditioned generator (train.py --method guidance). --data_dir, --flips, --limit,
 --start_sigma and --verify do not apply to it.
 """
 

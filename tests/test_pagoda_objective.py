@@ -29,13 +29,24 @@ def _backbone(seed=0):
     return net
 
 
-def _objective(backbone, *, feature_seed=0, image_size=8, **kw):
+STAGE2 = dict(discriminator_weight=0.2, adaptive=True, separate_update=False, recon_adversary=None,
+              recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.999,), lineage=None)
+
+
+def _objective(backbone, *, feature_seed=0, image_size=8, gan_loss="hinge", recon_d=False, **kw):
+    """The objective with the tiny feature network; with `recon_d`, a reconstruction discriminator over D's
+    feature networks."""
     aug = DiffAugment()
     disc = ProjectedDiscriminator(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed)},
                                   image_size=image_size, num_classes=4, channel_scale=0.25)
     rec = ReconstructionLoss(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed + 1)},
                              augment=aug)
-    return PaGoDAObjective(generator=backbone, discriminator=disc, reconstruction=rec, augment=aug, **kw)
+    if recon_d:
+        recon_disc = ProjectedDiscriminator(feature_networks=dict(disc.feature_networks), image_size=image_size,
+                                            num_classes=4, channel_scale=0.25)
+        kw["recon_adversary"] = gan.Adversary(recon_disc, augment=aug, gan_loss=gan_loss)
+    return PaGoDAObjective(generator=backbone, adversary=gan.Adversary(disc, augment=aug, gan_loss=gan_loss),
+                           reconstruction=rec, **{**STAGE2, **kw})
 
 
 def _data(image_size=8):
@@ -204,12 +215,7 @@ def test_interval_zero_never_calls_the_callback(tmp_path):
 
 
 def _with_recon_d(**kw):
-    obj = _objective(_backbone(), **kw)
-    recon_d = ProjectedDiscriminator(feature_networks=dict(obj.discriminator.feature_networks), image_size=8,
-                                     num_classes=4, channel_scale=0.25)
-    return PaGoDAObjective(generator=obj.generator, discriminator=obj.discriminator,
-                           reconstruction=obj.reconstruction, augment=obj.augment, recon_discriminator=recon_d,
-                           recon_discriminator_weight=0.5, **kw)
+    return _objective(_backbone(), recon_d=True, **kw)
 
 
 def test_recon_discriminator_follows_every_generator_step(tmp_path):

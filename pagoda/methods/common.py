@@ -12,6 +12,8 @@ from ..image_datasets import ImageDataset, infinite_batches, open_source
 TRAIN_FLAGS = dict(run_dir="runs/train", global_batch_size=32, microbatch=0, ema_rates=(0.999,), precision="auto",
                    total_steps=1000, log_interval=100, save_interval=1000, keep_checkpoints=2, seed=0,
                    preview_interval=1000, allow_config_change=False)
+# --lr_schedule of the methods that anneal their learning rate: "linear" to 0 over --total_steps, or "constant".
+LR_SCHEDULES = ("linear", "constant")
 IMAGE_DATA_FLAGS = dict(data_dir="bundled:mnist", image_size=0, random_flip=False, num_workers=0, cache_images=True,
                         on_error="raise")
 
@@ -29,6 +31,11 @@ IMAGE_DATA_CONSTRAINTS = {"image_size": _c.at_least(0), "num_workers": _c.at_lea
 def train_group(**overrides):
     """TRAIN_FLAGS with a method's defaults and its own training flags (learning rates, ...)."""
     return {**TRAIN_FLAGS, **overrides}
+
+
+def decay_steps(config):
+    """OptimSpec.decay_steps of --lr_schedule: the run's --total_steps when linear, 0 (no anneal) when constant."""
+    return config["total_steps"] if config["lr_schedule"] == "linear" else 0
 
 
 def image_data_group(**overrides):

@@ -92,7 +92,7 @@ def freeze(backbone, kind):
 class GDDObjective(Objective):
     """One generator update (L_G on fresh samples), then one discriminator update (L_D + lazy R1), every step."""
 
-    def __init__(self, *, generator, adversary, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.999,), lineage=None):
+    def __init__(self, *, generator, adversary, sigma_max, sigma_data, ema_rates, lineage):
         self.generator, self.adversary = generator, adversary
         self.discriminator = adversary.discriminator
         self.players = {"generator": generator, "discriminator": adversary.player}

@@ -26,23 +26,23 @@ import torch
 
 from .. import dist_util, logger, script_util
 from ..generator import generate, generator_sidecar, with_guidance_input
-from ..guided_pairs import GuidedPairDataset
+from ..guided_pairs import GuidedPairDataset, load_guided_pairs
 from ..image_util import psnr
 from ..model_io import load_backbone, real_classes
+from ..pair_datasets import check_latent_teacher
 from ..train_util import Objective, OptimSpec
-from . import common
-from .pagoda import build_reconstruction, guided_pairs_for
+from . import common, gan
 
 GROUPS = {
     "data": dict(guided_pairs="", num_workers=0),
     "model": dict(init_from=""),
     "loss": dict(recon_loss="pseudo_huber", anchor_weight=1.0, censor_clamped=True, histogram_weight=0.0),
     "train": common.train_group(run_dir="runs/guidance", global_batch_size=32, ema_rates=(0.99,), lr=5e-4,
-                                lr_decay=True, total_steps=6000),
+                                lr_schedule="linear", total_steps=6000),
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
-    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=24000,
+    "mnist16": dict(global_batch_size=32, lr=5e-4, ema_rates=(0.99,), total_steps=24000,
                     anchor_weight=0.3, histogram_weight=1.0, log_interval=200, save_interval=1000,
                     preview_interval=0),
 }
@@ -50,6 +50,7 @@ _c = script_util
 CONSTRAINTS = {
     **common.TRAIN_CONSTRAINTS, "num_workers": _c.at_least(0), "recon_loss": _c.one_of("pixel", "pseudo_huber"),
     "anchor_weight": _c.at_least(0), "histogram_weight": _c.at_least(0), "lr": _c.at_least(0),
+    "lr_schedule": _c.one_of(*common.LR_SCHEDULES),
 }
 
 
@@ -75,7 +76,7 @@ class GuidanceObjective(Objective):
     """One player, G(z, y, w): distillation on the guided pairs and the w = 1 anchor to the frozen G_0."""
 
     def __init__(self, *, generator, anchor, reconstruction, anchor_weight, num_classes, sigma_max, sigma_data,
-                 ema_rates, sidecar, censor_clamped=True, histogram_weight=0.0):
+                 ema_rates, sidecar, censor_clamped, histogram_weight):
         self.generator, self.anchor = generator, anchor
         self.censor_clamped, self.histogram_weight = censor_clamped, histogram_weight
         self.players = {"generator": generator}
@@ -138,6 +139,20 @@ class GuidanceObjective(Objective):
                     **self.sidecar)
 
 
+def guided_pairs_for(folder, backbone, origin, *, device):
+    """The guided pairs (pagoda.guided_pairs) on `device`, refused unless the generator's teacher made them at the
+    generator's output size."""
+    pairs = load_guided_pairs(folder)
+    check_latent_teacher(pairs["manifest"], origin["teacher_sha256"], latent_dir=folder, model="this generator")
+    size = backbone.config["output_size"] or backbone.config["image_size"]
+    if pairs["x"].shape[-1] != size:
+        raise ValueError(f"guided pairs in {folder} are {pairs['x'].shape[-1]} px images but the generator makes "
+                         f"{size} px ones")
+    scales = pairs["manifest"]["guidance_scales"]
+    logger.log(f"guided pairs: {len(pairs['z'])} from {folder} at w in {scales} (distillation term)")
+    return {k: None if v is None else v.to(device) for k, v in pairs.items() if k != "manifest"}
+
+
 def load_start(init_from, *, device, seed):
     """(G with a w input, trainable; the frozen G_0 it starts as; the start's sidecar)."""
     if not init_from:
@@ -161,7 +176,7 @@ def build(config, device):
     dist_util.sync_params(backbone.parameters())
     num_classes = real_classes(backbone.config["num_classes"], origin["null_class"])
     dataset = GuidedPairDataset(pairs, shard=dist_util.get_rank(), num_shards=dist_util.get_world_size())
-    reconstruction = build_reconstruction(config, None, device)  # pixel or pseudo-Huber: no feature networks
+    reconstruction = gan.reconstruction_from_flags(config, None, device)  # pixel or pseudo-Huber: no feature nets
     objective = GuidanceObjective(generator=backbone, anchor=anchor, reconstruction=reconstruction,
                                   anchor_weight=config["anchor_weight"], num_classes=num_classes,
                                   sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
@@ -171,8 +186,7 @@ def build(config, device):
                                   histogram_weight=config["histogram_weight"])
     logger.log(f"guidance distillation from {config['init_from']}: {len(pairs['z'])} guided pairs, w = 1 anchored "
                f"(weight {config['anchor_weight']:g})")
-    decay = config["total_steps"] if config["lr_decay"] else 0
-    optim = {"generator": OptimSpec(name="adam", lr=config["lr"], decay_steps=decay)}
+    optim = {"generator": OptimSpec(name="adam", lr=config["lr"], decay_steps=common.decay_steps(config))}
     record = dict(generator=backbone.config, num_guided_pairs=len(pairs["z"]), start=side.get("content_sha256"))
     return common.Run(objective=objective, data=common.stream(dataset, config), optim=optim, record=record,
                       title="guidance distillation")

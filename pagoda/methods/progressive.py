@@ -69,7 +69,7 @@ CONSTRAINTS = {
     # an empty default makes the entries text: read them as numbers
     "ema_rates": _c.each(_c.as_number(_c.in_range(0, 1))),
     "teacher_steps": _zero_or_even, "rho": _c.greater_than(0), "dropout": _c.in_range(0, 1),
-    "lr": _c.at_least(0), "lr_schedule": _c.one_of("linear", "constant"), "grad_clip": _c.at_least(0),
+    "lr": _c.at_least(0), "lr_schedule": _c.one_of(*common.LR_SCHEDULES), "grad_clip": _c.at_least(0),
 }
 
 
@@ -77,7 +77,7 @@ class ProgressiveObjective(Objective):
     """One halving round: the student's denoised estimate at grid[2i] regresses on the target x~ of the frozen
     teacher's two Euler steps grid[2i] -> grid[2i+1] -> grid[2i+2] (module docstring)."""
 
-    def __init__(self, *, student, teacher, teacher_sigmas, ema_rates=(), lineage=None):
+    def __init__(self, *, student, teacher, teacher_sigmas, ema_rates, lineage):
         self.student, self.teacher = student, teacher
         self.players = {"student": student}
         self.teacher_sigmas = torch.as_tensor(teacher_sigmas)
@@ -183,8 +183,8 @@ def build(config, device):
     steps = len(grid) - 1
     logger.log(f"progressive distillation: {steps}-step teacher {config['init_from']} -> {steps // 2}-step student; "
                f"student grid {[round(s, 4) for s in objective.sigmas.tolist()]}")
-    decay = config["total_steps"] if config["lr_schedule"] == "linear" else 0
-    optim = {"student": OptimSpec(name="adam", lr=config["lr"], decay_steps=decay, grad_clip=config["grad_clip"])}
+    optim = {"student": OptimSpec(name="adam", lr=config["lr"], decay_steps=common.decay_steps(config),
+                                  grad_clip=config["grad_clip"])}
     labels = bool(teacher.backbone.config["num_classes"])
     preview = TeacherPreview(interval=config["preview_interval"], sigmas=objective.sigmas.tolist(),
                              sigma_data=teacher.sigma_data, player="student",
