@@ -45,6 +45,16 @@ GROUPS = {
     "output": dict(out_dir="runs/latents", storage="fp16", chunk_size=256, batch_size=64, verify=0),
     "decode": dict(direction="encode", num_pairs=0, guidance_scales=(1.5, 2.0, 3.0, 4.0), seed=0),
 }
+_BUNDLED = dict(data_dir="bundled:mnist", flips=(0,), num_steps=18, start_sigma=0.1, chunk_size=500, batch_size=250,
+                verify=64)
+PRESETS = {
+    # commands/encode_mnist.sh: the bundled digits, unflipped, from x + 0.1 n (pagoda/encoding.start_state)
+    "mnist16": _BUNDLED,
+    # commands/guided_mnist.sh: 10,000 guided pairs of the bundled teacher (--direction decode)
+    "mnist16_pairs": dict(_BUNDLED, direction="decode", num_pairs=10000),
+    # commands/encode_imagenet64.sh: the official job's solver (40-point grid, denoised clamped), both flips
+    "imagenet64": dict(image_size=64, precision="fp16", chunk_size=2600, batch_size=1300, verify=256),
+}
 CONSTRAINTS = {
     "image_size": script_util.at_least(0), "flips": script_util.each(script_util.one_of(0, 1), nonempty=True,
                                                                      distinct=True),
@@ -88,7 +98,7 @@ def encoder_sigmas(args, device):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS, presets=PRESETS,
                                     required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)
@@ -165,7 +175,7 @@ def decode_main(args, teacher, device):
                f"teacher calls per pair on average); rank {rank}: {len(todo)} chunks to do")
     start = time.time()
     done = guided_pairs.decode_chunks(teacher, store, todo, num_pairs=args.num_pairs, chunk_size=args.chunk_size,
-                                      batch_size=args.batch_size, sigmas=sigmas, scales=args.guidance_scales,
+                                      batch_size=args.batch_size, sigmas=sigmas, guidance_scales=args.guidance_scales,
                                       seed=args.seed, num_classes=num_classes, settings=settings,
                                       dtype=np.float16 if args.storage == "fp16" else np.float32)
     if done:

@@ -29,7 +29,8 @@ GROUPS = {
                    batch_size=100),
 }
 
-
+# commands/sampling.sh: the paper's tables' sample count (50,000, uniform labels) in resumable chunks
+PRESETS = {"fid50k": dict(num_samples=50000, chunk_size=500, batch_size=250)}
 _c = script_util
 CONSTRAINTS = {
     "kind": _c.one_of("auto", "generator", "denoiser"), "precision": _c.one_of(*PRECISION_CHOICES),
@@ -54,7 +55,7 @@ def sampling_identity(args):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS, presets=PRESETS,
                                     required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
     logger.configure(args.out_dir)

@@ -134,7 +134,8 @@ def test_guided_pairs_are_deterministic_rank_independent_and_resumable(guided_st
     for k in ("z", "x", "y", "w"):
         assert torch.equal(whole[k], split[k]), k
     # pair 5 made alone is row 5: a pure function of (seed, 5)
-    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4, scales=[1.5, 2.0, 3.0, 4.0])
+    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4,
+                          guidance_scales=[1.5, 2.0, 3.0, 4.0])
     from pagoda.sampling import karras_sigmas  # noqa: PLC0415
     x = guided_decode(load_teacher(teacher), z, y, w, karras_sigmas(3, 0.002, 80.0, 7.0))
     assert torch.equal(z, whole["z"][5:6]) and torch.allclose(x, whole["x"][5:6], atol=1e-5)
@@ -157,7 +158,7 @@ def test_guidance_distillation_makes_a_w_conditioned_generator_that_stage3_keeps
     z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
     assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
     from scripts.compare import Row, row_nfe  # noqa: PLC0415
-    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance=3.0)) == 1
+    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance_scale=3.0)) == 1
     _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
                             str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",
                             "tiny", "--d_channel_scale", "0.25", "--global_batch_size", "4", "--total_steps", "1",

@@ -12,7 +12,7 @@ from pagoda.diffaug import DiffAugment
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import create_feature_network
 from pagoda.generator import freeze_for_growth, generate, grow
-from pagoda.losses import ReconstructionLoss, hinge_g_loss
+from pagoda.losses import ReconstructionLoss, hinge_g_loss, weight_grad_norm
 from pagoda.methods.pagoda import PaGoDAObjective
 from pagoda.train_util import OptimSpec, TrainLoop
 from pagoda.unet import UNetModel
@@ -142,6 +142,18 @@ def test_separate_update_takes_two_generator_steps(tmp_path):
     rec_terms = obj.losses("generator:rec", {"generator": obj.generator}, next(_data()(0)), step=0,
                            generator=torch.Generator().manual_seed(0))
     assert set(rec_terms) == {"loss", "rec", "psnr"}
+
+
+def test_the_separate_gan_update_is_weighed_against_the_reconstruction_update_before_it():
+    """lambda = clip(||dL_rec/dW|| / (||dL_adv/dW|| + 1e-4)) with ||dL_rec/dW|| from the "generator:rec" phase."""
+    obj = _objective(_backbone(), separate_update=True, discriminator_weight=0.2)
+    nets, batch, last = {"generator": obj.generator}, next(_data()(0)), obj.generator.last_resblock_conv().weight
+    rec = obj.losses("generator:rec", nets, batch, step=0, generator=torch.Generator().manual_seed(0))["loss"]
+    gan_terms = obj.losses("generator:gan", nets, batch, step=0, generator=torch.Generator().manual_seed(1))
+    lam = gan_terms["adaptive_weight"][0]
+    gan_norm = weight_grad_norm(gan_terms["loss"], last) / (0.2 * lam)  # the loss is 0.2 * lambda * L_adv
+    torch.testing.assert_close(lam, (weight_grad_norm(rec, last) / (gan_norm + 1e-4)).clamp(0.01, 10.0))
+    assert set(gan_terms) == {"loss", "gan", "adaptive_weight", "adaptive_at_clamp"}
 
 
 def test_resume_restores_discriminator_and_projections(tmp_path):

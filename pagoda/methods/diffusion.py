@@ -18,7 +18,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel, imagenet64_config
 from . import common
 
-TITLE = "stage 1: EDM teacher"
+TITLE = "diffusion: stage 1 EDM teacher"
 GROUPS = {
     "data": common.image_data_group(image_size=16),
     "model": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(2, 4),

@@ -25,6 +25,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+TITLE = "encoder: amortised one-step encoder"
 GROUPS = {
     "data": dict(latent_dir="runs/latents", data_dir="", num_workers=0, cache_images=True),
     "model": dict(init_from="", noised_input=True, encoder_sigma=0.002, dropout=0.0),
@@ -137,4 +138,4 @@ def build(config, device):
     optim = {"encoder": OptimSpec(name="adam", lr=config["lr"])}
     record = dict(encoder=backbone.config, num_pairs=len(pairs), **lineage)
     return common.Run(objective=objective, data=common.stream(pairs, config, labels=labels), optim=optim,
-                      record=record, title="amortised encoder")
+                      record=record, title=TITLE)

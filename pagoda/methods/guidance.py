@@ -33,6 +33,7 @@ from ..pair_datasets import check_latent_teacher
 from ..train_util import Objective, OptimSpec
 from . import common, gan
 
+TITLE = "guidance: guidance distillation"
 GROUPS = {
     "data": dict(guided_pairs="", num_workers=0),
     "model": dict(init_from=""),
@@ -189,4 +190,4 @@ def build(config, device):
     optim = {"generator": OptimSpec(name="adam", lr=config["lr"], decay_steps=common.decay_steps(config))}
     record = dict(generator=backbone.config, num_guided_pairs=len(pairs["z"]), start=side.get("content_sha256"))
     return common.Run(objective=objective, data=common.stream(dataset, config), optim=optim, record=record,
-                      title="guidance distillation")
+                      title=TITLE)

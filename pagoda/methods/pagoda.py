@@ -25,7 +25,8 @@ from ..pair_datasets import PairDataset, check_latent_teacher
 from ..train_util import Objective, OptimSpec
 from . import common, gan
 
-TITLES = ("stage 2: one-step generator", "stage 3: grown generator")
+# progress-bar titles, "<method>: <what it trains>" as in every method; stage 3 is a grown stage 2
+TITLES = ("pagoda: stage 2 one-step generator", "pagoda: stage 3 grown generator")
 GROUPS = {
     "data": dict(latent_dir="runs/latents", data_dir="", image_size=0, num_workers=0, cache_images=True),
     "model": dict(init_from="", grow_factor=1, activate_from=-1, channel_mult_high=(), refit_head=False,
@@ -42,24 +43,25 @@ PAPER = dict(feature_networks=("deit_base_distilled_patch16_224", "tf_efficientn
              num_workers=8, cache_images=False, save_interval=10000, preview_interval=10000)
 PRESETS = {
     # CPU recipes on the bundled digits (16 px teacher). Short runs need far larger learning rates than the paper's.
-    "mnist16": dict(recon_loss="pseudo_huber", feature_networks=("tf_efficientnet_lite0",), feature_resolution=64,
-                    d_norm="group", discriminator_weight=6.0, lr_generator=2e-3, lr_discriminator=1e-3,
-                    d_channel_scale=0.25,
-                    ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
-                    log_interval=50),
-    "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
-                        discriminator_weight=1.0,
-                        lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
-                        total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
-                        log_interval=50),
+    "mnist16": dict(image_size=16, recon_loss="pseudo_huber", feature_networks=("tf_efficientnet_lite0",),
+                    feature_resolution=64, d_norm="group", discriminator_weight=6.0, lr_generator=2e-3,
+                    lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,), total_steps=1000,
+                    global_batch_size=32, save_interval=200, preview_interval=200, log_interval=50,
+                    monitor_interval=100, monitor_samples=200),
+    "mnist16to32": dict(image_size=32, recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
+                        discriminator_weight=1.0, lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25,
+                        ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200,
+                        preview_interval=200, log_interval=50, monitor_interval=100, monitor_samples=200),
     # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
-    "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
-    "imagenet64to128": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, global_batch_size=256),
-    "imagenet128to256": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
-                             adaptive_weight=False, global_batch_size=360),
-    "imagenet256to512": dict(PAPER, grow_factor=2, activate_from=9, discriminator_weight=1.0, separate_update=True,
-                             adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
-                             recon_discriminator=True),
+    # Names: the data, the latents' resolution and (growth) the generator's output resolution.
+    "imagenet64": dict(PAPER, image_size=64, discriminator_weight=0.2, global_batch_size=96),
+    "imagenet64to128": dict(PAPER, image_size=128, grow_factor=2, activate_from=9, discriminator_weight=1.0,
+                            global_batch_size=256),
+    "imagenet64to256": dict(PAPER, image_size=256, grow_factor=2, activate_from=9, discriminator_weight=1.0,
+                            separate_update=True, adaptive_weight=False, global_batch_size=360),
+    "imagenet64to512": dict(PAPER, image_size=512, grow_factor=2, activate_from=9, discriminator_weight=1.0,
+                            separate_update=True, adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
+                            recon_discriminator=True),
 }
 
 _c = script_util

@@ -39,6 +39,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+TITLE = "progressive: progressive distillation"
 GROUPS = {
     "data": common.image_data_group(image_size=0),
     "model": dict(init_from="", teacher_steps=0, rho=7.0, dropout=0.0, use_checkpoint=False),
@@ -48,7 +49,7 @@ GROUPS = {
 }
 PRESETS = {
     # One round of commands/progressive_mnist.sh (the 16 px bundled teacher); the recipe adds the round's flags.
-    "mnist16": dict(global_batch_size=32, lr=1e-3, total_steps=200, log_interval=50, save_interval=100,
+    "mnist16": dict(image_size=16, global_batch_size=32, lr=1e-3, total_steps=200, log_interval=50, save_interval=100,
                     preview_interval=200),
     # PD's ImageNet-64 settings (paper, appendix; official config): batch 2048, Adam lr 1e-4 annealed linearly to 0
     # in each round of 50k updates, gradient clipping at 1, no EMA, dropout 0.
@@ -192,4 +193,4 @@ def build(config, device):
     record = dict(dataset=source.origin, dataset_identity=source_identity(source), num_images=len(source),
                   num_classes=source.num_classes, unet=student.config, teacher_sigmas=grid.tolist(), **lineage)
     return common.Run(objective=objective, data=common.stream(dataset, config, labels=labels), optim=optim,
-                      callbacks=[preview], record=record, title=f"progressive distillation: {steps} -> {steps // 2}")
+                      callbacks=[preview], record=record, title=f"{TITLE}: {steps} -> {steps // 2} steps")
