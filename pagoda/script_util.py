@@ -322,7 +322,7 @@ def config_changes(recorded, requested):
         for key in sorted(set(old) | set(new)):
             if old.get(key, "<absent>") != new.get(key, "<absent>"):
                 changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key)))
-    return changes
+    return sorted(changes, key=lambda change: change[0])
 
 
 def _renamed(recorded):

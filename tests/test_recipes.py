@@ -21,14 +21,17 @@ RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.spli
                   "super", "transfer.sh", "interpolate.sh", "inpaint.sh", "guided", "encoder"))
 
 
-def _flags(recipe):
-    text = open(os.path.join(COMMANDS, recipe)).read().replace("\\\n", " ")
+def _launches(recipe):
+    """The flags of each script the recipe launches, its $..._FLAGS groups expanded, one list per launch line."""
+    text = open(os.path.join(COMMANDS, recipe)).read()
     for part in ("_apply.sh", "_rounds.sh"):  # shared flags and launch lines the recipe sources
         if f"/{part}" in text:
             text += open(os.path.join(COMMANDS, part)).read()
-    groups = re.findall(r'^\s*[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)  # indented: inside a loop over rounds
-    launch = [line.strip() for line in text.splitlines() if line.strip().startswith("launch ")]
-    return re.findall(r"--(\w+)", " ".join(groups + launch))
+    text = text.replace("\\\n", " ")
+    groups = dict(re.findall(r'^\s*([A-Z_]*FLAGS)="([^"]*)"', text, flags=re.M))  # indented: inside a loop
+    launches = [line for line in text.splitlines() if re.match(r"\s*(timed \w+ )?launch ", line)]
+    return [re.findall(r"--(\w+)", re.sub(r"\$\{?([A-Z_]*FLAGS)\}?", lambda m: groups.get(m.group(1), ""), line))
+            for line in launches]
 
 
 def test_every_stage_has_recipes():
@@ -43,16 +46,17 @@ def test_every_stage_has_recipes():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_no_flag_twice(recipe):
-    flags = _flags(recipe)
-    assert flags, recipe
-    duplicated = sorted({f for f in flags if flags.count(f) > 1})
-    assert not duplicated, f"{recipe} passes {duplicated} more than once"
+    launches = _launches(recipe)
+    assert launches and all(launches), recipe
+    for flags in launches:
+        duplicated = sorted({f for f in flags if flags.count(f) > 1})
+        assert not duplicated, f"{recipe} passes {duplicated} more than once to one script"
 
 
 def dry_run(recipe):
     env = dict(os.environ, PYTHON=sys.executable)
     out = subprocess.run(["bash", os.path.join(COMMANDS, recipe), "--dry_run"], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -320,7 +324,7 @@ def test_imagenet_recipes_take_guidance_settings():
 
     def dry_run_with(recipe, *extra, env=env):
         out = subprocess.run(["bash", os.path.join(COMMANDS, recipe), *extra, "--dry_run"], env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 

@@ -8,10 +8,10 @@ while its unguided point w = 1 is held where training found it.
 Loss per step: L_rec(G(z_w, y, w), x_w) on a batch of pairs plus anchor_weight * L_rec(G(z, y', 1), G_0(z, y', 1))
 on as many fresh prior latents z and uniform real classes y', G_0 the frozen starting generator, plus (with
 histogram_weight > 0) histogram_weight * L_rec between the sorted pixel values of G(z_w, y, w) and of x_w (the
-pair's contrast; see GuidanceObjective.histogram_term). Why a phase of its own: inside stage 2 the pairs share each
-generator step with the GAN and the data reconstruction, and stage 2's budget (500 generator updates on the bundled
-data) leaves G far short of the teacher at w > 1 (it fits the pairs to 25.7 dB and guides like a teacher at w ~ 2.7
-when asked for 4). Here a step costs one generator forward and backward with no discriminator, and the anchor keeps
+pair's contrast; see GuidanceObjective.histogram_term). Why a phase of its own rather than a term of stage 2: there
+the pairs share each generator step with the GAN and the data reconstruction, and stage 2's budget (500 generator
+updates on the bundled data) left G far short of the teacher at w > 1 (it fitted the pairs to 25.7 dB and guided like
+a teacher at w ~ 2.7 when asked for 4). Here a step costs one generator forward and backward with no discriminator, and the anchor keeps
 w = 1 (the adversarially trained point, which is not the teacher's: PaGoDA's generator is not a regression of the
 teacher's samples) from drifting while the w path and the shared weights learn the guided map. A generator without a
 w input gets one (zero last layer: it starts as G_0 at every w).
@@ -149,8 +149,7 @@ def guided_pairs_for(folder, backbone, origin, *, device):
     if pairs["x"].shape[-1] != size:
         raise ValueError(f"guided pairs in {folder} are {pairs['x'].shape[-1]} px images but the generator makes "
                          f"{size} px ones")
-    scales = pairs["manifest"]["guidance_scales"]
-    logger.log(f"guided pairs: {len(pairs['z'])} from {folder} at w in {scales} (distillation term)")
+    logger.log(f"guided pairs: {len(pairs['z'])} from {folder} at w in {pairs['manifest']['guidance_scales']}")
     return {k: None if v is None else v.to(device) for k, v in pairs.items() if k != "manifest"}
 
 
