@@ -187,13 +187,14 @@ def resolve(entry, method, preset, passed):
     """The config scripts/<entry>.py resolves from --preset `preset` and the flags `passed` alone."""
     argv = ["--preset", preset] + [a for key, value in passed.items() for a in (f"--{key}", _arg(value))]
     if entry == "train":
-        from scripts import train  # noqa: PLC0415
+        import train  # noqa: PLC0415
         presets, parser = methods.get(method).PRESETS, train.parser_for(method)
     else:
-        module = importlib.import_module(f"scripts.{entry}")
+        module = importlib.import_module(entry)
         presets = module.PRESETS
+        # per-flag checks are on the Flags; CONSTRAINTS (relations) only where a script has them
         parser = script_util.create_parser(module.GROUPS, description="", presets=presets,
-                                           constraints=module.CONSTRAINTS)
+                                           constraints=getattr(module, "CONSTRAINTS", None))
     return json.loads(json.dumps(script_util.resolved_config(script_util.parse_args(parser, presets, argv))))
 
 
