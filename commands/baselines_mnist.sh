@@ -9,6 +9,7 @@
 # In:  $RUN (a quickstart run directory: teacher/, stage2/, stage3/).  Out: $OUT/{gdd,gdd_i,progressive}/ (runs),
 #      $OUT/table/compare.{md,json,png} (the table), $OUT/timings/<method>.sec (training wall time).
 # Rerunning resumes every run and the table.
+# No preset: it runs the other recipes (each with its preset) and one scripts/compare.py table of their rows.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 source commands/_timed.sh

@@ -6,6 +6,7 @@
 # reference, the other 5,000 the floor). Other methods add a row: EXTRA_ROWS=("--row" "GDD=path/to/export.pt").
 # In:  $RUN (a quickstart run directory: teacher/, stage2/, stage3/).  Out: $OUT_DIR/compare.{md,json,png}.
 # Rerunning resumes: samples are kept under $OUT_DIR/samples and only missing ones are made.
+# No preset: scripts/compare.py's settings here are the table itself (its rows, seeds and sample counts).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 RUN=${RUN:-runs/quickstart}

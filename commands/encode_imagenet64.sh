@@ -9,8 +9,4 @@ IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_imagenet64_ema.pt}
 OUT_DIR=${OUT_DIR:-runs/imagenet64/latents}
 
-DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --flips 0,1"
-SOLVER_FLAGS="--teacher $TEACHER --num_steps 40 --sigma_min 0.002 --sigma_max 80 --rho 7 --clamp_denoised true --precision fp16"
-OUTPUT_FLAGS="--out_dir $OUT_DIR --storage fp16 --chunk_size 2600 --batch_size 1300 --verify 256"
-
-launch scripts/encode.py $DATA_FLAGS $SOLVER_FLAGS $OUTPUT_FLAGS "$@"
+launch scripts/encode.py --preset imagenet64 --data_dir "$IMAGENET_TRAIN" --teacher "$TEACHER" --out_dir "$OUT_DIR" "$@"

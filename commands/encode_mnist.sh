@@ -12,8 +12,5 @@ source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
 OUT_DIR=${OUT_DIR:-runs/mnist/latents}
 
-DATA_FLAGS="--data_dir bundled:mnist --flips ${FLIPS:-0} --limit ${LIMIT:-0}"
-SOLVER_FLAGS="--teacher $TEACHER --num_steps ${ENCODE_STEPS:-18} --sigma_min 0.002 --sigma_max 80 --rho 7 --clamp_denoised true --start_sigma ${START_SIGMA:-0.1}"
-OUTPUT_FLAGS="--out_dir $OUT_DIR --storage fp16 --chunk_size 500 --batch_size 250 --verify 64"
-
-launch scripts/encode.py $DATA_FLAGS $SOLVER_FLAGS $OUTPUT_FLAGS "$@"
+launch scripts/encode.py --preset mnist16 --teacher "$TEACHER" --out_dir "$OUT_DIR" ${FLIPS:+--flips $FLIPS} \
+  ${LIMIT:+--limit $LIMIT} ${ENCODE_STEPS:+--num_steps $ENCODE_STEPS} ${START_SIGMA:+--start_sigma $START_SIGMA} "$@"

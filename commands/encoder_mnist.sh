@@ -16,8 +16,5 @@ RUN=${RUN:-runs/mnist}
 RUN_DIR=${RUN_DIR:-$RUN/encoder}
 LATENTS=${LATENTS:-$RUN/latents}  # more pairs help: LIMIT=10000 bash commands/encode_mnist.sh (~7 min) to a folder
 
-DATA_FLAGS="--latent_dir $LATENTS"
-MODEL_FLAGS="--init_from $RUN/teacher/exports/denoiser_ema0.999.pt --noised_input true --encoder_sigma 0.002"
-TRAIN_FLAGS="--global_batch_size 32 --lr 5e-4 --ema_rates 0.99 --total_steps ${STEPS:-2000} --log_interval 100 --save_interval 500 --preview_interval 0"
-
-launch scripts/train.py --method encoder --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method encoder --preset mnist16 --init_from "$RUN/teacher/exports/denoiser_ema0.999.pt" \
+  --latent_dir "$LATENTS" --run_dir "$RUN_DIR" ${STEPS:+--total_steps $STEPS} "$@"

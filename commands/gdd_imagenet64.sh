@@ -13,9 +13,5 @@ DEIT_WEIGHTS=${DEIT_WEIGHTS:-}
 EFFNET_WEIGHTS=${EFFNET_WEIGHTS:-}
 RUN_DIR=${RUN_DIR:-runs/imagenet64/gdd}
 
-DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --random_flip true --num_workers 8 --cache_images false"
-MODEL_FLAGS="--init_from $TEACHER"
-LOSS_FLAGS="--feature_networks deit_base_distilled_patch16_224,tf_efficientnet_lite0 --feature_weights $DEIT_WEIGHTS,$EFFNET_WEIGHTS --gan_loss nonsaturating --r1_gamma 1e-4 --r1_interval 16 --diffaug false"
-TRAIN_FLAGS="--global_batch_size 512 --lr_generator 8e-6 --lr_discriminator 4e-5 --adam_beta1 0 --adam_beta2 0.99 --lazy_r1_adam true --ema_rates 0.9999 --precision bf16 --total_steps 19532 --save_interval 1000 --preview_interval 1000"
-
-launch scripts/train.py --method gdd --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method gdd --preset imagenet64 --init_from "$TEACHER" --data_dir "$IMAGENET_TRAIN" \
+  --feature_weights "$DEIT_WEIGHTS,$EFFNET_WEIGHTS" --run_dir "$RUN_DIR" "$@"

@@ -15,9 +15,5 @@ source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
 RUN_DIR=${RUN_DIR:-runs/mnist/gdd}
 
-DATA_FLAGS="--data_dir bundled:mnist"
-MODEL_FLAGS="--init_from $TEACHER"
-LOSS_FLAGS="--feature_networks tf_efficientnet_lite0 --feature_resolution 64 --d_norm group --d_channel_scale 0.25 --gan_loss nonsaturating --r1_gamma 1e-4 --r1_interval 16 --diffaug false"
-TRAIN_FLAGS="--global_batch_size 32 --lr_generator ${LR_G:-1e-5} --lr_discriminator 1e-3 --adam_beta1 0 --adam_beta2 0.99 --lazy_r1_adam true --ema_rates 0.99 --total_steps ${STEPS:-500} --save_interval 100 --log_interval 25 --preview_interval 100"
-
-launch scripts/train.py --method gdd --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method gdd --preset mnist16 --init_from "$TEACHER" --run_dir "$RUN_DIR" \
+  ${LR_G:+--lr_generator $LR_G} ${STEPS:+--total_steps $STEPS} "$@"

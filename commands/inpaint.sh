@@ -9,6 +9,8 @@
 # In:  $1 (folder, ADM .npz or bundled:<name>; default bundled:mnist_test), $TEACHER, $GENERATOR (default: the
 #      stage-2 generator, at the teacher's resolution, so the replacement baseline runs too).
 # Out: $OUT_DIR/{images/*.png, samples_NxHxWx3.npz, grid.png, scores.json}.
+# No preset: the encoder settings must be those of the generator's latents; _apply.sh holds them for all four
+# applications, and the task's own flags are set below.
 set -euo pipefail
 TASK=inpaint
 GENERATOR_DEFAULT=runs/mnist/stage2/exports/generator_ema0.99.pt

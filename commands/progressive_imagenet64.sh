@@ -9,8 +9,8 @@
 # In:  $TEACHER, $IMAGENET_TRAIN.  Out: $RUN/steps<k>/exports/student.pt for k = 128, ..., 1 (Euler on its own grid,
 #      NFE k).  Target: PD on this teacher as reported by Consistency Models: FID 15.39 (1 step), 8.95 (2 steps).
 # Each round is its own run, initialised from (and distilling) the previous round's export; rerunning resumes (a
-# finished round is skipped). Env: STEPS_PER_ROUND (50000), START_STEPS (256), ROUNDS (the student step counts to
-# train, in order; default every halving), MICROBATCH (per-rank, 0 = whole; e.g. NPROC=8 MICROBATCH=64).
+# finished round is skipped). Env: STEPS_PER_ROUND (the preset's 50000), START_STEPS (256), ROUNDS (the student step
+# counts to train, in order; default every halving), MICROBATCH (per-rank, 0 = whole; e.g. NPROC=8 MICROBATCH=64).
 # --dry_run prints ONE JSON object: each round's resolved config under its run name ({"steps128": {...}, ...}).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
@@ -18,9 +18,7 @@ TEACHER=${TEACHER:-https://openaipublic.blob.core.windows.net/consistency/edm_im
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 RUN=${RUN:-runs/imagenet64/progressive}
 START_STEPS=${START_STEPS:-256}
-STEPS_PER_ROUND=${STEPS_PER_ROUND:-50000}
 
-DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --random_flip true --num_workers 8 --cache_images false"
-TRAIN_FLAGS="--global_batch_size 2048 --microbatch ${MICROBATCH:-0} --lr 1e-4 --lr_schedule linear --grad_clip 1 --precision bf16 --total_steps $STEPS_PER_ROUND --save_interval 5000 --log_interval 100 --preview_interval 5000"
+ROUND_FLAGS="--preset imagenet64 --data_dir $IMAGENET_TRAIN ${MICROBATCH:+--microbatch $MICROBATCH}"
 
 source "$(dirname "$0")/_rounds.sh"

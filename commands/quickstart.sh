@@ -7,6 +7,7 @@
 # Sets up .venv first if needed. Rerunning resumes every stage instead of starting over.
 # PRECISION=auto (default: bf16 where the CPU or GPU has it natively, else fp32; pagoda/amp.py) or fp32 / bf16 for
 # the networks trained, encoded with and sampled; the Inception of the scores is fp32 either way.
+# No preset: it runs the stage recipes (each with its preset) at its budgets, then the table and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0

@@ -10,8 +10,6 @@ source "$(dirname "$0")/_launch.sh"
 MODEL=${MODEL:-runs/imagenet64/stage2/exports/generator_ema0.999.pt}
 OUT_DIR=${OUT_DIR:-runs/samples}
 
-MODEL_FLAGS="--model $MODEL --precision ${PRECISION:-auto}"
-SAMPLER_FLAGS="--sampler heun --num_steps ${STEPS:-40} --guidance_scale ${GUIDANCE:-1}"
-OUTPUT_FLAGS="--out_dir $OUT_DIR --num_samples ${NUM_SAMPLES:-50000} --labels uniform --seed 0 --chunk_size 500 --batch_size ${BATCH:-250}"
-
-launch scripts/sample.py $MODEL_FLAGS $SAMPLER_FLAGS $OUTPUT_FLAGS "$@"
+launch scripts/sample.py --preset fid50k --model "$MODEL" --out_dir "$OUT_DIR" ${PRECISION:+--precision $PRECISION} \
+  ${STEPS:+--num_steps $STEPS} ${GUIDANCE:+--guidance_scale $GUIDANCE} ${NUM_SAMPLES:+--num_samples $NUM_SAMPLES} \
+  ${BATCH:+--batch_size $BATCH} "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install pagoda's requirements into it. Idempotent: a second run is quick.
 # Usage: bash commands/setup_env.sh        (PYTHON=python3.11 to choose the interpreter)
+# No preset: it installs the environment, not a training or sampling script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -9,9 +9,4 @@ source "$(dirname "$0")/_launch.sh"
 IMAGENET_TRAIN=${IMAGENET_TRAIN:-/path/to/imagenet/train}
 RUN_DIR=${RUN_DIR:-runs/imagenet64/teacher}
 
-DATA_FLAGS="--data_dir $IMAGENET_TRAIN --image_size 64 --random_flip true --num_workers 8 --cache_images false"
-MODEL_FLAGS="--model_channels 192 --channel_mult 1,2,3,4 --num_res_blocks 3 --attention_resolutions 2,4,8 --num_head_channels 64 --dropout 0.1"
-LOSS_FLAGS="--P_mean -1.2 --P_std 1.2 --sigma_data 0.5"
-TRAIN_FLAGS="--global_batch_size 4096 --lr 2e-4 --warmup_steps 2441 --ema_rates 0.99994 --precision fp16 --total_steps 610352 --save_interval 5000 --preview_interval 5000"
-
-launch scripts/train.py --method diffusion --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method diffusion --preset imagenet64 --data_dir "$IMAGENET_TRAIN" --run_dir "$RUN_DIR" "$@"

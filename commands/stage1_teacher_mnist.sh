@@ -13,9 +13,4 @@ set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 RUN_DIR=${RUN_DIR:-runs/mnist/teacher}
 
-DATA_FLAGS="--data_dir bundled:mnist --image_size 16"
-MODEL_FLAGS="--model_channels 32 --channel_mult 1,1,2 --num_res_blocks 1 --attention_resolutions 2,4 --num_head_channels 32"
-LOSS_FLAGS="--P_mean -1.2 --P_std 1.2 --sigma_data 0.5 --label_dropout 0.1"
-TRAIN_FLAGS="--global_batch_size 64 --lr 2e-3 --warmup_steps 100 --ema_rates 0.999 --total_steps ${STEPS:-1000} --save_interval 500 --log_interval 100 --preview_interval 500"
-
-launch scripts/train.py --method diffusion --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method diffusion --preset mnist16 --run_dir "$RUN_DIR" ${STEPS:+--total_steps $STEPS} "$@"

@@ -13,9 +13,5 @@ DEIT_WEIGHTS=${DEIT_WEIGHTS:-}
 EFFNET_WEIGHTS=${EFFNET_WEIGHTS:-}
 RUN_DIR=${RUN_DIR:-runs/imagenet64/stage2}
 
-DATA_FLAGS="--latent_dir $LATENTS --data_dir $IMAGENET_TRAIN --image_size 64 --num_workers 8 --cache_images false"
-MODEL_FLAGS="--init_from $TEACHER"
-LOSS_FLAGS="--recon_loss feature --feature_networks deit_base_distilled_patch16_224,tf_efficientnet_lite0 --feature_weights $DEIT_WEIGHTS,$EFFNET_WEIGHTS --discriminator_weight 0.2 --adaptive_weight true --separate_update false --gan_loss hinge"
-TRAIN_FLAGS="--global_batch_size 96 --lr_generator 8e-6 --lr_discriminator 2e-3 --ema_rates 0.999 --precision bf16 --total_steps 600000 --save_interval 10000 --preview_interval 10000"
-
-launch scripts/train.py --method pagoda --run_dir "$RUN_DIR" $DATA_FLAGS $MODEL_FLAGS $LOSS_FLAGS $TRAIN_FLAGS "$@"
+launch scripts/train.py --method pagoda --preset imagenet64 --init_from "$TEACHER" --latent_dir "$LATENTS" \
+  --data_dir "$IMAGENET_TRAIN" --feature_weights "$DEIT_WEIGHTS,$EFFNET_WEIGHTS" --run_dir "$RUN_DIR" "$@"

@@ -7,6 +7,8 @@
 # In:  $1 (a folder of images, an ADM .npz or bundled:<name>; default the held-out bundled:mnist_test digits),
 #      $TEACHER, $GENERATOR (the grown generator distilled from that teacher).
 # Out: $OUT_DIR/{images/*.png, samples_NxHxWx3.npz, grid.png (inputs, bicubic, outputs, references), scores.json}.
+# No preset: the encoder settings must be those of the generator's latents; _apply.sh holds them for all four
+# applications, and the task's own flags are set below.
 set -euo pipefail
 TASK=super_resolve
 GENERATOR_DEFAULT=runs/mnist/stage3/exports/generator_ema0.99.pt

@@ -6,6 +6,8 @@
 #   bash commands/transfer.sh INPUT_DIR_OR_NPZ [--label 3 | --use_data_labels true] [--limit N]
 # In:  $1 (folder, ADM .npz or bundled:<name>; default bundled:mnist_test), $TEACHER, $GENERATOR.
 # Out: $OUT_DIR/{images/*.png, samples_NxHxWx3.npz, grid.png, scores.json}.
+# No preset: the encoder settings must be those of the generator's latents; _apply.sh holds them for all four
+# applications, and the task's own flags are set below.
 set -euo pipefail
 TASK=transfer
 GENERATOR_DEFAULT=runs/mnist/stage3/exports/generator_ema0.99.pt

@@ -15,11 +15,6 @@ mean), while GroupNorm normalises each sample on its own.
 With classes, logits use projection conditioning: <out, FC(embed(y))> / sqrt(cmap_dim). The official code loads
 the embedding table from a StyleGAN-XL pickle (1000 x 320, pretrained on ImageNet); that file is not available
 offline, so the table here is a trainable embedding with random init.
-
-A guidance-conditioned discriminator D(x, y, w) (`guidance_embed`; the paper's text-to-image
-discriminator takes an embedding of the CFG scale) adds, in every head, an MLP of the sinusoid of w to the class
-embedding before the projection: w then shapes the same conditioning vector y does. The MLP's last layer starts at
-zero, so a new D(x, y, w) equals D(x, y) at every w until training moves it.
 """
 
 import math
@@ -28,7 +23,6 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .unet import guidance_features, guidance_scales
 
 # Output channels of a down block by the resolution it produces (projected GAN / StyleGAN-XL table).
 HEAD_CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}
@@ -86,32 +80,16 @@ class DiscriminatorHead(nn.Module):
         if num_classes:
             self.embed = nn.Embedding(num_classes, cond_dim)
             self.embed_proj = nn.Sequential(nn.Linear(cond_dim, cmap_dim), nn.LeakyReLU(0.2))
-        self.guidance_embed = None
-
-    def add_guidance_input(self, freq_dim=64):
-        """The w-embedding: sinusoid(w) -> Linear -> SiLU -> Linear (zero) -> added to embed(y). Small (64 wide)
-        beside the heads: w is one scalar. Made after the head's other weights, so they draw what they drew before."""
-        if not self.num_classes:
-            raise ValueError("a guidance-conditioned discriminator head needs classes: w enters through the class "
-                             "projection")
-        cond_dim = self.embed.embedding_dim
-        self.guidance_embed = nn.Sequential(nn.Linear(freq_dim, freq_dim), nn.SiLU(), nn.Linear(freq_dim, cond_dim))
-        nn.init.zeros_(self.guidance_embed[-1].weight)
-        nn.init.zeros_(self.guidance_embed[-1].bias)
 
     @property
     def depth(self):
         """Number of conv + norm + LeakyReLU blocks before the output conv."""
         return len(self.down) // 3
 
-    def forward(self, feature, y=None, w=None):
+    def forward(self, feature, y=None):
         out = self.out(self.down(feature))
         if self.num_classes:
-            cond = self.embed(y)
-            if self.guidance_embed is not None:
-                freq = guidance_features(w, self.guidance_embed[0].in_features)
-                cond = cond + self.guidance_embed(freq).to(cond.dtype)
-            cmap = self.embed_proj(cond)
+            cmap = self.embed_proj(self.embed(y))
             out = (out * cmap[:, :, None, None]).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
         return out.flatten(1)
 
@@ -128,7 +106,7 @@ class ProjectedDiscriminator(nn.Module):
                    "(discriminator.head_blocks) and by --d_norm, --feature_resolution and --d_channel_scale")
 
     def __init__(self, *, feature_networks, image_size, num_classes=None, cond_dim=320, cmap_dim=64,
-                 channel_scale=1.0, norm="batch", guidance_embed=False):
+                 channel_scale=1.0, norm="batch"):
         super().__init__()
         if not feature_networks:
             raise ValueError("ProjectedDiscriminator needs at least one feature network")
@@ -142,24 +120,15 @@ class ProjectedDiscriminator(nn.Module):
                                   cmap_dim=cmap_dim, channel_scale=channel_scale, norm=norm)
                 for c, hw in zip(net.channels, sizes)
             )
-        self.guidance_embed = bool(guidance_embed)
-        if self.guidance_embed:  # after every head, so the heads' own weights are those of D(x, y) with this seed
-            if not num_classes:
-                raise ValueError("a guidance-conditioned discriminator needs classes (num_classes): w enters through "
-                                 "the class projection")
-            for heads in self.heads.values():
-                for head in heads:
-                    head.add_guidance_input()
 
     @torch.no_grad()
     def extract(self, x):
         """Frozen features {network name: [levels]} without a graph (the D step: gradients reach the heads only)."""
         return {name: net(x) for name, net in self.feature_networks.items()}
 
-    def forward(self, x, y=None, *, features=None, w=None):
+    def forward(self, x, y=None, *, features=None):
         """Patch logits, one (N, P) tensor per head (networks in order, then levels). Without `features` the
-        features are computed with a graph, so the generator step gets gradients with respect to x. `w`: the
-        guidance scales ((N,)) of a guidance-conditioned D (None: w = 1, the data's distribution)."""
+        features are computed with a graph, so the generator step gets gradients with respect to x."""
         if (y is None) != (self.num_classes is None):
             raise ValueError(
                 "class labels y are required by a conditional discriminator and refused by an unconditional one "
@@ -167,16 +136,7 @@ class ProjectedDiscriminator(nn.Module):
             )
         if features is None:
             features = {name: net(x) for name, net in self.feature_networks.items()}
-        level = next(iter(features.values()))[0]  # x may be None when the features are given
-        w = self._check_guidance(w, len(level), level.device)
         logits = []
         for name, heads in self.heads.items():
-            logits.extend(head(f, y, w) for head, f in zip(heads, features[name]))
+            logits.extend(head(f, y) for head, f in zip(heads, features[name]))
         return logits
-
-    def _check_guidance(self, w, n, device):
-        if not self.guidance_embed:
-            if w is not None:
-                raise ValueError("this discriminator has no guidance-scale input (guidance_embed=False); pass w=None")
-            return None
-        return guidance_scales(w, n, device)

@@ -22,32 +22,33 @@ from .sampling import classifier_free_guidance, heun_sample
 FORMAT = GUIDED_PAIRS_FORMAT
 
 
-def pair_scales(indices, scales):
-    """The guidance scale of each pair: the set cycled over the pair index, so every chunk covers every w."""
-    return torch.tensor([float(scales[i % len(scales)]) for i in indices])
+def pair_guidance_scales(indices, guidance_scales):
+    """The guidance scale w of each pair: the set cycled over the pair index, so every chunk covers every w."""
+    return torch.tensor([float(guidance_scales[i % len(guidance_scales)]) for i in indices])
 
 
-def pair_inputs(indices, *, shape, seed, sigma_max, num_classes, scales):
+def pair_inputs(indices, *, shape, seed, sigma_max, num_classes, guidance_scales):
     """(z, y, w) of pairs `indices`: z = sigma_max * eps_(seed + i), y uniform from its own stream, w cycled."""
     z = StackedRandomGenerator("cpu", [seed + i for i in indices]).randn((len(indices),) + tuple(shape)) * sigma_max
     y = sample_labels(indices, num_classes=num_classes, mode="uniform", base_seed=seed)
-    return z, y, pair_scales(indices, scales)
+    return z, y, pair_guidance_scales(indices, guidance_scales)
 
 
 def guided_decode(teacher, z, y, w, sigmas):
     """x_w: Heun from z down the teacher's PF-ODE, guided at w (per distinct w in the batch; w = 1 unguided)."""
     x = torch.empty_like(z)
-    for scale in torch.unique(w).tolist():
-        rows = (w == scale).nonzero().flatten()
-        denoise = teacher if scale == 1.0 else classifier_free_guidance(teacher, guidance_scale=scale,
-                                                                        null_class=teacher.null_class)
+    for w_k in torch.unique(w).tolist():
+        rows = (w == w_k).nonzero().flatten()
+        denoise = teacher if w_k == 1.0 else classifier_free_guidance(teacher, guidance_scale=w_k,
+                                                                      null_class=teacher.null_class)
         x[rows] = heun_sample(denoise, z[rows], sigmas, None if y is None else y[rows]).float().clamp(-1, 1)
     return x
 
 
 @torch.no_grad()
-def decode_chunks(teacher, store, chunks, *, num_pairs, chunk_size, batch_size, sigmas, scales, seed, num_classes,
-                  settings, dtype=np.float32):
+def decode_chunks(teacher, store, chunks, *, num_pairs, chunk_size, batch_size, sigmas, guidance_scales, seed,
+                  num_classes,
+settings, dtype=np.float32):
     """Make and write `chunks` of the pairs; returns the number of pairs made."""
     device = next(teacher.parameters()).device
     cfg = teacher.backbone.config
@@ -59,7 +60,7 @@ def decode_chunks(teacher, store, chunks, *, num_pairs, chunk_size, batch_size, 
         for b in range(0, len(indices), batch_size):
             idx = indices[b:b + batch_size]
             z, y, w = pair_inputs(idx, shape=shape, seed=seed, sigma_max=float(sigmas[0]), num_classes=num_classes,
-                                  scales=scales)
+                                  guidance_scales=guidance_scales)
             x = guided_decode(teacher, z.to(device), None if y is None else y.to(device), w.to(device), sigmas)
             rows.append(torch.cat([z, x.cpu()], dim=1).numpy().astype(dtype))
         store.write_chunk(c, np.concatenate(rows), ids=[f"pair{i}" for i in indices], flips=[False] * len(indices),
@@ -94,7 +95,7 @@ def load_guided_pairs(folder):
     half = data.shape[1] // 2
     indices = list(range(manifest["num_pairs"]))
     _, y, w = pair_inputs(indices, shape=(0,), seed=manifest["seed"], sigma_max=0.0,
-                          num_classes=manifest["num_classes"], scales=manifest["guidance_scales"])
+                          num_classes=manifest["num_classes"], guidance_scales=manifest["guidance_scales"])
     return {"z": data[:, :half], "x": data[:, half:], "y": y, "w": w, "manifest": manifest}
 
 

@@ -192,12 +192,15 @@ def weight_grad_norm(loss, weight):
     return weight.new_zeros((), dtype=torch.float32) if grad is None else grad.float().norm()
 
 
-def adaptive_weight(rec_loss, gan_loss, last_layer_weight, *, max_ratio=1e4, clip=(0.01, 10.0), eps=1e-4):
+def adaptive_weight(rec_loss, gan_loss, last_layer_weight, *, rec_norm=None, max_ratio=1e4, clip=(0.01, 10.0),
+                    eps=1e-4):
     """VQGAN-style balance (Esser et al. 2021, eq. 7): clip(clamp(||d rec/dW|| / (||d gan/dW|| + eps), 0,
     max_ratio), *clip), detached, with W the generator's last layer. Per-sample losses are averaged first (the
     objective minimises their mean). Returns 1.0 when rec_loss has no gradient on W (e.g. it is all zeros).
-    Graphs are retained so both losses can still be backpropagated. `clip=None` skips the clip."""
-    rec_norm = weight_grad_norm(rec_loss, last_layer_weight)
+    Graphs are retained so both losses can still be backpropagated. `clip=None` skips the clip. `rec_norm`:
+    ||d rec/dW|| measured before (an update of its own, weight_grad_norm), in place of rec_loss."""
+    if rec_norm is None:
+        rec_norm = weight_grad_norm(rec_loss, last_layer_weight)
     gan_norm = weight_grad_norm(gan_loss, last_layer_weight)
     weight = (rec_norm / (gan_norm + eps)).clamp(0.0, max_ratio)
     if clip is not None:

@@ -55,7 +55,7 @@ class GeneratorSampler:
         self.guidance_input = generator.guidance_input
         if guidance_scale != 1.0 and not self.guidance_input:
             raise ValueError(f"guidance_scale {guidance_scale:g} needs a guidance-conditioned generator G(z, y, w) "
-                             "(stage 2 with --guided_pairs); this generator has no w input and samples only w = 1")
+                             "(train.py --method guidance); this generator has no w input and samples only w = 1")
         self.guidance_scale = float(guidance_scale)
 
     def __call__(self, rng, y):

@@ -317,6 +317,11 @@ WRITTEN_CLASSES = {"git_commit": "free", "world_size": "free"}
 # Flags added after runs were recorded, with the value that reproduces the behaviour of a run whose config.json
 # predates them: a resume compares against it, so such a run resumes with the default and refuses another value.
 ADDED_FLAGS = {"d_norm": "batch", "feature_resolution": 0, "diffaug": True, "r1_interval": 16}
+# Flags renamed after runs were recorded: a config.json's old key is read as the new flag, its value translated.
+RENAMED_FLAGS = {"lr_decay": ("lr_schedule", {True: "linear", False: "constant"})}
+# Flags removed after runs were recorded, with the value under which such a run trained as this code trains: a run
+# recorded with another value (stage 2's guided pairs, now `--method guidance`) cannot resume.
+REMOVED_FLAGS = {"guided_pairs": "", "guided_gan": False}
 # Guarded keys that only shape a fresh run's initial weights: after a resume the checkpoint's weights stand.
 INIT_ONLY = ("init_from", "refit_head", "feature_seed")
 HISTORY_FILE = "config_history.jsonl"
@@ -336,9 +341,11 @@ def config_changes(recorded, requested, classes):
     """Every setting that differs, as (key, old, new, class), keys sorted. Nested records (e.g. the generator's
     architecture) are compared key by key ("generator.model_channels"); top-level keys missing on either side (a
     config.json written before a flag existed) are not compared, except the ADDED_FLAGS, which a recorded config
-    without them holds at their value from before."""
-    recorded = {**{k: v for k, v in ADDED_FLAGS.items() if k in requested}, **recorded}
-    changes = []
+    without them holds at their value from before. RENAMED_FLAGS are compared under their new names; a REMOVED_FLAGS
+    key recorded at another value than its table's is a fixed change."""
+    recorded = {**{k: v for k, v in ADDED_FLAGS.items() if k in requested}, **_renamed(recorded)}
+    changes = [(key, recorded[key], "<removed>", "fixed") for key, value in sorted(REMOVED_FLAGS.items())
+               if key in recorded and key not in requested and recorded[key] != value]
     for top in sorted(set(recorded) & set(requested)):
         old, new = _flatten(top, recorded[top]), _flatten(top, requested[top])
         for key in sorted(set(old) | set(new)):
@@ -346,7 +353,17 @@ def config_changes(recorded, requested, classes):
                 changes.append((key, old.get(key, "<absent>"), new.get(key, "<absent>"), flag_class(key, classes)))
     if _same_dataset(recorded, requested):  # a dataset is known by its digest; where it is installed may change
         changes = [c[:3] + ("free",) if c[0] in DATASET_LOCATION else c for c in changes]
-    return changes
+    return sorted(changes, key=lambda change: change[0])
+
+
+def _renamed(recorded):
+    """`recorded` with the RENAMED_FLAGS under their new names and values."""
+    out = dict(recorded)
+    for old, (new, values) in RENAMED_FLAGS.items():
+        if old in out and new not in out:
+            value = out.pop(old)
+            out[new] = values.get(value, value)
+    return out
 
 
 # Where a dataset was read from (a bundled dataset's file inside the installed package): informative only when the

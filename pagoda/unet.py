@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from . import logger
 from .nn import zero_module
 
-GROUPS = 32
+# GroupNorm's group count in every normalisation layer (ADM's): channel widths must be multiples of it.
+NORM_GROUPS = 32
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -32,7 +33,7 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def normalization(channels):
-    return GroupNorm32(GROUPS, channels)
+    return GroupNorm32(NORM_GROUPS, channels)
 
 
 def timestep_embedding(c_noise, dim, max_period=10000):
@@ -192,9 +193,10 @@ def attention_kernel(device_type):
 
 def _level_width(base, mult, what):
     width = base * mult
-    if width != int(width) or int(width) <= 0 or int(width) % GROUPS:
+    if width != int(width) or int(width) <= 0 or int(width) % NORM_GROUPS:
         raise ValueError(
-            f"{what} width {width} (= {base} * {mult}) must be a positive multiple of {GROUPS} for GroupNorm({GROUPS})"
+            f"{what} width {width} (= {base} * {mult}) must be a positive multiple of {NORM_GROUPS} "
+            f"for GroupNorm({NORM_GROUPS})"
         )
     return int(width)
 

@@ -119,7 +119,7 @@ def load_models(args):
     app.check_models(teacher, generator, teacher_path=args.teacher, generator_path=args.generator)
     if args.guidance_scale != 1.0 and not generator.guidance_input:
         raise ValueError(f"--guidance_scale {args.guidance_scale:g} needs a guidance-conditioned generator G(z, y, w) "
-                         f"(stage 2 with --guided_pairs); {args.generator} has no w input")
+                         f"(train.py --method guidance); {args.generator} has no w input")
     if args.encoder == "ode":
         return teacher, generator, None
     if not args.encoder_path:

@@ -5,9 +5,9 @@
         --row "stage 2=runs/s2/exports/generator_ema0.99.pt" \
         --row "stage 2 + bicubic=runs/s2/exports/generator_ema0.99.pt@upsample=32"
 
-A row is LABEL=EXPORT[@key=value,...]; keys: sampler (heun|euler|stochastic) and steps for a teacher, guidance
-(classifier-free scale; a guided step costs 2 network calls and counts so in NFE), n (samples per seed, default
---num_samples), upsample (bicubic up-sampling of the row's samples to that size: the baseline stage 3 must beat).
+A row is LABEL=EXPORT[@key=value,...]; keys: sampler (heun|euler|stochastic) and steps for a teacher,
+guidance_scale (the classifier-free guidance scale w; a guided teacher step costs 2 network calls and counts so in
+NFE), n (samples per seed, default --num_samples), upsample (bicubic up-sampling of the row's samples to that size: the baseline stage 3 must beat).
 The export's sidecar says whether it is a teacher or a one-step generator; another method adds a row by naming
 its export. A distilled k-step denoiser (progressive distillation) samples Euler on its own grid at NFE k: sampler
 and steps do not apply to its row.
@@ -76,7 +76,7 @@ class Row:
     path: str
     sampler: str = "heun"
     steps: int = 18
-    guidance: float = 1.0
+    guidance_scale: float = 1.0
     n: int = 0
     upsample: int = 0
 
@@ -94,7 +94,9 @@ def parse_row(text, default_n):
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         if key not in fields or key in ("label", "path"):
-            raise ValueError(f"--row {label!r}: unknown option {key!r}; known: sampler, steps, guidance, n, upsample")
+            renamed = " (renamed guidance_scale)" if key == "guidance" else ""
+            raise ValueError(f"--row {label!r}: unknown option {key!r}{renamed}; known: sampler, steps, "
+                             "guidance_scale, n, upsample")
         cast = fields[key]
         try:
             values[key] = cast(value)
@@ -111,7 +113,7 @@ def parse_row(text, default_n):
 
 def sample_folder(out_dir, row):
     """Rows that sample one export the same way share a folder (a bicubic row reuses its base row's samples)."""
-    key = json.dumps([os.path.abspath(row.path), row.sampler, row.steps, row.guidance])
+    key = json.dumps([os.path.abspath(row.path), row.sampler, row.steps, row.guidance_scale])
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(row.path))[0])
     return os.path.join(out_dir, "samples", f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
 
@@ -121,9 +123,10 @@ def draw_samples(row, total, args):
     completed) in its sample folder. images_per_s is from the run that made them, kept across reruns."""
     folder = sample_folder(args.out_dir, row)
     sampler = sampler_for_export(row.path, device=args.device, sampler=row.sampler, num_steps=row.steps,
-                                 guidance_scale=row.guidance)
+                                 guidance_scale=row.guidance_scale)
     identity = {**model_identity(row.path), "sampler": row.sampler, "num_steps": row.steps,
-                "guidance_scale": row.guidance, "labels": "balanced", "seed": args.seed, "chunk_size": args.chunk_size}
+                "guidance_scale": row.guidance_scale, "labels": "balanced", "seed": args.seed,
+                "chunk_size": args.chunk_size}
     claim_parts(folder, identity)
 
     def sample_fn(rng, y):
@@ -148,7 +151,7 @@ def row_nfe(sampler, row):
     guidance-conditioned generator takes w as an input (one call)."""
     if getattr(sampler, "guidance_input", False):
         return sampler.nfe
-    return sampler.nfe * (2 if row.guidance != 1.0 else 1)
+    return sampler.nfe * (2 if row.guidance_scale != 1.0 else 1)
 
 
 class Reals:

@@ -15,7 +15,7 @@ latents back and reports reconstruction PSNR (also written to verify.json).
 
 --direction decode runs it the other way (pagoda/guided_pairs.py): --num_pairs fresh prior latents, decoded by the
 teacher's Heun at the guidance scales of --guidance_scales (cycled over the pair index), stored in the same chunks;
-the training pairs of a guidance-conditioned generator (stage 2 --guided_pairs). --data_dir, --flips, --limit,
+the training pairs of a guidance-conditioned generator (train.py --method guidance). --data_dir, --flips, --limit,
 --start_sigma and --verify do not apply to it.
 """
 
@@ -78,13 +78,23 @@ GROUPS = {
     ),
     "decode": dict(
         direction=F("encode", "encode: data -> latents; decode: fresh prior latents -> guided teacher samples, the "
-                    "guided pairs of stage 2 --guided_pairs", _c.one_of("encode", "decode")),
+                    "guided pairs of train.py --method guidance", _c.one_of("encode", "decode")),
         num_pairs=F(0, "decode: guided pairs to make (required with --direction decode)", _c.at_least(0)),
         guidance_scales=F((1.5, 2.0, 3.0, 4.0), "decode: comma list of guidance scales w, cycled over the pair index "
                           "(w > 1 needs a teacher trained with label dropout)",
                           _c.each(_c.at_least(1), nonempty=True, distinct=True)),
         seed=F(0, "decode: seed of the prior latents and labels", _c.at_least(0)),
     ),
+}
+_BUNDLED = dict(data_dir="bundled:mnist", flips=(0,), num_steps=18, start_sigma=0.1, chunk_size=500, batch_size=250,
+                verify=64)
+PRESETS = {
+    # commands/encode_mnist.sh: the bundled digits, unflipped, from x + 0.1 n (pagoda/encoding.start_state)
+    "mnist16": _BUNDLED,
+    # commands/guided_mnist.sh: 10,000 guided pairs of the bundled teacher (--direction decode)
+    "mnist16_pairs": dict(_BUNDLED, direction="decode", num_pairs=10000),
+    # commands/encode_imagenet64.sh: the official job's solver (40-point grid, denoised clamped), both flips
+    "imagenet64": dict(image_size=64, precision="fp16", chunk_size=2600, batch_size=1300, verify=256),
 }
 CONSTRAINTS = {("sigma_min", "sigma_max"): _c.increasing, ("start_sigma", "sigma_max"): _c.increasing}
 
@@ -116,7 +126,7 @@ def encoder_sigmas(args, device):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS, presets=PRESETS,
                                     required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
     device = dist_util.setup_dist()
     with run_lock.hold(args.out_dir, what="latent folder"):
@@ -207,7 +217,7 @@ def decode_main(args, teacher, device):
                f"teacher calls per pair on average); rank {rank}: {len(todo)} chunks to do")
     start = time.time()
     done = guided_pairs.decode_chunks(teacher, store, todo, num_pairs=args.num_pairs, chunk_size=args.chunk_size,
-                                      batch_size=args.batch_size, sigmas=sigmas, scales=args.guidance_scales,
+                                      batch_size=args.batch_size, sigmas=sigmas, guidance_scales=args.guidance_scales,
                                       seed=args.seed, num_classes=num_classes, settings=settings,
                                       dtype=np.float16 if args.storage == "fp16" else np.float32)
     if done:

@@ -3,7 +3,7 @@
     python scripts/guidance_curve.py --compare runs/quickstart/guided/curve/compare.json
 
 The table's rows are grouped into models by export (a teacher row per w, a generator row per w; the model's name is
-the row label up to its '_w' suffix) and ordered by their `guidance`. Written next to compare.json:
+the row label up to its '_w' suffix) and ordered by their `guidance_scale`. Written next to compare.json:
   guidance.png   domain FD, precision, recall and class fidelity against w, one line per model (mean +- std over
                  seeds), the real-vs-real floor dashed;
   guidance.md    the same as a table, the rank correlation (Spearman) of each score with w for each model, and for
@@ -35,9 +35,12 @@ def curves(result):
     """[{name, path, points: [{w, label, scores}]}] in the table's order, each model's points ordered by w."""
     models = {}
     for row in result["rows"]:
+        if "guidance_scale" not in row:
+            raise ValueError(f"row {row['label']!r} has no guidance_scale (a compare.json from before the row option "
+                             "was renamed from guidance): rerun scripts/compare.py, which reuses its samples")
         key = (row["path"], row.get("sampler"), row.get("steps"), row.get("upsample", 0))
         model = models.setdefault(key, {"name": model_name(row["label"]), "path": row["path"], "points": []})
-        model["points"].append({"w": float(row["guidance"]), "label": row["label"], "n": row["n"],
+        model["points"].append({"w": float(row["guidance_scale"]), "label": row["label"], "n": row["n"],
                                 "scores": row["scores"], "samples": row.get("samples")})
     for model in models.values():
         model["points"].sort(key=lambda p: p["w"])

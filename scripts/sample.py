@@ -61,6 +61,9 @@ GROUPS = {
         resume="free")),
 }
 
+# commands/sampling.sh: the paper's tables' sample count (50,000, uniform labels) in resumable chunks
+PRESETS = {"fid50k": dict(num_samples=50000, chunk_size=500, batch_size=250)}
+
 
 def build_sampler(args, device):
     return sampler_for_export(args.model, kind=args.kind, device=device, sampler=args.sampler,
@@ -76,7 +79,7 @@ def sampling_identity(args):
 
 
 def main(argv=None):
-    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__,
+    _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, presets=PRESETS,
                                     required={"model": "an export .pt, or a released checkpoint"})
     device = dist_util.setup_dist()
     with run_lock.hold(args.out_dir, what="sample folder"):

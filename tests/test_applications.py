@@ -221,7 +221,7 @@ def test_guidance_scale_reaches_only_a_guidance_conditioned_generator(tmp_path):
     out = _apply(*common, "--generator", plain, "--out_dir", tmp_path / "a")
     assert out.returncode == 1
     assert out.stderr.strip().endswith(f"error: --guidance_scale 1.5 needs a guidance-conditioned generator G(z, y, w) "
-                                       f"(stage 2 with --guided_pairs); {plain} has no w input")
+                                       f"(train.py --method guidance); {plain} has no w input")
     out = _apply(*common, "--generator", tmp_path / "gw.pt", "--out_dir", tmp_path / "b")
     assert out.returncode == 0, out.stderr
     import json

@@ -109,6 +109,8 @@ def test_rerun_resumes_without_sampling_again(table):
 @pytest.mark.parametrize("text, message", [
     ("no-equals-sign", "expected LABEL=EXPORT"),
     ("a={path}@colour=red", "unknown option 'colour'"),
+    ("a={path}@guidance=2", r"unknown option 'guidance' \(renamed guidance_scale\); known: sampler, steps, "
+                            "guidance_scale, n, upsample"),
     ("a={path}@steps=many", "steps='many' is not a valid int"),
     ("a={path}@n=1", "need n >= 2"),
     ("a=/nowhere/model.pt", "export /nowhere/model.pt not found"),
@@ -135,8 +137,8 @@ def test_data_without_a_heldout_split_needs_heldout_dir(tmp_path):
                       "--out_dir", str(tmp_path / "o")])
 
 
-@pytest.mark.parametrize("sampler_nfe, guidance, expected", [(35, 1.0, 35), (35, 2.0, 70), (1, 1.5, 2)])
-def test_guided_rows_count_two_network_calls_per_step(sampler_nfe, guidance, expected):
+@pytest.mark.parametrize("sampler_nfe, guidance_scale, expected", [(35, 1.0, 35), (35, 2.0, 70), (1, 1.5, 2)])
+def test_guided_rows_count_two_network_calls_per_step(sampler_nfe, guidance_scale, expected):
     class Sampler:
         nfe = sampler_nfe
-    assert compare.row_nfe(Sampler(), compare.Row(label="x", path="p", guidance=guidance)) == expected
+    assert compare.row_nfe(Sampler(), compare.Row(label="x", path="p", guidance_scale=guidance_scale)) == expected

@@ -294,15 +294,18 @@ def _pagoda_args(*argv):
 def test_pagoda_method_flags_shape_the_discriminator():
     pagoda, args = _pagoda_args("--feature_networks", "random_conv", "--feature_resolution", "128",
                                       "--d_norm", "group", "--d_channel_scale", "0.25", "--recon_discriminator", "true")
-    d, recon_d = pagoda.build_discriminators(args, image_size=16, num_classes=10, device=torch.device("cpu"))
-    for disc in (d, recon_d):
+    adversary, recon_adversary, _ = pagoda.build_adversaries(args, image_size=16, num_classes=10,
+                                                             device=torch.device("cpu"))
+    for disc in (adversary.discriminator, recon_adversary.discriminator):
         assert disc.feature_networks["random_conv"].input_size == 128
         assert [h.depth for h in disc.heads["random_conv"]] == [3, 2, 1, 1]  # maps 64/32/16/8
         assert norm_kinds(disc) == {"GroupNorm"}
     # the defaults: each network's own size, BatchNorm
     pagoda, args = _pagoda_args("--feature_networks", "random_conv")
     assert (args["feature_resolution"], args["d_norm"]) == (0, "batch")
-    d, _ = pagoda.build_discriminators(args, image_size=16, num_classes=10, device=torch.device("cpu"))
-    assert d.feature_networks["random_conv"].input_size == 64
+    adversary, recon_adversary, _ = pagoda.build_adversaries(args, image_size=16, num_classes=10,
+                                                             device=torch.device("cpu"))
+    d = adversary.discriminator
+    assert recon_adversary is None and d.feature_networks["random_conv"].input_size == 64
     assert [h.depth for h in d.heads["random_conv"]] == [2, 1, 1, 1]
     assert norm_kinds(d) == {"BatchNorm2d"}

@@ -93,7 +93,8 @@ def test_diffusion_objective_is_the_edm_loss_with_sigma_quartiles():
     from pagoda.methods.diffusion import DiffusionObjective
 
     backbone = _tiny_teacher()
-    objective = DiffusionObjective(backbone=backbone)
+    objective = DiffusionObjective(backbone=backbone, loss=EDMLoss(), sigma_data=0.5, sigma_min=0.002, sigma_max=80.0,
+                                   ema_rates=())
     x, y = _batch(64)
     terms = objective.losses("denoiser", {"denoiser": backbone}, {"x": x, "y": y}, step=0,
                              generator=torch.Generator().manual_seed(5))
@@ -114,7 +115,8 @@ def test_diffusion_objective_in_the_loop_lowers_the_loss_on_fixed_noise(tmp_path
     from pagoda.train_util import OptimSpec, TrainLoop
 
     backbone = _tiny_teacher()
-    objective = DiffusionObjective(backbone=backbone, ema_rates=(0.9,))
+    objective = DiffusionObjective(backbone=backbone, loss=EDMLoss(), sigma_data=0.5, sigma_min=0.002, sigma_max=80.0,
+                                   ema_rates=(0.9,))
     ramp = torch.linspace(-1, 1, 8)
     patterns = torch.stack([ramp.view(1, 1, 8).expand(3, 8, 8), ramp.view(1, 8, 1).expand(3, 8, 8)])
     x, y = patterns.repeat(8, 1, 1, 1), torch.arange(16) % 2  # two learnable images, one per class

@@ -108,7 +108,8 @@ def test_each_step_updates_the_generator_then_the_discriminator(tmp_path):
         p.data.normal_(0, 0.05)
     gdd.freeze(net, "convs")
     adversary = _adversary(r1_gamma=1e-4, r1_interval=16)
-    obj = gdd.GDDObjective(generator=net, adversary=adversary, ema_rates=())
+    obj = gdd.GDDObjective(generator=net, adversary=adversary, sigma_max=80.0, sigma_data=0.5, ema_rates=(),
+                           lineage=None)
     assert obj.phases(0) == obj.phases(1) == ["generator", "discriminator"]
 
     def data(start):  # real images and labels only: no latents

@@ -67,7 +67,7 @@ def test_an_unguided_generator_sidecar_has_no_null_class_entry(tmp_path):
 def test_guidance_on_a_generator_without_a_w_input_is_an_error(tmp_path):
     path = tiny_export(tmp_path / "g.pt", kind="generator")
     with pytest.raises(ValueError, match=r"^guidance_scale 3 needs a guidance-conditioned generator G\(z, y, w\) "
-                                         r"\(stage 2 with --guided_pairs\); this generator has no w input"):
+                                         r"\(train.py --method guidance\); this generator has no w input"):
         sampler_for_export(path, guidance_scale=3.0)
     assert sampler_for_export(path, guidance_scale=1.0).guidance_input is False
 
@@ -135,7 +135,8 @@ def test_guided_pairs_are_deterministic_rank_independent_and_resumable(guided_st
     for k in ("z", "x", "y", "w"):
         assert torch.equal(whole[k], split[k]), k
     # pair 5 made alone is row 5: a pure function of (seed, 5)
-    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4, scales=[1.5, 2.0, 3.0, 4.0])
+    z, y, w = pair_inputs([5], shape=(3, 8, 8), seed=0, sigma_max=80.0, num_classes=4,
+                          guidance_scales=[1.5, 2.0, 3.0, 4.0])
     from pagoda.sampling import karras_sigmas  # noqa: PLC0415
     x = guided_decode(load_teacher(teacher), z, y, w, karras_sigmas(3, 0.002, 80.0, 7.0))
     assert torch.equal(z, whole["z"][5:6]) and torch.allclose(x, whole["x"][5:6], atol=1e-5)
@@ -148,17 +149,17 @@ def test_guided_pairs_from_a_teacher_without_a_null_class_are_refused(tmp_path):
         _decode(tmp_path / "pairs", teacher)
 
 
-def test_stage2_with_guided_pairs_trains_a_w_conditioned_generator_that_stage3_keeps(guided_stage2, tmp_path):
+def test_guidance_distillation_makes_a_w_conditioned_generator_that_stage3_keeps(guided_stage2, tmp_path):
     from tests.helpers.tiny_runs import _main, entry  # noqa: PLC0415
     pairs = _decode(tmp_path / "pairs", guided_stage2["teacher"])
-    path = stage2_run(tmp_path / "s2", guided_stage2["teacher"], guided_stage2["latents"], "--guided_pairs", pairs)
+    path = _distill(tmp_path / "guidance", guided_stage2["generator"], pairs)
     gen = load_generator(path)
     assert gen.backbone.config["guidance_embed"] is True and gen.null_class == 4
     assert gen.backbone.guidance_embed[-1].weight.any()  # the distillation term reached the w-embedding
     z, y = torch.randn(2, 3, 8, 8) * 80, torch.tensor([0, 1])
     assert not torch.equal(gen.sample(z, y, torch.full((2,), 4.0)), gen.sample(z, y, torch.ones(2)))
     from compare import Row, row_nfe  # noqa: PLC0415
-    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance=3.0)) == 1
+    assert row_nfe(GeneratorSampler(gen, guidance_scale=3.0), Row(label="g", path=path, guidance_scale=3.0)) == 1
     _main(entry("pagoda"), ["--init_from", path, "--latent_dir", guided_stage2["latents"], "--run_dir",
                             str(tmp_path / "s3"), "--grow_factor", "2", "--image_size", "16", "--feature_networks",
                             "tiny", "--d_channel_scale", "0.25", "--global_batch_size", "4", "--total_steps", "1",
@@ -239,7 +240,7 @@ def test_guidance_objective_starts_at_zero_anchor_loss_and_draws_only_real_class
     net = with_guidance_input(start)
     objective = GuidanceObjective(generator=net, anchor=copy.deepcopy(net), reconstruction=PixelLoss(),
                                   anchor_weight=1.0, num_classes=4, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.99,),
-                                  sidecar={})
+                                  sidecar={}, censor_clamped=True, histogram_weight=0.0)
     batch = {"z": torch.randn(64, 3, 8, 8) * 80, "x": torch.rand(64, 3, 8, 8) * 2 - 1, "y": torch.arange(64) % 4,
              "w": torch.full((64,), 3.0)}
     gen = torch.Generator().manual_seed(0)
@@ -298,7 +299,7 @@ def test_the_histogram_term_sees_only_the_value_distribution_and_asks_for_the_pa
     from pagoda.methods.guidance import GuidanceObjective, sorted_pixels  # noqa: PLC0415
     objective = GuidanceObjective(generator=None, anchor=None, reconstruction=PixelLoss(), anchor_weight=1.0,
                                   num_classes=None, sigma_max=80.0, sigma_data=0.5, ema_rates=(), sidecar={},
-                                  histogram_weight=1.0)
+                                  censor_clamped=True, histogram_weight=1.0)
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     x[:, :, :2] = 1.0  # saturated rows, as the teacher's clamped samples have
     shuffled = x.flatten(2)[:, :, torch.randperm(64)].view_as(x)

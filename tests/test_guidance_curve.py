@@ -23,7 +23,7 @@ def _table():
     for name, path, points in (("teacher", "t.pt", teacher), ("generator", "g.pt", generator)):
         for w, *values in points:
             rows.append({"label": f"{name}_w{w}", "path": path, "sampler": "heun", "steps": 18, "upsample": 0,
-                         "guidance": float(w), "n": 10, "scores": _scores(*values)})
+                         "guidance_scale": float(w), "n": 10, "scores": _scores(*values)})
     floors = [{"resolution": 16, "n": 10, "num_blocks": 3, "scores": _scores(15, 0.9, 0.88, 0.99)}]
     return {"protocol": {"num_seeds": 3}, "rows": rows[3:5] + rows[:3] + rows[5:], "floors": floors}
 

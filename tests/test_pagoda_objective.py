@@ -12,7 +12,7 @@ from pagoda.diffaug import DiffAugment
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import create_feature_network
 from pagoda.generator import freeze_for_growth, generate, grow
-from pagoda.losses import ReconstructionLoss, hinge_g_loss
+from pagoda.losses import ReconstructionLoss, hinge_g_loss, weight_grad_norm
 from pagoda.methods.pagoda import PaGoDAObjective
 from pagoda.train_util import OptimSpec, TrainLoop
 from pagoda.unet import UNetModel
@@ -29,13 +29,24 @@ def _backbone(seed=0):
     return net
 
 
-def _objective(backbone, *, feature_seed=0, image_size=8, **kw):
+STAGE2 = dict(discriminator_weight=0.2, adaptive=True, separate_update=False, recon_adversary=None,
+              recon_discriminator_weight=0.5, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.999,), lineage=None)
+
+
+def _objective(backbone, *, feature_seed=0, image_size=8, gan_loss="hinge", recon_d=False, **kw):
+    """The objective with the tiny feature network; with `recon_d`, a reconstruction discriminator over D's
+    feature networks."""
     aug = DiffAugment()
     disc = ProjectedDiscriminator(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed)},
                                   image_size=image_size, num_classes=4, channel_scale=0.25)
     rec = ReconstructionLoss(feature_networks={"tiny": create_feature_network("tiny", seed=feature_seed + 1)},
                              augment=aug)
-    return PaGoDAObjective(generator=backbone, discriminator=disc, reconstruction=rec, augment=aug, **kw)
+    if recon_d:
+        recon_disc = ProjectedDiscriminator(feature_networks=dict(disc.feature_networks), image_size=image_size,
+                                            num_classes=4, channel_scale=0.25)
+        kw["recon_adversary"] = gan.Adversary(recon_disc, augment=aug, gan_loss=gan_loss)
+    return PaGoDAObjective(generator=backbone, adversary=gan.Adversary(disc, augment=aug, gan_loss=gan_loss),
+                           reconstruction=rec, **{**STAGE2, **kw})
 
 
 def _data(image_size=8):
@@ -133,6 +144,18 @@ def test_separate_update_takes_two_generator_steps(tmp_path):
     assert set(rec_terms) == {"loss", "rec", "psnr"}
 
 
+def test_the_separate_gan_update_is_weighed_against_the_reconstruction_update_before_it():
+    """lambda = clip(||dL_rec/dW|| / (||dL_adv/dW|| + 1e-4)) with ||dL_rec/dW|| from the "generator:rec" phase."""
+    obj = _objective(_backbone(), separate_update=True, discriminator_weight=0.2)
+    nets, batch, last = {"generator": obj.generator}, next(_data()(0)), obj.generator.last_resblock_conv().weight
+    rec = obj.losses("generator:rec", nets, batch, step=0, generator=torch.Generator().manual_seed(0))["loss"]
+    gan_terms = obj.losses("generator:gan", nets, batch, step=0, generator=torch.Generator().manual_seed(1))
+    lam = gan_terms["adaptive_weight"][0]
+    gan_norm = weight_grad_norm(gan_terms["loss"], last) / (0.2 * lam)  # the loss is 0.2 * lambda * L_adv
+    torch.testing.assert_close(lam, (weight_grad_norm(rec, last) / (gan_norm + 1e-4)).clamp(0.01, 10.0))
+    assert set(gan_terms) == {"loss", "gan", "adaptive_weight", "adaptive_at_clamp"}
+
+
 def test_resume_restores_discriminator_and_projections(tmp_path):
     obj = _objective(_backbone())
     loop = _loop(obj, tmp_path, steps=3)
@@ -204,12 +227,7 @@ def test_interval_zero_never_calls_the_callback(tmp_path):
 
 
 def _with_recon_d(**kw):
-    obj = _objective(_backbone(), **kw)
-    recon_d = ProjectedDiscriminator(feature_networks=dict(obj.discriminator.feature_networks), image_size=8,
-                                     num_classes=4, channel_scale=0.25)
-    return PaGoDAObjective(generator=obj.generator, discriminator=obj.discriminator,
-                           reconstruction=obj.reconstruction, augment=obj.augment, recon_discriminator=recon_d,
-                           recon_discriminator_weight=0.5, **kw)
+    return _objective(_backbone(), recon_d=True, **kw)
 
 
 def test_recon_discriminator_follows_every_generator_step(tmp_path):

@@ -126,7 +126,8 @@ def test_one_student_step_to_the_target_lands_on_the_teachers_two_steps():
     assert ((landed - x_s).abs() / scale).max().item() < 1e-13
     assert torch.equal(target[::3], x_s[::3])  # the last interval: the target is the teacher's result itself
     # the objective computes the same target from a frozen teacher
-    objective = ProgressiveObjective(student=nn.Linear(1, 1), teacher=ExactTeacher(), teacher_sigmas=karras_sigmas(2))
+    objective = ProgressiveObjective(student=nn.Linear(1, 1), teacher=ExactTeacher(), teacher_sigmas=karras_sigmas(2),
+                                     ema_rates=(), lineage=None)
     torch.testing.assert_close(objective.target(x_t, sigma_t, sigma_mid, sigma_s, None), target, rtol=0, atol=0)
 
 
@@ -136,7 +137,8 @@ def test_loss_is_the_edm_weight_times_the_mse_against_the_two_step_target():
     student = copy.deepcopy(teacher.backbone).requires_grad_(True)
     with torch.no_grad():
         student.a.mul_(1.1)
-    objective = ProgressiveObjective(student=student, teacher=teacher, teacher_sigmas=grid)
+    objective = ProgressiveObjective(student=student, teacher=teacher, teacher_sigmas=grid, ema_rates=(),
+                                     lineage=None)
     x = MU + S * torch.randn(64, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     terms = objective.losses("student", {"student": student}, {"x": x}, step=0,
                              generator=torch.Generator().manual_seed(2))
@@ -171,7 +173,8 @@ def distilled():
     errors = {}
     while len(grid) > 2:
         student = copy.deepcopy(backbone).requires_grad_(True)  # the student starts as its teacher
-        objective = ProgressiveObjective(student=student, teacher=frozen(backbone), teacher_sigmas=grid)
+        objective = ProgressiveObjective(student=student, teacher=frozen(backbone), teacher_sigmas=grid,
+                                         ema_rates=(), lineage=None)
         spec = OptimSpec(lr=3e-2, decay_steps=400)
         opt = spec.create(student.parameters())
         for step in range(400):

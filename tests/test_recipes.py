@@ -1,5 +1,7 @@
-"""Recipes in commands/: each flag once, --dry_run resolves, ImageNet architectures equal the compat layouts."""
+"""Recipes in commands/: each passes its preset plus paths and environment overrides (its --dry_run resolves to
+exactly that), each flag once, ImageNet architectures equal the compat layouts."""
 
+import importlib
 import json
 import os
 import re
@@ -9,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from pagoda import methods, script_util
 from pagoda.unet import UNetModel, imagenet64_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,14 +21,17 @@ RECIPES = sorted(f for f in os.listdir(COMMANDS) if f.endswith(".sh") and f.spli
                   "super", "transfer.sh", "interpolate.sh", "inpaint.sh", "guided", "encoder"))
 
 
-def _flags(recipe):
+def _launches(recipe):
+    """The flags of each script the recipe launches, its $..._FLAGS groups expanded, one list per launch line."""
     text = open(os.path.join(COMMANDS, recipe)).read()
     for part in ("_apply.sh", "_rounds.sh"):  # shared flags and launch lines the recipe sources
         if f"/{part}" in text:
             text += open(os.path.join(COMMANDS, part)).read()
-    groups = re.findall(r'^\s*[A-Z_]*FLAGS="([^"]*)"', text, flags=re.M)  # indented: inside a loop over rounds
-    launch = [line.strip() for line in text.splitlines() if line.strip().startswith("launch ")]
-    return re.findall(r"--(\w+)", " ".join(groups + launch))
+    text = text.replace("\\\n", " ")
+    groups = dict(re.findall(r'^\s*([A-Z_]*FLAGS)="([^"]*)"', text, flags=re.M))  # indented: inside a loop
+    launches = [line for line in text.splitlines() if re.match(r"\s*(timed \w+ )?launch ", line)]
+    return [re.findall(r"--(\w+)", re.sub(r"\$\{?([A-Z_]*FLAGS)\}?", lambda m: groups.get(m.group(1), ""), line))
+            for line in launches]
 
 
 def test_every_stage_has_recipes():
@@ -40,16 +46,17 @@ def test_every_stage_has_recipes():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_no_flag_twice(recipe):
-    flags = _flags(recipe)
-    assert flags, recipe
-    duplicated = sorted({f for f in flags if flags.count(f) > 1})
-    assert not duplicated, f"{recipe} passes {duplicated} more than once"
+    launches = _launches(recipe)
+    assert launches and all(launches), recipe
+    for flags in launches:
+        duplicated = sorted({f for f in flags if flags.count(f) > 1})
+        assert not duplicated, f"{recipe} passes {duplicated} more than once to one script"
 
 
 def dry_run(recipe):
     env = dict(os.environ, PYTHON=sys.executable)
     out = subprocess.run(["bash", os.path.join(COMMANDS, recipe), "--dry_run"], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -141,23 +148,77 @@ def test_encode_recipe_uses_the_official_solver(configs):
             args["flips"]) == (40, 0.002, 80.0, 7.0, True, [0, 1])
 
 
-@pytest.mark.parametrize("recipe, script, preset", [("stage1_teacher_mnist.sh", "diffusion", "mnist16"),
-                                                    ("stage2_mnist.sh", "pagoda", "mnist16"),
-                                                    ("stage3_mnist.sh", "pagoda", "mnist16to32"),
-                                                    ("gdd_mnist.sh", "gdd", "mnist16"),
-                                                   ("encoder_mnist.sh", "encoder", "mnist16")])
-def test_bundled_presets_match_the_bundled_recipes(configs, recipe, script, preset):
-    """`--preset mnist16` / `mnist16to32` are the recipes' settings; the two must not drift apart."""
-    from pagoda import methods
+# recipe -> (entry point, --method, preset, the flags it passes besides the preset: paths, and the environment's
+# overrides, which the default environment leaves out)
+PRESET_RECIPES = {
+    "stage1_teacher_mnist.sh": ("train", "diffusion", "mnist16", ("run_dir",)),
+    "stage1_teacher_imagenet64.sh": ("train", "diffusion", "imagenet64", ("data_dir", "run_dir")),
+    "encode_mnist.sh": ("encode", None, "mnist16", ("teacher", "out_dir")),
+    "encode_imagenet64.sh": ("encode", None, "imagenet64", ("data_dir", "teacher", "out_dir")),
+    "stage2_mnist.sh": ("train", "pagoda", "mnist16", ("init_from", "latent_dir", "run_dir")),
+    "stage3_mnist.sh": ("train", "pagoda", "mnist16to32", ("init_from", "latent_dir", "run_dir")),
+    "encoder_mnist.sh": ("train", "encoder", "mnist16", ("init_from", "latent_dir", "run_dir")),
+    "gdd_mnist.sh": ("train", "gdd", "mnist16", ("init_from", "run_dir")),
+    "gdd_imagenet64.sh": ("train", "gdd", "imagenet64", ("init_from", "data_dir", "feature_weights", "run_dir")),
+    "sampling.sh": ("sample", None, "fid50k", ("model", "out_dir")),
+    **{f"stage{2 if size == 64 else 3}_imagenet64{'' if size == 64 else f'to{size}'}.sh":
+       ("train", "pagoda", "imagenet64" + ("" if size == 64 else f"to{size}"),
+        ("init_from", "latent_dir", "data_dir", "feature_weights", "run_dir")) for size in (64, 128, 256, 512)},
+}
+# multi-stage recipes: (recipe, the key of a stage's config in its --dry_run object) -> as above
+PRESET_STAGES = {
+    ("guided_mnist.sh", "pairs"): ("encode", None, "mnist16_pairs", ("teacher", "out_dir")),
+    ("guided_mnist.sh", "guidance"): ("train", "guidance", "mnist16", ("init_from", "guided_pairs", "run_dir")),
+    **{("progressive_mnist.sh", f"steps{k}"): ("train", "progressive", "mnist16",
+                                               ("init_from", "teacher_steps", "run_dir")) for k in (16, 8, 4, 2, 1)},
+    **{("progressive_imagenet64.sh", f"steps{k}"): ("train", "progressive", "imagenet64",
+                                                    ("init_from", "teacher_steps", "data_dir", "run_dir"))
+       for k in (128, 64, 32, 16, 8, 4, 2, 1)},
+}
 
-    module = methods.get(script)
 
-    recipe_config = configs[recipe]
-    assert module.PRESETS[preset], f"{script} preset {preset} is empty"
-    for key, value in module.PRESETS[preset].items():
-        got = recipe_config[key]
-        want = list(value) if isinstance(value, tuple) else value
-        assert got == want, f"{preset}.{key} = {want!r} but {recipe} resolves it to {got!r}"
+def _arg(value):
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def resolve(entry, method, preset, passed):
+    """The config scripts/<entry>.py resolves from --preset `preset` and the flags `passed` alone."""
+    argv = ["--preset", preset] + [a for key, value in passed.items() for a in (f"--{key}", _arg(value))]
+    if entry == "train":
+        import train  # noqa: PLC0415
+        presets, parser = methods.get(method).PRESETS, train.parser_for(method)
+    else:
+        module = importlib.import_module(entry)
+        presets = module.PRESETS
+        # per-flag checks are on the Flags; CONSTRAINTS (relations) only where a script has them
+        parser = script_util.create_parser(module.GROUPS, description="", presets=presets,
+                                           constraints=getattr(module, "CONSTRAINTS", None))
+    return json.loads(json.dumps(script_util.resolved_config(script_util.parse_args(parser, presets, argv))))
+
+
+@pytest.mark.parametrize("recipe", sorted(PRESET_RECIPES))
+def test_a_recipe_resolves_to_its_preset_and_the_paths_it_passes(configs, recipe):
+    """Nothing a preset holds is re-listed in a recipe: its dry run is its preset plus its paths, key for key."""
+    entry, method, preset, paths = PRESET_RECIPES[recipe]
+    config = configs[recipe]
+    assert config == resolve(entry, method, preset, {k: config[k] for k in paths})
+
+
+@pytest.mark.parametrize("recipe, stage", sorted(PRESET_STAGES))
+def test_each_stage_of_a_multi_stage_recipe_resolves_to_its_preset(configs, recipe, stage):
+    entry, method, preset, paths = PRESET_STAGES[recipe, stage]
+    config = configs[recipe][stage]
+    assert config == resolve(entry, method, preset, {k: config[k] for k in paths})
+
+
+def test_every_recipe_passes_a_preset_or_says_why_not():
+    for name in sorted(os.listdir(COMMANDS)):
+        if name.endswith(".sh") and not name.startswith("_"):
+            text = open(os.path.join(COMMANDS, name)).read()
+            assert "--preset " in text or re.search(r"^# No preset: \S", text, flags=re.M), name
+    assert set(PRESET_RECIPES) | {r for r, _ in PRESET_STAGES} <= set(RECIPES)
 
 
 def test_method_table_recipe_rows(configs):
@@ -250,7 +311,7 @@ def test_guided_recipe_chains_pairs_guidance_distillation_and_the_curve(configs)
     assert [row.split("=", 1)[0] for row in curve["row"]] == [f"{m}_w{w}" for m in ("teacher", "generator")
                                                               for w in scales]
     assert [row.rsplit("@", 1)[1] for row in curve["row"]] == (
-        [f"sampler=heun,steps=18,guidance={w}" for w in scales] + [f"guidance={w}" for w in scales])
+        [f"sampler=heun,steps=18,guidance_scale={w}" for w in scales] + [f"guidance_scale={w}" for w in scales])
     assert curve["row"][-1].split("=", 1)[1].startswith(
         "runs/quickstart/guided/guidance/exports/generator_ema0.99.pt@")
     assert (curve["data_dir"], curve["num_samples"], curve["num_seeds"]) == ("bundled:mnist", 1000, 3)
@@ -258,23 +319,21 @@ def test_guided_recipe_chains_pairs_guidance_distillation_and_the_curve(configs)
 
 def test_imagenet_recipes_take_guidance_settings():
     """The guided path's ImageNet commands resolve: sampling with GUIDANCE, guided pairs by the encode recipe in the
-    decode direction, stage 2 with them. (Guidance needs a label-dropout teacher: the released one is refused, see
-    test_guidance.)"""
+    decode direction (for `--method guidance`). (Guidance needs a label-dropout teacher: the released one is refused,
+    see test_guidance.)"""
     env = dict(os.environ, PYTHON=sys.executable, GUIDANCE="2", MODEL="teacher.pt")
 
-    def resolve(recipe, *extra, env=env):
+    def dry_run_with(recipe, *extra, env=env):
         out = subprocess.run(["bash", os.path.join(COMMANDS, recipe), *extra, "--dry_run"], env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    assert resolve("sampling.sh")["guidance_scale"] == 2.0
-    pairs = resolve("encode_imagenet64.sh", "--direction", "decode", "--num_pairs", "50000",
-                    "--guidance_scales", "1.5,2,3,4")
+    assert dry_run_with("sampling.sh")["guidance_scale"] == 2.0
+    pairs = dry_run_with("encode_imagenet64.sh", "--direction", "decode", "--num_pairs", "50000",
+                         "--guidance_scales", "1.5,2,3,4")
     assert (pairs["direction"], pairs["num_pairs"], pairs["guidance_scales"], pairs["num_steps"]) == (
         "decode", 50000, [1.5, 2.0, 3.0, 4.0], 40)
-    stage2 = resolve("stage2_imagenet64.sh", "--guided_pairs", "runs/imagenet64/pairs", "--guided_weight", "1")
-    assert (stage2["guided_pairs"], stage2["guided_weight"], stage2["image_size"]) == ("runs/imagenet64/pairs", 1.0, 64)
 
 
 def test_encoder_recipe_reads_the_run_layout(configs):

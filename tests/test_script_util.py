@@ -210,6 +210,25 @@ def test_a_config_from_before_the_discriminator_flags_resumes_with_their_old_beh
     assert script_util.config_changes({"lr": 1e-3}, {"lr": 1e-3}, {"lr": "guarded"}) == []
 
 
+def test_a_config_with_a_renamed_flag_resumes_and_one_with_a_removed_setting_is_refused():
+    """--lr_decay true/false (guidance, before the one --lr_schedule) reads as linear/constant; a stage-2 run
+    recorded with --guided_pairs (removed: `--method guidance` trains the guided generator) cannot resume, one
+    recorded at the removed flags' defaults resumes as before."""
+    new = {"lr_schedule": "linear", "lr": 5e-4}
+    classes = {"lr_schedule": "guarded", "lr": "guarded", "lr_generator": "guarded"}
+    assert script_util.config_changes({"lr_decay": True, "lr": 5e-4}, new, classes) == []
+    assert script_util.config_changes({"lr_decay": False, "lr": 5e-4}, new, classes) == [
+        ("lr_schedule", "constant", "linear", "guarded")]
+    stage2 = {"guided_pairs": "", "guided_weight": 1.0, "guided_gan": False, "lr_generator": 2e-3}
+    requested = {"lr_generator": 2e-3}
+    assert script_util.check_resume(stage2, requested, allow_change=False, flags=set(requested), classes=classes,
+                                    run_dir="r") == []
+    with pytest.raises(script_util.ConfigChangeError) as err:
+        script_util.check_resume(dict(stage2, guided_pairs="runs/pairs"), requested, allow_change=True,
+                                 flags=set(requested), classes=classes, run_dir="r")
+    assert str(err.value).endswith("use a new --run_dir):\n    guided_pairs: 'runs/pairs' -> '<removed>'")
+
+
 def test_parse_cli_names_every_missing_required_flag(capsys):
     groups = {"io": {"input": F("", "the npz"), "out_dir": F("", "where"), "size": F(8, "side")}}
     with pytest.raises(SystemExit) as exit_info:

@@ -50,6 +50,8 @@ TRAIN_FLAGS = dict(
               "step: for runs of tens of thousands of steps (the ImageNet stages), not the bundled recipes. Needs a "
               "C++ compiler on CPU. Checkpoints and exports are the same with or without it", resume="free"),
 )
+# --lr_schedule of the methods that anneal their learning rate: "linear" to 0 over --total_steps, or "constant".
+LR_SCHEDULES = ("linear", "constant")
 IMAGE_DATA_FLAGS = dict(
     data_dir=F("bundled:mnist", "training images: bundled:<name> (mnist, mnist5k, fashion, ...), a folder "
                "in the ImageNet train layout (one sub-folder per class), a flat folder of <class>_<anything> images, "
@@ -81,6 +83,11 @@ PAIR_DATA_FLAGS = dict(
 def train_group(**changes):
     """TRAIN_FLAGS with a method's defaults (plain values) and its own training flags (Flags)."""
     return script_util.with_defaults(TRAIN_FLAGS, **changes)
+
+
+def decay_steps(config):
+    """OptimSpec.decay_steps of --lr_schedule: the run's --total_steps when linear, 0 (no anneal) when constant."""
+    return config["total_steps"] if config["lr_schedule"] == "linear" else 0
 
 
 def image_data_group(**changes):

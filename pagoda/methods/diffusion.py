@@ -20,7 +20,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel, imagenet64_config
 from . import common
 
-TITLE = "stage 1: EDM teacher"
+TITLE = "diffusion: stage 1 EDM teacher"
 F, _c = script_util.Flag, script_util
 GROUPS = {
     "data": common.image_data_group(image_size=F(16, "side in pixels the training images are resized and "
@@ -107,9 +107,9 @@ CONSTRAINTS = {("sigma_min", "sigma_max"): _c.increasing}
 class DiffusionObjective(Objective):
     """The EDM loss on the denoiser; its loss is also logged by sigma quartile of the training distribution."""
 
-    def __init__(self, *, backbone, loss=None, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, ema_rates=(0.999,)):
+    def __init__(self, *, backbone, loss, sigma_data, sigma_min, sigma_max, ema_rates):
         self.players = {"denoiser": backbone}
-        self.loss = loss or EDMLoss(sigma_data=sigma_data)
+        self.loss = loss
         self.precond = dict(sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
         self._ema_rates = tuple(ema_rates)
 

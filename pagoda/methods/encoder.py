@@ -25,6 +25,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+TITLE = "encoder: amortised one-step encoder"
 F, _c = script_util.Flag, script_util
 GROUPS = {
     "data": common.PAIR_DATA_FLAGS,
@@ -144,4 +145,4 @@ def build(config, device):
     optim = {"encoder": OptimSpec(name="adam", lr=config["lr"])}
     record = dict(encoder=backbone.config, num_pairs=len(pairs), **lineage)
     return common.Run(objective=objective, data=common.stream(pairs, config, labels=labels), optim=optim,
-                      record=record, title="amortised encoder")
+                      record=record, title=TITLE)

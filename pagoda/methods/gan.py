@@ -1,5 +1,6 @@
 """The adversarial part PaGoDA and GDD share: the projected discriminator's flags and builder, the discriminator
-phase (GAN loss, diagnostics, lazy R1), the generator's GAN term and the adaptive weight's clip.
+phase (GAN loss, diagnostics, lazy R1), the generator's GAN term and the adaptive weight's clip; and the
+reconstruction loss of --recon_loss, whose feature distance uses the same kind of frozen feature networks.
 
 A method composes an `Adversary`; it never re-implements these terms, so PaGoDA's and GDD's discriminators are the
 same code with different settings.
@@ -14,7 +15,8 @@ from .. import dist_util, random_util, script_util
 from ..diffaug import POLICIES, DiffAugment
 from ..discriminator import HEAD_NORMS, ProjectedDiscriminator
 from ..features import FEATURE_NETWORKS, MIN_FEATURE_RESOLUTION, create_feature_network
-from ..losses import hinge_d_loss, hinge_g_loss, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
+from ..losses import (PixelLoss, PseudoHuberLoss, ReconstructionLoss, hinge_d_loss, hinge_g_loss, nonsaturating_d_loss,
+                     nonsaturating_g_loss, r1_penalty)
 
 # The flags of the discriminator and its loss; methods change the defaults in their own group definitions.
 F, _c = script_util.Flag, script_util
@@ -68,20 +70,17 @@ def feature_networks(names, weights=(), *, seed, resolution=0, teacher_sigma=0.5
             for name, w in zip(names, paths)}
 
 
-def discriminator_from_flags(config, *, image_size, num_classes, device, stream="discriminator", nets=None,
-                             guidance_embed=False):
+def discriminator_from_flags(config, *, image_size, num_classes, device, stream="discriminator", nets=None):
     """The discriminator DISCRIMINATOR_FLAGS describe: heads drawn from (--seed, `stream`), frozen networks from
     --feature_seed (built inside the same seeded block, so nothing else the run draws depends on them), identical
-    on every rank. `nets`: reuse these frozen feature networks (a second discriminator over the same features).
-    `guidance_embed`: D(x, y, w), a w-embedding in every head (pagoda.discriminator)."""
+    on every rank. `nets`: reuse these frozen feature networks (a second discriminator over the same features)."""
     with random_util.seeded(config["seed"], stream):
         if nets is None:
             nets = feature_networks(config["feature_networks"], config["feature_weights"],
                                     seed=config["feature_seed"], resolution=config["feature_resolution"],
                                     teacher_sigma=config["teacher_feature_sigma"])
         d = ProjectedDiscriminator(feature_networks=nets, image_size=image_size, num_classes=num_classes,
-                                   channel_scale=config["d_channel_scale"], norm=config["d_norm"],
-                                   guidance_embed=guidance_embed).to(device)
+                                   channel_scale=config["d_channel_scale"], norm=config["d_norm"]).to(device)
     dist_util.sync_params(d.parameters())
     dist_util.check_same_across_ranks(d.feature_networks, what="discriminator feature networks")
     return d
@@ -91,6 +90,24 @@ def augment_from_flags(config):
     """DiffAugment (colour, translation, cutout) on reals and fakes alike, or none with --diffaug false."""
     return DiffAugment(policy=POLICIES if config["diffaug"] else (), translation_ratio=config["translation_ratio"],
                        cutout_ratio=config["cutout_ratio"])
+
+
+def reconstruction_from_flags(config, augment, device):
+    """The reconstruction loss of --recon_loss: pixel MSE, pseudo-Huber, or the feature distance over frozen feature
+    networks of the discriminator flags (their own instances, seeded apart from D's, identical on every rank)."""
+    kind = config["recon_loss"]
+    if kind == "pixel":
+        return PixelLoss()
+    if kind == "pseudo_huber":
+        return PseudoHuberLoss()
+    if kind != "feature":
+        raise ValueError(f"--recon_loss must be feature, pixel or pseudo_huber, got {kind!r}")
+    nets = feature_networks(config["feature_networks"], config["feature_weights"], seed=config["feature_seed"] + 1,
+                            resolution=config["feature_resolution"], teacher_sigma=config["teacher_feature_sigma"])
+    nets = {k: v.to(device) for k, v in nets.items()}
+    for name, net in nets.items():
+        dist_util.check_same_across_ranks(net, what=f"reconstruction feature network {name}")
+    return ReconstructionLoss(feature_networks=nets, augment=augment)
 
 
 def lazy_regularised(lr, betas, interval):
@@ -109,9 +126,9 @@ class DiscriminatorPair(nn.Module):
         super().__init__()
         self.discriminator = discriminator
 
-    def forward(self, x_real, x_fake, y, features_real, features_fake, w=None):
-        return (self.discriminator(x_real, y, features=features_real, w=w),
-                self.discriminator(x_fake, y, features=features_fake, w=w))
+    def forward(self, x_real, x_fake, y, features_real, features_fake):
+        return (self.discriminator(x_real, y, features=features_real),
+                self.discriminator(x_fake, y, features=features_fake))
 
 
 @contextlib.contextmanager
@@ -152,28 +169,26 @@ class Adversary:
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.player = DiscriminatorPair(discriminator)
 
-    def generator_term(self, x_fake, y, generator=None, w=None):
-        """Per-sample L_G(D(aug(G(z)))), reaching G through `through_output` (D's weights stay out of the graph).
-        `w`: the fakes' guidance scales, for a guidance-conditioned D."""
+    def generator_term(self, x_fake, y, generator=None):
+        """Per-sample L_G(D(aug(G(z)))), reaching G through `through_output` (D's weights stay out of the graph)."""
         with no_param_grads(self.discriminator):
             (fake_aug,) = self.augment(x_fake, generator=generator)
-            return through_output(self.g_loss(self.discriminator(fake_aug, y, w=w)), x_fake)
+            return through_output(self.g_loss(self.discriminator(fake_aug, y)), x_fake)
 
-    def discriminator_terms(self, net, x_real, x_fake, y, *, d_step, generator=None, w=None):
+    def discriminator_terms(self, net, x_real, x_fake, y, *, d_step, generator=None):
         """The discriminator phase's terms: the GAN loss on reals vs fakes with shared augmentation parameters,
         diagnostics, and R1 on the augmented reals on every `r1_interval`-th D step (`d_step`: this phase's own
-        count), scaled by the interval (lazy R1). `net` is the player as the loop calls it (DDP-wrapped). `w`: the
-        guidance scales of both batches (row i of the reals and of the fakes share y_i and w_i)."""
+        count), scaled by the interval (lazy R1). `net` is the player as the loop calls it (DDP-wrapped)."""
         real_aug, fake_aug = self.augment(x_real, x_fake, generator=generator)
         d = self.discriminator
-        logits_real, logits_fake = net(real_aug, fake_aug, y, d.extract(real_aug), d.extract(fake_aug), w)
+        logits_real, logits_fake = net(real_aug, fake_aug, y, d.extract(real_aug), d.extract(fake_aug))
         d_loss = self.d_loss(logits_real, logits_fake)
         terms = {"loss": d_loss, "gan_d": d_loss.detach(),
                  "logits_real": mean_logit(logits_real), "logits_fake": mean_logit(logits_fake)}
         terms.update(discriminator_diagnostics(logits_real, logits_fake, head_names(d)))
         if self.r1_gamma > 0 and d_step % self.r1_interval == 0:
             real = real_aug.detach().requires_grad_(True)
-            r1 = r1_penalty(real, d(real, y, w=w))
+            r1 = r1_penalty(real, d(real, y))
             terms["r1"] = r1.detach()
             terms["loss"] = d_loss + 0.5 * self.r1_gamma * self.r1_interval * r1
         return terms

@@ -29,7 +29,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import AttentionBlock, ResBlock, NearestUpConv, StridedConvDown
 from . import common, gan
 
-TITLE = "GDD: GAN fine-tuning of the teacher at sigma_max"
+TITLE = "gdd: GAN fine-tuning of the teacher"
 FREEZE = ("none", "convs")
 F, _c = script_util.Flag, script_util
 GROUPS = {
@@ -63,7 +63,7 @@ PRESETS = {
                     ema_rates=(0.99,), total_steps=500, save_interval=100, preview_interval=100, log_interval=25),
     # GDD's ImageNet-64 train.sh: batch 512, lr G 8e-6 / D 4e-5, 10 Mimg (19,532 steps), DeiT-B + lite0 at 224.
     "imagenet64": dict(image_size=64, random_flip=True, cache_images=False, num_workers=8, precision="bf16",
-                       preview_interval=1000),
+                       ema_rates=(0.9999,), preview_interval=1000),
 }
 CONSTRAINTS = {}  # relations between flags: none
 
@@ -101,7 +101,7 @@ def freeze(backbone, kind):
 class GDDObjective(Objective):
     """One generator update (L_G on fresh samples), then one discriminator update (L_D + lazy R1), every step."""
 
-    def __init__(self, *, generator, adversary, sigma_max=80.0, sigma_data=0.5, ema_rates=(0.999,), lineage=None):
+    def __init__(self, *, generator, adversary, sigma_max, sigma_data, ema_rates, lineage):
         self.generator, self.adversary = generator, adversary
         self.discriminator = adversary.discriminator
         self.players = {"generator": generator, "discriminator": adversary.player}

@@ -8,10 +8,10 @@ while its unguided point w = 1 is held where training found it.
 Loss per step: L_rec(G(z_w, y, w), x_w) on a batch of pairs plus anchor_weight * L_rec(G(z, y', 1), G_0(z, y', 1))
 on as many fresh prior latents z and uniform real classes y', G_0 the frozen starting generator, plus (with
 histogram_weight > 0) histogram_weight * L_rec between the sorted pixel values of G(z_w, y, w) and of x_w (the
-pair's contrast; see GuidanceObjective.histogram_term). Why a phase of its own: inside stage 2 the pairs share each
-generator step with the GAN and the data reconstruction, and stage 2's budget (500 generator updates on the bundled
-data) leaves G far short of the teacher at w > 1 (it fits the pairs to 25.7 dB and guides like a teacher at w ~ 2.7
-when asked for 4). Here a step costs one generator forward and backward with no discriminator, and the anchor keeps
+pair's contrast; see GuidanceObjective.histogram_term). Why a phase of its own rather than a term of stage 2: there
+the pairs share each generator step with the GAN and the data reconstruction, and stage 2's budget (500 generator
+updates on the bundled data) left G far short of the teacher at w > 1 (it fitted the pairs to 25.7 dB and guided like
+a teacher at w ~ 2.7 when asked for 4). Here a step costs one generator forward and backward with no discriminator, and the anchor keeps
 w = 1 (the adversarially trained point, which is not the teacher's: PaGoDA's generator is not a regression of the
 teacher's samples) from drifting while the w path and the shared weights learn the guided map. A generator without a
 w input gets one (zero last layer: it starts as G_0 at every w).
@@ -26,13 +26,14 @@ import torch
 
 from .. import dist_util, logger, script_util
 from ..generator import generate, generator_sidecar, with_guidance_input
-from ..guided_pairs import GuidedPairDataset
+from ..guided_pairs import GuidedPairDataset, load_guided_pairs
 from ..image_util import psnr
 from ..model_io import load_backbone, real_classes
+from ..pair_datasets import check_latent_teacher
 from ..train_util import Objective, OptimSpec
-from . import common
-from .pagoda import build_reconstruction, guided_pairs_for
+from . import common, gan
 
+TITLE = "guidance: guidance distillation"
 F, _c = script_util.Flag, script_util
 GROUPS = {
     "data": dict(
@@ -56,12 +57,12 @@ GROUPS = {
     "train": common.train_group(
         run_dir="runs/guidance", global_batch_size=32, ema_rates=(0.99,), total_steps=6000,
         lr=F(5e-4, "learning rate of the generator (Adam)", _c.at_least(0)),
-        lr_decay=F(True, "anneal the learning rate linearly to 0 over --total_steps; false: constant"),
+        lr_schedule=F("linear", "linear: anneal to 0 over total_steps; constant", _c.one_of(*common.LR_SCHEDULES)),
     ),
 }
 PRESETS = {
     # commands/guided_mnist.sh: the bundled 16 px generator and its teacher's guided pairs
-    "mnist16": dict(global_batch_size=32, lr=5e-4, lr_decay=True, ema_rates=(0.99,), total_steps=24000,
+    "mnist16": dict(global_batch_size=32, lr=5e-4, ema_rates=(0.99,), total_steps=24000,
                     anchor_weight=0.3, histogram_weight=1.0, log_interval=200, save_interval=1000,
                     preview_interval=0),
 }
@@ -90,7 +91,7 @@ class GuidanceObjective(Objective):
     """One player, G(z, y, w): distillation on the guided pairs and the w = 1 anchor to the frozen G_0."""
 
     def __init__(self, *, generator, anchor, reconstruction, anchor_weight, num_classes, sigma_max, sigma_data,
-                 ema_rates, sidecar, censor_clamped=True, histogram_weight=0.0):
+                 ema_rates, sidecar, censor_clamped, histogram_weight):
         self.generator, self.anchor = generator, anchor
         self.censor_clamped, self.histogram_weight = censor_clamped, histogram_weight
         self.players = {"generator": generator}
@@ -153,6 +154,19 @@ class GuidanceObjective(Objective):
                     **self.sidecar)
 
 
+def guided_pairs_for(folder, backbone, origin, *, device):
+    """The guided pairs (pagoda.guided_pairs) on `device`, refused unless the generator's teacher made them at the
+    generator's output size."""
+    pairs = load_guided_pairs(folder)
+    check_latent_teacher(pairs["manifest"], origin["teacher_sha256"], latent_dir=folder, model="this generator")
+    size = backbone.config["output_size"] or backbone.config["image_size"]
+    if pairs["x"].shape[-1] != size:
+        raise ValueError(f"guided pairs in {folder} are {pairs['x'].shape[-1]} px images but the generator makes "
+                         f"{size} px ones")
+    logger.log(f"guided pairs: {len(pairs['z'])} from {folder} at w in {pairs['manifest']['guidance_scales']}")
+    return {k: None if v is None else v.to(device) for k, v in pairs.items() if k != "manifest"}
+
+
 def load_start(init_from, *, device, seed):
     """(G with a w input, trainable; the frozen G_0 it starts as; the start's sidecar)."""
     if not init_from:
@@ -176,7 +190,7 @@ def build(config, device):
     dist_util.sync_params(backbone.parameters())
     num_classes = real_classes(backbone.config["num_classes"], origin["null_class"])
     dataset = GuidedPairDataset(pairs, shard=dist_util.get_rank(), num_shards=dist_util.get_world_size())
-    reconstruction = build_reconstruction(config, None, device)  # pixel or pseudo-Huber: no feature networks
+    reconstruction = gan.reconstruction_from_flags(config, None, device)  # pixel or pseudo-Huber: no feature nets
     objective = GuidanceObjective(generator=backbone, anchor=anchor, reconstruction=reconstruction,
                                   anchor_weight=config["anchor_weight"], num_classes=num_classes,
                                   sigma_max=side.get("sigma_max", 80.0), sigma_data=side.get("sigma_data", 0.5),
@@ -186,8 +200,7 @@ def build(config, device):
                                   histogram_weight=config["histogram_weight"])
     logger.log(f"guidance distillation from {config['init_from']}: {len(pairs['z'])} guided pairs, w = 1 anchored "
                f"(weight {config['anchor_weight']:g})")
-    decay = config["total_steps"] if config["lr_decay"] else 0
-    optim = {"generator": OptimSpec(name="adam", lr=config["lr"], decay_steps=decay)}
+    optim = {"generator": OptimSpec(name="adam", lr=config["lr"], decay_steps=common.decay_steps(config))}
     record = dict(generator=backbone.config, num_guided_pairs=len(pairs["z"]), start=side.get("content_sha256"))
     return common.Run(objective=objective, data=common.stream(dataset, config), optim=optim, record=record,
-                      title="guidance distillation")
+                      title=TITLE)

@@ -41,6 +41,7 @@ from ..train_util import Objective, OptimSpec
 from ..unet import UNetModel
 from . import common
 
+TITLE = "progressive: progressive distillation"
 
 
 def _zero_or_even(v):
@@ -71,13 +72,13 @@ GROUPS = {
                                       check=_c.each(_c.as_number(_c.in_range(0, 1)))),
         lr=F(1e-4, "learning rate of the student (Adam)", _c.at_least(0)),
         lr_schedule=F("linear", "linear: anneal the learning rate to 0 over --total_steps (PD, per round); constant",
-                      _c.one_of("linear", "constant")),
+                      _c.one_of(*common.LR_SCHEDULES)),
         grad_clip=F(1.0, "clip the gradient norm to this; 0: no clipping", _c.at_least(0)),
     ),
 }
 PRESETS = {
     # One round of commands/progressive_mnist.sh (the 16 px bundled teacher); the recipe adds the round's flags.
-    "mnist16": dict(global_batch_size=32, lr=1e-3, total_steps=200, log_interval=50, save_interval=100,
+    "mnist16": dict(image_size=16, global_batch_size=32, lr=1e-3, total_steps=200, log_interval=50, save_interval=100,
                     preview_interval=200),
     # PD's ImageNet-64 settings (paper, appendix; official config): batch 2048, Adam lr 1e-4 annealed linearly to 0
     # in each round of 50k updates, gradient clipping at 1, no EMA, dropout 0.
@@ -94,7 +95,7 @@ class ProgressiveObjective(Objective):
     """One halving round: the student's denoised estimate at grid[2i] regresses on the target x~ of the frozen
     teacher's two Euler steps grid[2i] -> grid[2i+1] -> grid[2i+2] (module docstring)."""
 
-    def __init__(self, *, student, teacher, teacher_sigmas, ema_rates=(), lineage=None):
+    def __init__(self, *, student, teacher, teacher_sigmas, ema_rates, lineage):
         self.student, self.teacher = student, teacher
         self.players = {"student": student}
         self.teacher_sigmas = torch.as_tensor(teacher_sigmas)
@@ -200,8 +201,8 @@ def build(config, device):
     steps = len(grid) - 1
     logger.log(f"progressive distillation: {steps}-step teacher {config['init_from']} -> {steps // 2}-step student; "
                f"student grid {[round(s, 4) for s in objective.sigmas.tolist()]}")
-    decay = config["total_steps"] if config["lr_schedule"] == "linear" else 0
-    optim = {"student": OptimSpec(name="adam", lr=config["lr"], decay_steps=decay, grad_clip=config["grad_clip"])}
+    optim = {"student": OptimSpec(name="adam", lr=config["lr"], decay_steps=common.decay_steps(config),
+                                  grad_clip=config["grad_clip"])}
     labels = bool(teacher.backbone.config["num_classes"])
     preview = TeacherPreview(interval=config["preview_interval"], sigmas=objective.sigmas.tolist(),
                              sigma_data=teacher.sigma_data, player="student",
@@ -209,4 +210,4 @@ def build(config, device):
     record = dict(dataset=source.origin, dataset_identity=source_identity(source), num_images=len(source),
                   num_classes=source.num_classes, unet=student.config, teacher_sigmas=grid.tolist(), **lineage)
     return common.Run(objective=objective, data=common.stream(dataset, config, labels=labels), optim=optim,
-                      callbacks=[preview], record=record, title=f"progressive distillation: {steps} -> {steps // 2}")
+                      callbacks=[preview], record=record, title=f"{TITLE}: {steps} -> {steps // 2} steps")
