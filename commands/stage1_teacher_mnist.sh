@@ -12,8 +12,9 @@
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 RUN_DIR=${RUN_DIR:-runs/mnist/teacher}
+# IMAGE_SIZE (16): the teacher's resolution (8 for the progressive-growth chain, commands/growth_chain.sh).
 
-DATA_FLAGS="--data_dir bundled:mnist --image_size 16"
+DATA_FLAGS="--data_dir ${DATA_DIR:-bundled:mnist} --image_size ${IMAGE_SIZE:-16}"
 MODEL_FLAGS="--model_channels 32 --channel_mult 1,1,2 --num_res_blocks 1 --attention_resolutions 2,4 --num_head_channels 32"
 LOSS_FLAGS="--P_mean -1.2 --P_std 1.2 --sigma_data 0.5 --label_dropout 0.1"
 TRAIN_FLAGS="--global_batch_size 64 --lr 2e-3 --warmup_steps 100 --ema_rates 0.999 --total_steps ${STEPS:-1000} --save_interval 500 --log_interval 100 --preview_interval 500"

@@ -17,8 +17,9 @@ source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
 LATENTS=${LATENTS:-runs/mnist/latents}
 RUN_DIR=${RUN_DIR:-runs/mnist/stage2}
+# IMAGE_SIZE (16): the teacher's (and its latents') resolution.
 
-DATA_FLAGS="--latent_dir $LATENTS --image_size 16"
+DATA_FLAGS="--latent_dir $LATENTS --image_size ${IMAGE_SIZE:-16}"
 MODEL_FLAGS="--init_from $TEACHER"
 LOSS_FLAGS="--recon_loss pseudo_huber --feature_networks tf_efficientnet_lite0 --feature_resolution 64 --d_norm group --discriminator_weight 6 --adaptive_weight true --gan_loss hinge --d_channel_scale 0.25"
 TRAIN_FLAGS="--global_batch_size 32 --lr_generator 2e-3 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-1000} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"

@@ -16,9 +16,11 @@ source "$(dirname "$0")/_launch.sh"
 GENERATOR=${GENERATOR:-runs/mnist/stage2/exports/generator_ema0.99.pt}
 LATENTS=${LATENTS:-runs/mnist/latents}
 RUN_DIR=${RUN_DIR:-runs/mnist/stage3}
+# IMAGE_SIZE (32): the grown output size; GROW (2): the growth factor; ACTIVATE_FROM (4): the first trained output
+# block (the parent's top level onwards). The chain of commands/growth_chain.sh sets all three.
 
-DATA_FLAGS="--latent_dir $LATENTS --image_size 32"
-MODEL_FLAGS="--init_from $GENERATOR --grow_factor 2 --activate_from 4 --refit_head true"
+DATA_FLAGS="--latent_dir $LATENTS --image_size ${IMAGE_SIZE:-32}"
+MODEL_FLAGS="--init_from $GENERATOR --grow_factor ${GROW:-2} --activate_from ${ACTIVATE_FROM:-4} --refit_head true"
 LOSS_FLAGS="--recon_loss pseudo_huber --feature_networks random_conv --discriminator_weight 1.0 --adaptive_weight true --gan_loss hinge --d_channel_scale 0.25"
 TRAIN_FLAGS="--global_batch_size 32 --lr_generator 1e-3 --lr_discriminator 1e-3 --ema_rates 0.99 --total_steps ${STEPS:-1000} --save_interval 200 --log_interval 50 --preview_interval 200 --monitor_interval 100 --monitor_samples 200"
 
