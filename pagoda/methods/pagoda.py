@@ -50,9 +50,10 @@ PRESETS = {
                     ema_rates=(0.99,), total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
                     log_interval=50),
     "mnist16to32": dict(recon_loss="pseudo_huber", grow_factor=2, activate_from=4, refit_head=True,
-                        discriminator_weight=1.0,
+                        feature_networks=("tf_efficientnet_lite0",), feature_resolution=64, d_norm="group",
+                        discriminator_weight=6.0,
                         lr_generator=1e-3, lr_discriminator=1e-3, d_channel_scale=0.25, ema_rates=(0.99,),
-                        total_steps=1000, global_batch_size=32, save_interval=200, preview_interval=200,
+                        total_steps=850, global_batch_size=32, save_interval=200, preview_interval=200,
                         log_interval=50),
     # The paper's ImageNet settings (pagoda-method.md 9.2), corrected: the official 64->64 recipe trains nothing.
     "imagenet64": dict(PAPER, discriminator_weight=0.2, global_batch_size=96),
