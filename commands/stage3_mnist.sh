@@ -13,8 +13,8 @@
 # only the new 32 px level (--activate_from 6) is worse: 208.9 after 300 steps.
 # The adversarial term is stage 2's (issue 32, docs/growth.md): EfficientNet-lite0 features of the 32 px images
 # resized to 64 px, GroupNorm heads, --discriminator_weight 6. Over random_conv its D went from inert (batch accuracy
-# 0.55 over the second half, the adaptive weight at its clamp in 40% of G steps) to 0.99 (clamp only while D warms
-# up), and the domain FD after 150 steps from 272.3 +- 3.8 to 129.3 +- 6.0 (bicubic 2x 211.3 +- 4.7). A step costs
+# 0.55 over the second half, the adaptive weight at its clamp in 40% of G steps) to 0.995 (clamp only while D
+# warms up), and the domain FD after 150 steps from 272.3 +- 3.8 to 129.3 +- 6.0 (bicubic 2x 211.3 +- 4.7). A step costs
 # 8% more FLOPs (38.2 vs 35.3 GFLOP), so 850 steps instead of 1000 keep stage 3's budget.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
