@@ -6,13 +6,14 @@
 # Out: $RUN/compare (one method table: (a), (b), (c) on the same seeds, with the 32 px floor) and $RUN/cost.md (wall
 # seconds and images seen of each training run, and the totals of (a) and (b)).
 # Usage: [DATASET=mnist] [RUN=runs/mnist/cost] bash commands/cost_claim.sh [--precision bf16 ...]
-# Env: STEPS (1000: every training run's steps, the quickstart's budget), ENCODE_LIMIT (2000), ENCODE_STEPS (12),
-#      N (500 samples per seed x 3 seeds). Rerunning resumes; the timings add up over reruns (commands/_timed.sh).
+# Env: STEPS (every training run's steps; unset: each recipe's own, the quickstart's budgets), ENCODE_LIMIT (2000),
+#      ENCODE_STEPS (12), N (500 samples per seed x 3 seeds). Rerunning resumes; the timings add up over reruns
+#      (commands/_timed.sh).
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 DATASET=${DATASET:-mnist}
 RUN=${RUN:-runs/$DATASET/cost}
-STEPS=${STEPS:-1000} ENCODE_LIMIT=${ENCODE_LIMIT:-2000} ENCODE_STEPS=${ENCODE_STEPS:-12} N=${N:-500}
+STEPS=${STEPS:-} ENCODE_LIMIT=${ENCODE_LIMIT:-2000} ENCODE_STEPS=${ENCODE_STEPS:-12} N=${N:-500}
 TIMINGS=$RUN/timings
 source "$(dirname "$0")/_timed.sh"
 pipeline() {  # pipeline NAME SIZE: teacher, latents and stage 2 at SIZE px under $RUN/NAME
@@ -28,7 +29,8 @@ pipeline a16 16 "$@"
 timed a16_stage3 env GENERATOR=$RUN/a16/stage2/exports/generator_ema0.99.pt LATENTS=$RUN/a16/latents \
   RUN_DIR=$RUN/a16/stage3 STEPS=$STEPS bash commands/stage3_$DATASET.sh "$@"
 pipeline b32 32 "$@"
-DATA_DIR=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["data_dir"])' "$RUN/a16/latents/manifest.json")
+DATA_DIR=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["data_dir"])' \
+  "$RUN/a16/latents/manifest.json")
 "$PYTHON" scripts/compare.py --data_dir "$DATA_DIR" --out_dir "$RUN/compare" --num_samples $N --num_seeds 3 \
   --row "(a) 16 px teacher + stage 2 + growth=$RUN/a16/stage3/exports/generator_ema0.99.pt" \
   --row "(b) 32 px teacher + stage 2=$RUN/b32/stage2/exports/generator_ema0.99.pt" \

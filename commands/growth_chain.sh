@@ -4,11 +4,11 @@
 #   teacher8 -> latents8 -> stage2 (8 px) -> grow16 (8 -> 16) -> grow32 (16 -> 32)
 #                                         -> grow4x (8 -> 32 in one step)
 #   -> compare/: every row on the same seeds, with the real-vs-real floors at 8, 16 and 32 px.
-# Each step is its own run and uses the dataset's own recipes: commands/{stage1_teacher,encode,stage2,stage3}_$DATASET.sh
-# with IMAGE_SIZE / GROW / ACTIVATE_FROM set here (a dataset's recipes must honour those three; the digits' do).
+# Each step is its own run and uses the dataset's own recipes,
+# commands/{stage1_teacher,encode,stage2,stage3}_$DATASET.sh, with IMAGE_SIZE / GROW / ACTIVATE_FROM set here (a dataset's recipes must honour those three; the digits' do).
 # Usage: [DATASET=mnist] [RUN=runs/mnist/chain8] bash commands/growth_chain.sh [--precision bf16 ...]
 #        ... --dry_run prints ONE JSON object: each step's resolved config under its name.
-# Env: DATASET (mnist), RUN, TEACHER_STEPS / STAGE2_STEPS / GROW_STEPS (1000 each: the quickstart's budgets),
+# Env: DATASET (mnist), RUN, TEACHER_STEPS / STAGE2_STEPS / GROW_STEPS (each recipe's own steps when unset),
 #      ENCODE_LIMIT (2000), ENCODE_STEPS (12), N (500 samples per seed x 3 seeds), ACTIVATE_16 / ACTIVATE_32 /
 #      ACTIVATE_4X (the first trained output block of each growth step: the parent's top level onwards; the
 #      defaults fit the digits' 1,1,2 teacher, whose 8 px level is blocks 4-5 and whose first grown level 6-8).
@@ -17,13 +17,15 @@ set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 DATASET=${DATASET:-mnist}
 RUN=${RUN:-runs/$DATASET/chain8}
-TEACHER_STEPS=${TEACHER_STEPS:-1000} STAGE2_STEPS=${STAGE2_STEPS:-1000} GROW_STEPS=${GROW_STEPS:-1000}
+TEACHER_STEPS=${TEACHER_STEPS:-} STAGE2_STEPS=${STAGE2_STEPS:-} GROW_STEPS=${GROW_STEPS:-}  # empty: the recipe's own
 ENCODE_LIMIT=${ENCODE_LIMIT:-2000} ENCODE_STEPS=${ENCODE_STEPS:-12} N=${N:-500}
 ACTIVATE_16=${ACTIVATE_16:-4} ACTIVATE_32=${ACTIVATE_32:-6} ACTIVATE_4X=${ACTIVATE_4X:-4}
 DRY_RUN=0
 for arg in "$@"; do if [ "$arg" = --dry_run ]; then DRY_RUN=1; fi; done
 for recipe in stage1_teacher encode stage2 stage3; do
-  [ -f "commands/${recipe}_$DATASET.sh" ] || { echo "no recipe commands/${recipe}_$DATASET.sh for DATASET=$DATASET" >&2; exit 2; }
+  if [ ! -f "commands/${recipe}_$DATASET.sh" ]; then
+    echo "no recipe commands/${recipe}_$DATASET.sh for DATASET=$DATASET" >&2; exit 2
+  fi
 done
 TEACHER=$RUN/teacher8/exports/denoiser_ema0.999.pt
 GEN8=$RUN/stage2/exports/generator_ema0.99.pt

@@ -60,9 +60,10 @@ def describe(name, summary):
     """One line per run, with both curves."""
     curve = lambda pts: " ".join(f"{v:.2f}" for _, v in pts)  # noqa: E731
     rate = "n/a" if summary["clamp_rate"] is None else f"{summary['clamp_rate']:.1%}"
-    return (f"{name}: D accuracy over the second half {summary['accuracy_second_half']:.3f} "
-            f"({'ok' if summary['accuracy_ok'] else 'below ' + format(MIN_ACCURACY, '.2f')}), adaptive weight at "
-            f"its clamp in {rate} of generator steps ({'ok' if summary['clamp_ok'] else 'over ' + format(MAX_CLAMP, '.0%')})"
+    acc_note = "ok" if summary["accuracy_ok"] else f"below {MIN_ACCURACY:.2f}"
+    clamp_note = "ok" if summary["clamp_ok"] else f"over {MAX_CLAMP:.0%}"
+    return (f"{name}: D accuracy over the second half {summary['accuracy_second_half']:.3f} ({acc_note}), adaptive "
+            f"weight at its clamp in {rate} of generator steps ({clamp_note})"
             f"\n  accuracy by interval: {curve(summary['accuracy_curve'])}"
             f"\n  clamp rate by interval: {curve(summary['clamp_curve'])}")
 

@@ -85,7 +85,8 @@ def test_chain_recipes_resolve_each_step_from_the_previous_export(chain):
     run = "runs/chain_test"
     assert chain["teacher8"]["image_size"] == 8 and chain["latents8"]["teacher"].startswith(f"{run}/teacher8/")
     assert chain["stage2"]["image_size"] == 8 and chain["stage2"]["init_from"] == chain["latents8"]["teacher"]
-    want = {"grow16": (f"{run}/stage2/", 16, 2), "grow32": (f"{run}/grow16/", 32, 2), "grow4x": (f"{run}/stage2/", 32, 4)}
+    want = {"grow16": (f"{run}/stage2/", 16, 2), "grow32": (f"{run}/grow16/", 32, 2),
+            "grow4x": (f"{run}/stage2/", 32, 4)}
     for name, (parent, size, factor) in want.items():
         cfg = chain[name]
         assert cfg["init_from"].startswith(parent) and (cfg["image_size"], cfg["grow_factor"]) == (size, factor)
