@@ -14,6 +14,7 @@ source "$(dirname "$0")/_launch.sh"
 TEACHER=${TEACHER:-runs/mnist/teacher/exports/denoiser_ema0.999.pt}
 LATENTS=${LATENTS:-runs/mnist/latents}
 RUN_DIR=${RUN_DIR:-runs/mnist/stage2}
+# IMAGE_SIZE (16): the teacher's (and its latents') resolution.
 
 launch scripts/train.py --method pagoda --preset mnist16 --init_from "$TEACHER" --latent_dir "$LATENTS" \
-  --run_dir "$RUN_DIR" ${STEPS:+--total_steps $STEPS} "$@"
+  --run_dir "$RUN_DIR" ${IMAGE_SIZE:+--image_size $IMAGE_SIZE} ${STEPS:+--total_steps $STEPS} "$@"

@@ -6,13 +6,18 @@
 # --refit_head true: the trained 3x3 output head does not commute with up-sampling, so the grown network starts far
 # (in PSNR) from its bicubically up-sampled parent; a least-squares re-fit of that head on prior latents starts it
 # close, and training ends at a lower FID than without it. The generator lr is high for a fine-tune (1e-3): lower
-# rates move too little in the budget. Discriminator heads at a quarter width, as in stage 2. Training only the new
-# 32 px level (--activate_from 6) does worse than output_blocks[4:].
+# rates move too little in the budget. Training only the new 32 px level (--activate_from 6) does worse than
+# output_blocks[4:]. The adversarial term is stage 2's (EfficientNet-lite0 features at 64 px, GroupNorm heads,
+# weight 6): with stage 2's random_conv features the discriminator stayed at chance (docs/growth.md). Its step costs
+# a little more, so the step budget is smaller.
 set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 GENERATOR=${GENERATOR:-runs/mnist/stage2/exports/generator_ema0.99.pt}
 LATENTS=${LATENTS:-runs/mnist/latents}
 RUN_DIR=${RUN_DIR:-runs/mnist/stage3}
+# IMAGE_SIZE (32): the grown output size; GROW (2): the growth factor; ACTIVATE_FROM (4): the first trained output
+# block (the parent's top level onwards). The chain of commands/growth_chain.sh sets all three.
 
 launch scripts/train.py --method pagoda --preset mnist16to32 --init_from "$GENERATOR" --latent_dir "$LATENTS" \
-  --run_dir "$RUN_DIR" ${STEPS:+--total_steps $STEPS} "$@"
+  --run_dir "$RUN_DIR" ${IMAGE_SIZE:+--image_size $IMAGE_SIZE} ${GROW:+--grow_factor $GROW} \
+  ${ACTIVATE_FROM:+--activate_from $ACTIVATE_FROM} ${STEPS:+--total_steps $STEPS} "$@"

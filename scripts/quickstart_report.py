@@ -20,7 +20,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from evaluations import protocol
+from evaluations import gan_health, protocol
 from evaluations.evaluator import evaluate
 from pagoda import script_util
 from pagoda.generator import reconstruction_psnr
@@ -253,6 +253,22 @@ def markdown(rows, floors, times, run_dir, compare, recon=(), verify=None, speed
     return "\n".join(lines) + "\n", speedup
 
 
+def health_markdown(run_dir):
+    """The adversarial term's health per GAN stage (evaluations/gan_health.py): D's accuracy over the second half of
+    training and the adaptive weight's clamp rate, with both curves. ({} and no lines when no stage logged one.)"""
+    health = {}
+    for stage in ("stage2", "stage3"):
+        progress = os.path.join(run_dir, stage, "progress.csv")
+        if os.path.exists(progress):
+            health[stage] = gan_health.summarise(progress)
+    if not health:
+        return health, ""
+    lines = ["", "Adversarial health (targets: D accuracy >= 0.75 over the second half, adaptive weight at its clamp "
+             "in <= 10% of generator steps):", ""]
+    lines += [f"- {gan_health.describe(stage, s)}" for stage, s in health.items()]
+    return health, "\n".join(lines) + "\n"
+
+
 def _ratio(a, b):
     return a / b if a and b else None
 
@@ -328,6 +344,8 @@ def main(argv=None):
     _add_time(args.run_dir, "evaluation", time.time() - start)
     times = stage_times(args.run_dir)
     text, speedup = markdown(rows, floors, times, args.run_dir, compare, recon, verify, speed)
+    health, health_text = health_markdown(args.run_dir)
+    text += health_text
     comparison_grid(args.run_dir, compare["rows"])
     for stage, keys in CURVES.items():
         progress = os.path.join(args.run_dir, stage, "progress.csv")
@@ -338,6 +356,7 @@ def main(argv=None):
     with open(os.path.join(args.run_dir, "report.json"), "w") as f:
         json.dump({"rows": rows, "floors": floors, "reconstruction": recon, "encoder_round_trip": verify,
                    "stage_seconds": times, "one_step_speedup": speedup, "side_by_side_speed": speed,
+                   "adversarial_health": health,
                    "compare_protocol": compare["protocol"]}, f, indent=1)
     print(text)
 
