@@ -10,7 +10,7 @@ import torch
 
 from .. import dist_util, logger, random_util, script_util
 from ..callbacks import TeacherPreview
-from ..image_datasets import source_identity
+from ..image_datasets import dataset_record, source_identity
 from ..losses import EDMLoss
 from ..model_io import load_backbone
 from ..precond import Denoiser, teacher_sidecar
@@ -56,8 +56,10 @@ CONSTRAINTS = {
 class DiffusionObjective(Objective):
     """The EDM loss on the denoiser; its loss is also logged by sigma quartile of the training distribution."""
 
-    def __init__(self, *, backbone, loss=None, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, ema_rates=(0.999,)):
+    def __init__(self, *, backbone, loss=None, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, ema_rates=(0.999,),
+                 dataset=None):
         self.players = {"denoiser": backbone}
+        self.dataset = dataset
         self.loss = loss or EDMLoss(sigma_data=sigma_data)
         self.precond = dict(sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
         self._ema_rates = tuple(ema_rates)
@@ -82,7 +84,9 @@ class DiffusionObjective(Objective):
         return self._ema_rates
 
     def export_sidecar(self, player):
-        return teacher_sidecar(self.players["denoiser"], null_class=self.loss.null_class, **self.precond)
+        sidecar = teacher_sidecar(self.players["denoiser"], null_class=self.loss.null_class, **self.precond)
+        # what it was trained on, so that later stages can refuse latents of another domain by name
+        return dict(sidecar, dataset=self.dataset) if self.dataset else sidecar
 
 
 def build_backbone(*, num_classes, image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
@@ -122,7 +126,7 @@ def build(config, device):
                    label_dropout=config["label_dropout"], null_class=source.num_classes if guided else None)
     objective = DiffusionObjective(backbone=backbone, loss=loss, sigma_data=config["sigma_data"],
                                    sigma_min=config["sigma_min"], sigma_max=config["sigma_max"],
-                                   ema_rates=config["ema_rates"])
+                                   ema_rates=config["ema_rates"], dataset=dataset_record(source))
     preview = TeacherPreview(interval=config["preview_interval"], num_steps=config["preview_steps"],
                              num_classes=source.num_classes if config["class_cond"] else None)
     optim = {"denoiser": OptimSpec(name=config["optimizer"], lr=config["lr"], weight_decay=config["weight_decay"],
