@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from pagoda import checkpoint, image_datasets
 from tests.helpers.tiny_runs import encode_run, stage2_run, teacher_run
@@ -59,3 +60,38 @@ def test_stage2_and_stage3_accept_their_own_domain(two_domains):
     with pytest.raises(ValueError, match=r"the latents in .*latents_digits are of .*digits.npz \(classes 0, 1, 2, 3, "
                                          r"\.\.\.\) but .*generator_ema0.999.pt was trained on .*cifar-10-python"):
         stage2_run(root / "stage3_mixed", generator, runs["digits"]["latents"], "--grow_factor", "2")
+
+
+# --- the CIFAR-10 domain classifier -------------------------------------------------------------------------------
+
+def test_cifar10_classifier_defaults_differ_from_the_digits_ones():
+    """An unset setting means the dataset's default; an explicit one still wins (the cache key is the result)."""
+    from evaluations import domain
+    cifar, digits = domain._settings("bundled:cifar10", {}), domain._settings("bundled:mnist", {})
+    assert (cifar["widths"], cifar["batch_norm"], cifar["random_flip"], cifar["epochs"]) == ([32, 64, 128], True,
+                                                                                            True, 6)
+    assert cifar["heldout_dir"] == "bundled:cifar10_test" and digits["heldout_dir"] == "bundled:mnist_test"
+    assert (digits["widths"], digits["batch_norm"], digits["random_flip"], digits["epochs"]) == ([16, 32, 64], False,
+                                                                                                False, 2)
+    assert domain._settings("bundled:cifar10", {"epochs": 1})["epochs"] == 1
+
+
+def test_batch_norm_classifier_exports_and_mirrors_a_seeded_half(tmp_path, monkeypatch):
+    from evaluations import domain
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "d.npz", arr_0=rng.randint(0, 256, (40, 16, 16, 3)).astype(np.uint8), arr_1=np.arange(40) % 4)
+    tiny = dict(input_size=16, epochs=1, batch_size=16, widths=(4, 8), feature_dim=16, batch_norm=True,
+                random_flip=True)
+    flips = []
+    real_rand = torch.rand
+    monkeypatch.setattr(domain.torch, "rand", lambda *a, **k: (flips.append(a), real_rand(*a, **k))[1])
+    model, record = domain.train_domain_classifier(str(tmp_path / "d.npz"), progress=False, **tiny)
+    assert [a[0] for a in flips] == [16, 16, 4]  # one draw per batch of the 36 training images
+    again, _ = domain.train_domain_classifier(str(tmp_path / "d.npz"), progress=False, **tiny)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert 0 <= record["accuracy_quarter_round_trip"] <= 1
+    domain.export_domain_classifier(model, record, tmp_path / "c.pt")
+    loaded = domain.load_domain_classifier(tmp_path / "c.pt")
+    x = domain.prepare(rng.randint(0, 256, (3, 16, 16, 3)).astype(np.uint8), 16)
+    assert loaded.config["batch_norm"] and torch.equal(loaded(x), model(x))
