@@ -44,7 +44,9 @@ VERSION = 1
 # Chosen by measurement on the 60,000 MNIST digits (one thread of a shared 2-core CPU): an epoch takes ~16 s and
 # reaches 98.6% on the official test digits; two reach 99.2% in ~31 s, which leaves a margin for other data.
 DEFAULTS = dict(input_size=32, epochs=2, batch_size=128, lr=3e-3, seed=0, heldout_fraction=0.1,
-                widths=(16, 32, 64), feature_dim=128, batch_norm=False, random_flip=False)
+                widths=(16, 32, 64), feature_dim=128)
+# Settings the first classifiers were made without: recorded only when set, so that their cache keys still hold.
+OPTIONAL = dict(batch_norm=False, random_flip=False)
 # Datasets whose defaults differ (what an unset setting means for them). Colour photos need a wider network with
 # batch norm, more epochs and mirrored copies (a mirrored photo is still the same class; a mirrored digit is not).
 DATASET_DEFAULTS = {
@@ -236,11 +238,15 @@ def _resolve_heldout(data_dir, heldout_dir):
 def _settings(data_dir, overrides):
     """Every setting that changes the weights or the record, JSON-normalised (tuples as lists) so that a
     sidecar read back compares equal."""
-    unknown = sorted(set(overrides) - set(DEFAULTS) - {"heldout_dir"})
+    unknown = sorted(set(overrides) - set(DEFAULTS) - set(OPTIONAL) - {"heldout_dir"})
     if unknown:
-        raise TypeError(f"unknown domain classifier settings {unknown}; known: {sorted(DEFAULTS)} and heldout_dir")
+        raise TypeError(f"unknown domain classifier settings {unknown}; known: {sorted({**DEFAULTS, **OPTIONAL})} "
+                        "and heldout_dir")
     settings = {**DEFAULTS, **DATASET_DEFAULTS.get(os.fspath(data_dir), {}),
                 **{k: v for k, v in overrides.items() if k != "heldout_dir"}}
+    for key, default in OPTIONAL.items():
+        if settings.get(key, default) == default:
+            settings.pop(key, None)
     settings["heldout_dir"] = _resolve_heldout(data_dir, overrides.get("heldout_dir"))
     if settings["heldout_dir"] is not None:
         settings["heldout_fraction"] = None  # unused, so it must not make a cached classifier look different
@@ -317,8 +323,8 @@ def _heldout_accuracy(model, source, indices):
 def train_domain_classifier(data_dir, *, progress=True, **settings):
     """Train a DomainClassifier on `data_dir`'s labelled images; returns (model in eval mode, record).
 
-    settings (defaults in DEFAULTS, for some datasets DATASET_DEFAULTS): input_size, epochs, batch_size, lr, seed,
-    widths, feature_dim, batch_norm, random_flip, heldout_dir (default: heldout_data_dir(data_dir)) and heldout_fraction (used only without a held-out dir:
+    settings (defaults in DEFAULTS and OPTIONAL, for some datasets DATASET_DEFAULTS): input_size, epochs, batch_size,
+    lr, seed, widths, feature_dim, batch_norm, random_flip, heldout_dir (default: heldout_data_dir(data_dir)) and heldout_fraction (used only without a held-out dir:
     that seeded fraction of data_dir is held out and never trained on). Deterministic: the same settings and
     thread count give torch.equal weights on CPU.
     """
@@ -328,11 +334,11 @@ def train_domain_classifier(data_dir, *, progress=True, **settings):
     with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the caller's global RNG alone
         torch.manual_seed(_stream_seed(settings["seed"], "init"))
         model = DomainClassifier(source.num_classes, input_size=size, widths=settings["widths"],
-                                 feature_dim=settings["feature_dim"], batch_norm=settings["batch_norm"])
+                                 feature_dim=settings["feature_dim"], batch_norm=settings.get("batch_norm", False))
     images, labels = cropped_images(source, size, train), np.asarray(source.labels)[train]
     seconds, cpu_seconds = _fit(model, images, labels, epochs=settings["epochs"],
                                 batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"],
-                                progress=progress, random_flip=settings["random_flip"])
+                                progress=progress, random_flip=settings.get("random_flip", False))
     model.eval()
     record = {
         "version": VERSION, "settings": settings, "config": model.config,
