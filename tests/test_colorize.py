@@ -40,7 +40,7 @@ def test_with_luminance_imposes_the_grey_and_keeps_the_chroma():
 def test_luminance_search_fits_the_grey_better_than_its_start_on_the_fixtures():
     """Grey digits tinted (red x 1.0, green x 0.7, blue x 0.4), their luminance observed; the search through the
     grown 32 px generator from the encoded grey moves G(z)'s luminance towards it. Measured on these 16 digits:
-    luminance PSNR 16.6 dB at the start, 23.4 dB after 40 steps; floor: 3 dB of gain."""
+    luminance PSNR 19.60 dB at the start, 27.57 dB after 40 steps; floor: 5 dB of gain."""
     teacher, generator = load_teacher(TEACHER), load_generator(GROWN)
     low, x, y = held_out_digits(16, 32)
     tint = torch.tensor([1.0, 0.7, 0.4])[:, None, None]
@@ -53,7 +53,7 @@ def test_luminance_search_fits_the_grey_better_than_its_start_on_the_fixtures():
                                observe=app.luminance)
     after = psnr(app.luminance(out), grey).mean().item()
     print(f"luminance PSNR start {start:.2f} dB, after {after:.2f} dB")
-    assert after > start + 3.0
+    assert after > start + 5.0
 
 
 def test_script_colorizes_against_the_grey_and_the_teacher_replacement(tmp_path):
