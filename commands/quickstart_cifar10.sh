@@ -63,7 +63,8 @@ echo "== sampling and the method table =="
 # classifier (trained once on the 50,000 training photos and cached); scripts/compare.py, see compare/compare.md.
 # Heun takes 2 * steps - 1 evaluations: 35 NFE, and 11 NFE for the few-step comparison.
 TEACHER_ROWS=(--row "teacher (Heun)=$TEACHER@sampler=heun,steps=$HEUN_STEPS")
-[ -z "$FEW_HEUN_STEPS" ] || TEACHER_ROWS+=(--row "teacher (Heun, few steps)=$TEACHER@sampler=heun,steps=$FEW_HEUN_STEPS")
+[ -z "$FEW_HEUN_STEPS" ] ||
+  TEACHER_ROWS+=(--row "teacher (Heun, few steps)=$TEACHER@sampler=heun,steps=$FEW_HEUN_STEPS")
 timed compare "$PYTHON" scripts/compare.py --data_dir bundled:cifar10 --out_dir "$RUN/compare" --num_samples $NPER \
   --num_seeds 3 --domain_epochs $DOMAIN_EPOCHS "${TEACHER_ROWS[@]}" --row "stage 2 generator (1 step)=$GEN2" \
   --row "stage 3 generator (1 step, 2x)=$GEN3" --row "stage 2 + bicubic 2x (baseline)=$GEN2@upsample=32" \

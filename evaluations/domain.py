@@ -69,8 +69,9 @@ def _stream_seed(seed, stream):
 # --- the network ------------------------------------------------------------------------------------------------
 
 class DomainClassifier(nn.Module):
-    """conv3x3 (+ batch norm) + ReLU + 2x2 max pool per width, then the flattened map -> Linear + ReLU to `feature_dim` (the
-    features) -> Linear to the classes. Input: (N, 3, input_size, input_size) in [-1, 1], as `prepare()` makes.
+    """conv3x3 (+ batch norm) + ReLU + 2x2 max pool per width, then the flattened map -> Linear + ReLU to
+    `feature_dim` (the features) -> Linear to the classes. Input: (N, 3, input_size, input_size) in [-1, 1], as
+    `prepare()` makes.
 
     The final map is flattened rather than averaged: with global average pooling the same network reached only
     93.8% MNIST test accuracy after one epoch (98.6% flattened), since a digit is told apart by where its strokes
@@ -324,8 +325,9 @@ def train_domain_classifier(data_dir, *, progress=True, **settings):
     """Train a DomainClassifier on `data_dir`'s labelled images; returns (model in eval mode, record).
 
     settings (defaults in DEFAULTS and OPTIONAL, for some datasets DATASET_DEFAULTS): input_size, epochs, batch_size,
-    lr, seed, widths, feature_dim, batch_norm, random_flip, heldout_dir (default: heldout_data_dir(data_dir)) and heldout_fraction (used only without a held-out dir:
-    that seeded fraction of data_dir is held out and never trained on). Deterministic: the same settings and
+    lr, seed, widths, feature_dim, batch_norm, random_flip, heldout_dir (default: heldout_data_dir(data_dir)) and
+    heldout_fraction (used only without a held-out dir: that seeded fraction of data_dir is held out and never
+    trained on). Deterministic: the same settings and
     thread count give torch.equal weights on CPU.
     """
     settings = _settings(data_dir, settings)

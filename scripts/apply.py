@@ -11,8 +11,9 @@ sigma_max by the teacher's PF-ODE (Heun, from x + start_sigma n as the bundled l
 the generator in one call: at its own resolution (super_resolve), with another label (transfer), or along the
 spherical path between two images' latents (interpolate). Inpainting and colourisation search the latent
 through G for an image that matches what is observed (the pixels outside the mask; the luminance of the colour
-image, given as grey) and compare with a naive output and the teacher's replacement sampler at equal wall time. With --encoder amortised --encoder_path FILE the latent
-comes from one call of the amortised encoder E(x, y) (scripts/train.py --method encoder) instead of the ODE solve.
+image, given as grey) and compare with a naive output and the teacher's replacement sampler at equal wall time.
+With --encoder amortised --encoder_path FILE the latent comes from one call of the amortised encoder E(x, y)
+(scripts/train.py --method encoder) instead of the ODE solve.
 Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
 the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
 generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's

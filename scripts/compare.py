@@ -44,7 +44,8 @@ from scripts.compare_figure import write_figure  # noqa: E402
 GROUPS = {
     "data": dict(data_dir="bundled:mnist", heldout_dir="", split_seed=0,
                  domain_epochs=script_util.Flag(0, "epochs of the domain classifier trained on --data_dir (cached per "
-                                                "setting); 0 takes the data's default (evaluations/domain.py: 2 for the "
+                                                "setting); 0 takes the data's default (evaluations/domain.py: 2 for "
+                                                "the "
                                                 "digits, 6 for bundled:cifar10). Lower only for smoke runs such as the "
                                                 "recipes' --fast mode: a weaker classifier makes the domain columns "
                                                 "less telling", check=script_util.at_least(0), resume="free")),

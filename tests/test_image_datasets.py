@@ -337,8 +337,8 @@ def test_cifar10_shared_jpeg_copy(monkeypatch):
 
 
 def test_unknown_bundled_and_missing_paths(tmp_path):
-    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:cifar10, "
-                                         "bundled:cifar10_test, bundled:fashion, bundled:fashion_test, bundled:mnist, "):
+    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:cifar10, bundled:"
+                                         "cifar10_test, bundled:fashion, bundled:fashion_test, bundled:mnist, "):
         open_source("bundled:cifar")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_source(tmp_path / "nowhere")

@@ -63,7 +63,7 @@ PRESETS = {
                              adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
                              recon_discriminator=True),
 }
-# CIFAR-10 (commands/quickstart_cifar10.sh) starts from the digits' settings; the recipe's table measures them on photos.
+# CIFAR-10 (commands/quickstart_cifar10.sh) starts from the digits' settings; its table measures them on photos.
 PRESETS["cifar16"], PRESETS["cifar16to32"] = dict(PRESETS["mnist16"]), dict(PRESETS["mnist16to32"])
 
 _c = script_util
