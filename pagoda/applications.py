@@ -216,9 +216,10 @@ def naive_fill(x, m):
     return x * m + mean * (1 - m)
 
 
-def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
-    """argmin_z  mean over observed pixels of (G(z, y) - x_obs)^2 + prior_weight ||z||^2 / (2 sigma_max^2 d),
+def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight, observe=None):
+    """argmin_z  mean over observed pixels of (A(G(z, y)) - x_obs)^2 + prior_weight ||z||^2 / (2 sigma_max^2 d),
     by Adam from z0 (the encoded observation), through the one-step generator; returns (z, G(z) clamped).
+    A is `observe` (e.g. luminance() for colourisation; default: the image itself, as inpainting sees it).
     The prior term is the negative log-density of N(0, sigma_max^2 I) per dimension: it keeps z where G was
     trained instead of letting it fit the observation with an atypical latent."""
     z = z0.detach().clone().requires_grad_(True)
@@ -226,6 +227,8 @@ def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
     count = m.sum((1, 2, 3)).clamp_min(1) * x_obs.shape[1]
     for _ in range(steps):
         x = generator(z, y).float()
+        if observe is not None:
+            x = observe(x)
         fit = (((x - x_obs) * m) ** 2).sum((1, 2, 3)) / count
         prior = (z ** 2).flatten(1).mean(1) / (2 * generator.sigma_max ** 2)
         opt.zero_grad(set_to_none=True)
@@ -235,14 +238,14 @@ def latent_search(generator, z0, y, x_obs, m, *, steps, lr, prior_weight):
         return z.detach(), generator(z, y).float().clamp(-1, 1)
 
 
-def search_batches(generator, z0, labels, x_true, m, *, batch_size, steps, lr, prior_weight):
+def search_batches(generator, z0, labels, x_true, m, *, batch_size, steps, lr, prior_weight, observe=None):
     """latent_search over all images in batches of `batch_size`, from the encoded observations z0 (N, ...) with
-    labels (N,) numpy: (outputs G(z) before the observed pixels are pasted back, seconds)."""
+    labels (N,) numpy: (outputs G(z) before the observation is imposed on them, seconds)."""
     outs, start = [], time.time()
     for b in logger.progress(range(0, len(x_true), batch_size), desc="search", unit="batch"):
         sl = slice(b, b + batch_size)
         outs.append(latent_search(generator, z0[sl], torch.from_numpy(labels[sl]), x_true[sl], m[sl], steps=steps,
-                                  lr=lr, prior_weight=prior_weight)[1])
+                                  lr=lr, prior_weight=prior_weight, observe=observe)[1])
     return torch.cat(outs), time.time() - start
 
 
@@ -256,7 +259,7 @@ def replacement_steps_for(teacher, x_obs, labels, *, batch_size, seconds):
     return max(2, int(seconds / per_call + 1) // 2)
 
 
-def replacement_batches(teacher, x_obs, m, labels, *, batch_size, steps, sigma_min, sigma_max, rho):
+def replacement_batches(teacher, x_obs, m, labels, *, batch_size, steps, sigma_min, sigma_max, rho, impose=None):
     """replacement_inpaint over all images in batches, on karras_sigmas(steps, ...); image i draws its noise from
     seed i, so the batch split changes nothing: (outputs, seconds)."""
     sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
@@ -264,22 +267,43 @@ def replacement_batches(teacher, x_obs, m, labels, *, batch_size, steps, sigma_m
     for b in logger.progress(range(0, len(x_obs), batch_size), desc="replacement", unit="batch"):
         sl = slice(b, b + batch_size)
         outs.append(replacement_inpaint(teacher, x_obs[sl], m[sl], torch.from_numpy(labels[sl]), sigmas,
-                                        seeds=range(b, b + len(x_obs[sl]))))
+                                        seeds=range(b, b + len(x_obs[sl])), impose=impose))
     return torch.cat(outs), time.time() - start
 
 
 @torch.no_grad()
-def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds):
+def replacement_inpaint(teacher, x_obs, m, y, sigmas, *, seeds, impose=None):
     """The teacher's multi-step replacement method: Heun sampling from noise, and after each step the observed
-    pixels replaced by the observation noised to the new sigma (same noise draw throughout)."""
+    pixels replaced by the observation noised to the new sigma (same noise draw throughout). `impose(x, target)`
+    replaces another observed part instead (colourisation: with_luminance(x, luminance(target)))."""
     rng = StackedRandomGenerator(x_obs.device, list(seeds))
     x = rng.randn(x_obs.shape, dtype=torch.float32) * float(sigmas[0])
     eps = rng.randn(x_obs.shape, dtype=torch.float32)
     path = [float(s) for s in sigmas]
     for sigma, sigma_next in zip(path[:-1], path[1:]):
         x = heun_step(teacher, x, sigma, sigma_next, y, False)
-        x = m * (x_obs + sigma_next * eps) + (1 - m) * x
+        target = x_obs + sigma_next * eps
+        x = impose(x, target) if impose is not None else m * target + (1 - m) * x
     return x.clamp(-1, 1)
+
+
+# --- colourisation: the grey observation is the luminance of the colour image ----------------------------------
+# ITU-R BT.601 luma weights, the ones Pillow's convert("L") uses; they sum to 1, so an offset added to all three
+# channels moves the luminance by exactly that offset.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def luminance(x):
+    """(N, 3, H, W) RGB in [-1, 1] -> (N, 1, H, W) luminance on the same scale."""
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    return (x * weights[:, None, None]).sum(1, keepdim=True)
+
+
+def with_luminance(x, grey):
+    """x with its luminance replaced by `grey` (N, 1, H, W) and its chroma (the differences between channels) kept:
+    the projection onto the images whose luminance is the observation, as pasting back the observed pixels is for
+    inpainting. Not clamped: a clamp would move the luminance again."""
+    return x + (grey - luminance(x))
 
 
 def masked_psnr(a, b, region):

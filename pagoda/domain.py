@@ -44,6 +44,13 @@ VERSION = 1
 # harder data while training stays a matter of seconds on one CPU thread.
 DEFAULTS = dict(input_size=32, epochs=2, batch_size=128, lr=3e-3, seed=0, heldout_fraction=0.1,
                 widths=(16, 32, 64), feature_dim=128)
+# Settings the first classifiers were made without: recorded only when set, so that their cache keys still hold.
+OPTIONAL = dict(batch_norm=False, random_flip=False)
+# Datasets whose defaults differ (what an unset setting means for them). Colour photos need a wider network with
+# batch norm, more epochs and mirrored copies (a mirrored photo is still the same class; a mirrored digit is not).
+DATASET_DEFAULTS = {
+    "bundled:cifar10": dict(widths=(32, 64, 128), feature_dim=256, batch_norm=True, random_flip=True, epochs=6),
+}
 # Independent random streams drawn from one user seed, so e.g. changing the split never changes the init.
 _STREAMS = {"init": 0, "split": 1, "batches": 2}
 
@@ -61,25 +68,30 @@ def _stream_seed(seed, stream):
 # --- the network ------------------------------------------------------------------------------------------------
 
 class DomainClassifier(nn.Module):
-    """conv3x3 + ReLU + 2x2 max pool per width, then the flattened map -> Linear + ReLU to `feature_dim` (the
-    features) -> Linear to the classes. Input: (N, 3, input_size, input_size) in [-1, 1], as `prepare()` makes.
+    """conv3x3 (+ batch norm) + ReLU + 2x2 max pool per width, then the flattened map -> Linear + ReLU to
+    `feature_dim` (the features) -> Linear to the classes. Input: (N, 3, input_size, input_size) in [-1, 1], as
+    `prepare()` makes.
 
     The final map is flattened rather than averaged: with global average pooling the same network is clearly less
     accurate, since a digit is told apart by where its strokes are. Channels-last layout because the CPU max pool
     and convolutions run faster in it.
     """
 
-    def __init__(self, num_classes, *, input_size=32, widths=(16, 32, 64), feature_dim=128):
+    def __init__(self, num_classes, *, input_size=32, widths=(16, 32, 64), feature_dim=128, batch_norm=False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a domain classifier needs labelled data with >= 2 classes, got {num_classes}")
         if input_size % 2 ** len(widths):
             raise ValueError(f"input_size {input_size} must be divisible by 2^{len(widths)} (one pool per width)")
         self.config = dict(num_classes=int(num_classes), input_size=int(input_size),
-                           widths=[int(w) for w in widths], feature_dim=int(feature_dim))
+                           widths=[int(w) for w in widths], feature_dim=int(feature_dim), batch_norm=bool(batch_norm))
         layers, channels = [], 3
         for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            if batch_norm:  # the convolution's bias would be cancelled by the norm's mean
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+            else:
+                layers += [nn.Conv2d(channels, width, 3, padding=1)]
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
             channels = width
         self.trunk = nn.Sequential(*layers)
         final_side = input_size // 2 ** len(widths)
@@ -134,10 +146,14 @@ def prepare(images, input_size):
     return x.contiguous()
 
 
-def _half_round_trip(x):
-    """Down to half size and back up: how a generator of half the resolution looks after prepare()."""
+def _round_trip(x, factor):
+    """Down to 1/factor of the size and back up: how a generator of that lower resolution looks after prepare()."""
     size = x.shape[-1]
-    return _resize(_resize(x, size // 2), size)
+    return _resize(_resize(x, size // factor), size)
+
+
+def _half_round_trip(x):
+    return _round_trip(x, 2)
 
 
 # --- features and scores ----------------------------------------------------------------------------------------
@@ -222,10 +238,15 @@ def _resolve_heldout(data_dir, heldout_dir):
 def _settings(data_dir, overrides):
     """Every setting that changes the weights or the record, JSON-normalised (tuples as lists) so that a
     sidecar read back compares equal."""
-    unknown = sorted(set(overrides) - set(DEFAULTS) - {"heldout_dir"})
+    unknown = sorted(set(overrides) - set(DEFAULTS) - set(OPTIONAL) - {"heldout_dir"})
     if unknown:
-        raise TypeError(f"unknown domain classifier settings {unknown}; known: {sorted(DEFAULTS)} and heldout_dir")
-    settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if k != "heldout_dir"}}
+        raise TypeError(f"unknown domain classifier settings {unknown}; known: {sorted({**DEFAULTS, **OPTIONAL})} "
+                        "and heldout_dir")
+    settings = {**DEFAULTS, **DATASET_DEFAULTS.get(os.fspath(data_dir), {}),
+                **{k: v for k, v in overrides.items() if k != "heldout_dir"}}
+    for key, default in OPTIONAL.items():
+        if settings.get(key, default) == default:
+            settings.pop(key, None)
     settings["heldout_dir"] = _resolve_heldout(data_dir, overrides.get("heldout_dir"))
     if settings["heldout_dir"] is not None:
         settings["heldout_fraction"] = None  # unused, so it must not make a cached classifier look different
@@ -251,8 +272,9 @@ def _open_data(settings):
     return source, list(range(len(source))), heldout, list(range(len(heldout))), spec
 
 
-def _fit(model, images, labels, *, epochs, batch_size, lr, seed, progress):
-    """Adam with a one-cycle schedule; order and augmentation from one seeded generator.
+def _fit(model, images, labels, *, epochs, batch_size, lr, seed, progress, random_flip=False):
+    """Adam with a one-cycle schedule; order and augmentation (random_flip: a seeded half mirrored) from one seeded
+    generator.
     Returns (wall seconds, CPU seconds of this process): on a shared machine the wall time alone misleads."""
     generator = torch.Generator().manual_seed(_stream_seed(seed, "batches"))
     steps_per_epoch = -(-len(images) // batch_size)  # the last, smaller batch is kept: tiny sets still train
@@ -266,6 +288,9 @@ def _fit(model, images, labels, *, epochs, batch_size, lr, seed, progress):
             order = torch.randperm(len(images), generator=generator)
             for batch in torch.split(order, batch_size):
                 x = prepare(images[batch.numpy()], model.input_size)
+                if random_flip:
+                    mirrored = torch.rand(len(batch), generator=generator) < 0.5
+                    x[mirrored] = x[mirrored].flip(-1)
                 # A seeded half of the batch looks like a half-resolution sample, so those are read well too.
                 small = torch.randperm(len(batch), generator=generator)[:len(batch) // 2]
                 if len(small):
@@ -290,15 +315,18 @@ def _heldout_accuracy(model, source, indices):
     return {"accuracy": class_fidelity(_run(model, full, batch=500)[1], labels),
             "accuracy_half_round_trip": class_fidelity(_run(model, full, batch=500,
                                                             transform=_half_round_trip)[1], labels),
-            "accuracy_half_crop": class_fidelity(_run(model, half, batch=500)[1], labels)}
+            "accuracy_half_crop": class_fidelity(_run(model, half, batch=500)[1], labels),
+            "accuracy_quarter_round_trip": class_fidelity(_run(model, full, batch=500, transform=lambda x:
+                                                               _round_trip(x, 4))[1], labels)}
 
 
 def train_domain_classifier(data_dir, *, progress=True, **settings):
     """Train a DomainClassifier on `data_dir`'s labelled images; returns (model in eval mode, record).
 
-    settings (defaults in DEFAULTS): input_size, epochs, batch_size, lr, seed, widths, feature_dim,
-    heldout_dir (default: heldout_data_dir(data_dir)) and heldout_fraction (used only without a held-out dir:
-    that seeded fraction of data_dir is held out and never trained on). Deterministic: the same settings and
+    settings (defaults in DEFAULTS and OPTIONAL, for some datasets DATASET_DEFAULTS): input_size, epochs, batch_size,
+    lr, seed, widths, feature_dim, batch_norm, random_flip, heldout_dir (default: heldout_data_dir(data_dir)) and
+    heldout_fraction (used only without a held-out dir: that seeded fraction of data_dir is held out and never
+    trained on). Deterministic: the same settings and
     thread count give torch.equal weights on CPU.
     """
     settings = _settings(data_dir, settings)
@@ -307,11 +335,11 @@ def train_domain_classifier(data_dir, *, progress=True, **settings):
     with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the caller's global RNG alone
         torch.manual_seed(_stream_seed(settings["seed"], "init"))
         model = DomainClassifier(source.num_classes, input_size=size, widths=settings["widths"],
-                                 feature_dim=settings["feature_dim"])
+                                 feature_dim=settings["feature_dim"], batch_norm=settings.get("batch_norm", False))
     images, labels = cropped_images(source, size, train), np.asarray(source.labels)[train]
     seconds, cpu_seconds = _fit(model, images, labels, epochs=settings["epochs"],
                                 batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"],
-                                progress=progress)
+                                progress=progress, random_flip=settings.get("random_flip", False))
     model.eval()
     record = {
         "version": VERSION, "settings": settings, "config": model.config,
@@ -406,7 +434,8 @@ def flag_groups():
                            "--data_dir held out and never trained on", _c.in_range(0, 1)),
         input_size=F(DEFAULTS["input_size"], "side in pixels every image is resized to before the classifier",
                      _c.at_least(8)),
-        epochs=F(DEFAULTS["epochs"], "passes over the training images", _c.at_least(1)),
+        epochs=F(0, "passes over the training images; 0: the data's default (DATASET_DEFAULTS, else DEFAULTS), so "
+                 "the command caches what compare.py uses", _c.at_least(0)),
         batch_size=F(DEFAULTS["batch_size"], "images per training step", _c.at_least(1)),
         lr=F(DEFAULTS["lr"], "learning rate of the classifier", _c.greater_than(0)),
         seed=F(DEFAULTS["seed"], "seed of the initial weights, the held-out split and the batch order",
@@ -427,7 +456,9 @@ def describe(record):
         f"{record['torch_threads']})",
         f"held-out accuracy on {heldout['num_images']} images of {where}: {record['accuracy']:.4f} at {size} px, "
         f"{record['accuracy_half_round_trip']:.4f} after {size} -> {record['half_size']} -> {size} px, "
-        f"{record['accuracy_half_crop']:.4f} for {record['half_size']} px crops"])
+        f"{record['accuracy_half_crop']:.4f} for {record['half_size']} px crops"
+        + (f", {record['accuracy_quarter_round_trip']:.4f} after {size} -> {size // 4} -> {size} px"
+           if "accuracy_quarter_round_trip" in record else "")])
 
 
 def main(argv=None):
@@ -438,8 +469,8 @@ def main(argv=None):
     if not args.cache_dir and not args.out:
         parser.error("with --cache_dir '' (no cache) --out is required, or the classifier would be lost")
     settings = dict(heldout_dir=args.heldout_dir or None, heldout_fraction=args.heldout_fraction,
-                    input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed)
+                    input_size=args.input_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    **({"epochs": args.epochs} if args.epochs else {}))
     if args.cache_dir:
         model = load_or_train(args.data_dir, cache_dir=args.cache_dir, **settings)
         print(f"{'found in the cache' if model.cached else 'cached'}: {model.path}")

@@ -1,5 +1,5 @@
-"""Image sources (ImageNet-layout folders, flat folders, ADM .npz arrays, bundled MNIST and Fashion-MNIST), the
-ADM centre crop, rank-sharded datasets and a resumable, deterministic stream of training batches.
+"""Image sources (ImageNet-layout folders, flat folders, ADM .npz arrays, bundled MNIST, Fashion-MNIST and
+CIFAR-10), the ADM centre crop, rank-sharded datasets and a resumable, deterministic stream of training batches.
 
 An `ImageSource` is the raw, un-sharded list of items with stable ids and labels. An `ImageDataset` is one
 shard of it at one resolution. `infinite_batches` turns a dataset into the endless batch stream the training
@@ -11,8 +11,12 @@ import functools
 import gzip
 import hashlib
 import importlib.util
+import io
 import json
 import os
+import pickle
+import re
+import tarfile
 import zipfile
 
 import numpy as np
@@ -265,12 +269,14 @@ def _open_bundled_mnist5k():
 DATA_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pagoda", "datasets")
 
 
-def _cached_arrays(source_path, build, *, cache_dir=None):
+def _cached_arrays(source_path, build, *, cache_dir=None, variant=""):
     """build(source_path) -> (images, labels), converted once and kept as an npz under the cache folder, keyed
-    by the source file's path, size and mtime. Written atomically: a killed conversion leaves no half file."""
+    by the source file's path, size and mtime (and `variant`, e.g. the split when one file holds several).
+    Written atomically: a killed conversion leaves no half file."""
     stat = os.stat(source_path)
-    key = hashlib.sha1(f"{os.path.abspath(source_path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    name = os.path.splitext(os.path.basename(source_path))[0]
+    key = f"{os.path.abspath(source_path)}|{stat.st_size}|{stat.st_mtime_ns}" + (f"|{variant}" if variant else "")
+    key = hashlib.sha1(key.encode()).hexdigest()
+    name = os.path.splitext(os.path.basename(os.path.normpath(source_path)))[0] + (f"-{variant}" if variant else "")
     cached = os.path.join(cache_dir or DATA_CACHE_DIR, f"{name}-{key[:16]}.npz")
     try:
         with np.load(cached) as data:
@@ -328,15 +334,149 @@ def _open_fashion(split):
                        class_names=list(FASHION_CLASSES), images=images, origin=paths[0])
 
 
+CIFAR10_ENV = "PAGODA_CIFAR10"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The offline JPEG copy this project's machines keep beside the repository (shared/data/cifar10/SOURCE.md).
+CIFAR10_SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared",
+                              "data", "cifar10", "cifar10-jpeg.tar.gz")
+_CIFAR10_BATCHES = {"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]}
+_CIFAR10_OFFICIAL_DIR = "cifar-10-batches-py"
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The official batches are pickled dicts of numpy arrays and lists; nothing else may be built while reading
+    them, so a foreign pickle cannot run code. (_codecs.encode is how Python 3 pickles bytes at protocol 2.)"""
+
+    def find_class(self, module, name):
+        numpy = module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar")
+        if numpy or (module, name) == ("_codecs", "encode"):
+            return super().find_class(module, name)
+        raise ValueError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+
+
+def _cifar_batch(raw, where):
+    """(images (N, 32, 32, 3) uint8 HWC, labels (N,) int64) of one official batch: a pickled dict whose 'data' is
+    N x 3072 uint8 rows (1024 red, 1024 green, 1024 blue values, rows top to bottom) and 'labels' N class ids."""
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+        data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+        raise ValueError(f"{where}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape} "
+                         f"and {labels.shape}")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(CIFAR10_CLASSES):
+        raise ValueError(f"{where}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
+
+
+def _read_cifar_official(path, split):
+    """The split's batches of cifar-10-python.tar.gz, or of its extracted cifar-10-batches-py folder."""
+    names = _CIFAR10_BATCHES[split]
+    if os.path.isdir(path):
+        folder = os.path.join(path, _CIFAR10_OFFICIAL_DIR)
+        folder = folder if os.path.isdir(folder) else path
+        raws = []
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                raws.append((f.read(), os.path.join(folder, name)))
+    else:
+        with tarfile.open(path, "r:*") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise ValueError(f"{path} has no {missing[0]}: not the official cifar-10-python.tar.gz")
+            raws = [(tar.extractfile(members[n]).read(), f"{path}:{members[n].name}") for n in names]
+    parts = [_cifar_batch(raw, where) for raw, where in raws]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+_JPEG_MEMBER = re.compile(r"^(?:\./)?(train|test)/([^/]+)/([^/]+\.jpe?g)$", re.IGNORECASE)
+
+
+def _read_cifar_jpeg(path, split):
+    """The split of the JPEG archive (<split>/<class>/<name>.jpg, classes in CIFAR-10's order when sorted), in
+    class-then-name order, decoded to (N, 32, 32, 3) uint8."""
+    found = []
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            match = _JPEG_MEMBER.match(member.name)
+            if member.isfile() and match and match.group(1) == split:
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
+                    pixels = np.asarray(to_rgb(image))
+                if pixels.shape != (32, 32, 3):
+                    raise ValueError(f"{path}:{member.name} is {pixels.shape[1]}x{pixels.shape[0]}, not 32x32")
+                found.append((match.group(2), match.group(3), pixels))
+    classes = sorted({c for c, _, _ in found})
+    if classes != sorted(CIFAR10_CLASSES):
+        raise ValueError(f"{path}: the {split}/ folders are {classes}; a CIFAR-10 JPEG archive has "
+                         f"{', '.join(CIFAR10_CLASSES)}")
+    found.sort(key=lambda item: (CIFAR10_CLASSES.index(item[0]), item[1]))
+    labels = np.array([CIFAR10_CLASSES.index(c) for c, _, _ in found], dtype=np.int64)
+    return np.stack([p for _, _, p in found]), labels
+
+
+def _cifar_format(path):
+    """'official' or 'jpeg' for a CIFAR-10 file or folder, else None."""
+    if os.path.isdir(path):
+        inner = os.path.join(path, _CIFAR10_OFFICIAL_DIR)
+        return "official" if os.path.isfile(os.path.join(inner if os.path.isdir(inner) else path,
+                                                         "data_batch_1")) else None
+    if not tarfile.is_tarfile(path):
+        return None
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            if os.path.basename(member.name) == "batches.meta" or member.name.endswith("data_batch_1"):
+                return "official"
+            if _JPEG_MEMBER.match(member.name):
+                return "jpeg"
+    return None
+
+
+def _locate_cifar10():
+    """(path, format) of the CIFAR-10 data: $PAGODA_CIFAR10 (a file, the extracted folder, or a folder holding
+    cifar-10-python.tar.gz or cifar10-jpeg.tar.gz), else the shared JPEG archive beside the repository."""
+    given = os.environ.get(CIFAR10_ENV)
+    candidates = [given] if given else []
+    if given and os.path.isdir(given):
+        candidates += [os.path.join(given, n) for n in ("cifar-10-python.tar.gz", "cifar10-jpeg.tar.gz")]
+    if not given:
+        candidates.append(os.path.normpath(CIFAR10_SHARED))
+    for path in candidates:
+        if os.path.exists(path):
+            kind = _cifar_format(path)
+            if kind:
+                return path, kind
+    where = f"${CIFAR10_ENV}={given} holds neither" if given else f"${CIFAR10_ENV} is unset and there is none at " \
+        f"{os.path.normpath(CIFAR10_SHARED)}"
+    raise ValueError(f"bundled:cifar10 needs the CIFAR-10 images and {where}: set {CIFAR10_ENV} to the official "
+                     "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py folder), or to the JPEG archive "
+                     "cifar10-jpeg.tar.gz (or a folder holding either of them)")
+
+
+def _open_cifar10(split):
+    """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test 32x32 colour photos in 10 classes, converted once to
+    the npz cache. The official pickles and the JPEG copy hold different pixels, hence different identities."""
+    path, kind = _locate_cifar10()
+    reader = _read_cifar_official if kind == "official" else _read_cifar_jpeg
+    images, labels = _cached_arrays(path, lambda p: reader(p, split), variant=split)
+    return ImageSource(ids=_array_ids(f"cifar10-{split}", len(images)), labels=labels.tolist(),
+                       class_names=list(CIFAR10_CLASSES), images=images, origin=path)
+
+
 BUNDLED = {
     "mnist": functools.partial(_open_full_mnist, "train"),
     "mnist_test": functools.partial(_open_full_mnist, "test"),
     "mnist5k": _open_bundled_mnist5k,
     "fashion": functools.partial(_open_fashion, "train"),
     "fashion_test": functools.partial(_open_fashion, "test"),
+    "cifar10": functools.partial(_open_cifar10, "train"),
+    "cifar10_test": functools.partial(_open_cifar10, "test"),
 }
 # The held-out split of each bundled training set: never trained on, used for evaluation and applications.
-HELDOUT = {"bundled:mnist": "bundled:mnist_test", "bundled:fashion": "bundled:fashion_test"}
+HELDOUT = {"bundled:mnist": "bundled:mnist_test", "bundled:fashion": "bundled:fashion_test",
+           "bundled:cifar10": "bundled:cifar10_test"}
 
 
 def heldout_data_dir(data_dir):
@@ -355,6 +495,12 @@ def source_identity(source):
         source._identity = {"origin": str(source.origin), "num_images": len(source),
                             "num_classes": source.num_classes, "digest": digest.hexdigest()}
     return dict(source._identity)
+
+
+def dataset_record(source):
+    """The dataset a model was trained on, as its export records it: source_identity plus the class names (which
+    tell domains apart when the pixels differ legitimately, e.g. the full digits and a subset of them)."""
+    return dict(source_identity(source), class_names=list(source.class_names))
 
 
 def open_source(data_dir, *, on_error="raise"):

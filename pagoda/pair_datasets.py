@@ -48,6 +48,21 @@ def check_latent_teacher(manifest, teacher_sha256, *, latent_dir, model):
                      "data with this teacher, or pass the latents it made")
 
 
+def check_latent_domain(model_dataset, source, *, latent_dir, model):
+    """Refuse latents of images from another domain than the one `model` was trained on (a digits teacher with
+    CIFAR-10 pairs, or the reverse): told apart by their class names. `model_dataset` is the dataset_record its
+    export carries; exports that predate it (None) cannot be checked."""
+    if not model_dataset or model_dataset.get("class_names") in (None, list(source.class_names)):
+        return
+
+    def named(names):
+        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ValueError(f"the latents in {latent_dir} are of {source.origin} (classes {named(source.class_names)}) but "
+                     f"{model} was trained on {model_dataset.get('origin')} (classes "
+                     f"{named(model_dataset['class_names'])}): another domain; encode that model's own dataset, or "
+                     "train a teacher on this one")
+
+
 class PairDataset(torch.utils.data.Dataset):
     def __init__(self, latent_dir, *, image_size, data_dir=None, shard=0, num_shards=1, on_error="raise",
                  cache=False, verify=True):

@@ -1,14 +1,19 @@
-"""Applications of the one-step generator on your own images: super-resolution, class transfer, interpolation.
+"""Applications of the one-step generator on your own images: super-resolution, inpainting, colourisation, class
+transfer, interpolation.
 
     python scripts/apply.py --task super_resolve --input my_digits/ --teacher T.pt --generator G32.pt --out_dir out
     python scripts/apply.py --task transfer --input bundled:mnist_test --limit 500 ...
     python scripts/apply.py --task interpolate --input imgs.npz --num_pairs 8 ...
+    python scripts/apply.py --task colorize --input bundled:cifar10_test --classifier_data bundled:cifar10 ...
 
 Each image is ADM-resized to the teacher's resolution when it has another size (logged), encoded to its latent z at
 sigma_max by the teacher's PF-ODE (Heun, from x + start_sigma n as the bundled latents were made), then decoded by
 the generator in one call: at its own resolution (super_resolve), with another label (transfer), or along the
-spherical path between two images' latents (interpolate). With --encoder amortised --encoder_path FILE the latent
-comes from one call of the amortised encoder E(x, y) (scripts/train.py --method encoder) instead of the ODE solve.
+spherical path between two images' latents (interpolate). Inpainting and colourisation search the latent
+through G for an image that matches what is observed (the pixels outside the mask; the luminance of the colour
+image, given as grey) and compare with a naive output and the teacher's replacement sampler at equal wall time.
+With --encoder amortised --encoder_path FILE the latent comes from one call of the amortised encoder E(x, y)
+(scripts/train.py --method encoder) instead of the ODE solve.
 Labels: --label when you know it, else the data's own with --use_data_labels, else the teacher's null class, else
 the domain classifier's prediction; the log and JSON say which. --guidance_scale w reaches a guidance-conditioned
 generator G(z, y, w). Writes a PNG grid, an npz (ADM format) and a JSON of scores; images larger than the teacher's
@@ -36,7 +41,7 @@ from pagoda.model_io import load_encoder, load_generator, load_teacher, real_cla
 
 LABEL_ORIGINS = {"given": "--label, for every image", "data": "the data's own labels (--use_data_labels)",
                  "null": "the teacher's null class", "classifier": "the domain classifier's prediction"}
-TASKS = ("super_resolve", "inpaint", "transfer", "interpolate")
+TASKS = ("super_resolve", "inpaint", "colorize", "transfer", "interpolate")
 ENCODERS = ("ode", "amortised")
 F, _c = script_util.Flag, script_util
 GROUPS = {
@@ -286,6 +291,48 @@ def inpaint(args, teacher, generator, low, refs, labels, classifier, encoder=Non
     return images["latent_search"], scores, rows, labels, None
 
 
+def colorize_observation(generator, low, refs):
+    """(colour images at the generator's resolution, the grey observation: their luminance as uint8, replicated to
+    three channels: also the naive colourisation)."""
+    truth = inpaint_truth(generator, low, refs)
+    grey = to_uint8(app.luminance(from_uint8(truth)).expand(-1, 3, -1, -1))
+    return truth, grey
+
+
+def colorize(args, teacher, generator, low, refs, labels, classifier, encoder=None):
+    """Latent search through G for an image whose luminance is the grey input (from the encoded grey image), its
+    luminance then set to the input's exactly; against the grey itself and the teacher's replacement method at equal
+    wall time (when the generator works at the teacher's resolution). Class fidelity is against `labels`."""
+    truth, grey = colorize_observation(generator, low, refs)
+    size, t_size = truth.shape[1], teacher.backbone.config["image_size"]
+    x_true, x_grey = from_uint8(truth), from_uint8(grey)
+    y_obs = x_grey[:, :1]
+    z0 = encode_all(args, teacher, app.adm_resize(grey, t_size), labels, encoder)
+    raw, seconds = app.search_batches(generator, z0, labels, y_obs, torch.ones_like(y_obs),
+                                      batch_size=args.batch_size, steps=args.search_steps, lr=args.search_lr,
+                                      prior_weight=args.prior_weight, observe=app.luminance)
+    results = {"latent_search": app.with_luminance(raw, y_obs).clamp(-1, 1), "grey": x_grey}
+    scores = {"consistency_psnr_db": block_spread(psnr(app.luminance(raw), y_obs).numpy(), args.num_blocks),
+              "search_seconds": seconds}
+    if size == t_size:
+        steps = args.replacement_steps or app.replacement_steps_for(teacher, x_grey, labels,
+                                                                    batch_size=args.batch_size, seconds=seconds)
+        rep, rep_seconds = app.replacement_batches(
+            teacher, x_grey, torch.ones_like(y_obs), labels, batch_size=args.batch_size, steps=steps,
+            sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
+            impose=lambda x, target: app.with_luminance(x, app.luminance(target)))
+        results["replacement"] = app.with_luminance(rep, y_obs).clamp(-1, 1)
+        scores.update(replacement_steps=steps, replacement_seconds=rep_seconds)
+    images = {k: to_uint8(v) for k, v in results.items()}
+    scores["psnr_db"] = {k: block_spread(psnr(from_uint8(v), x_true).numpy(), args.num_blocks)
+                         for k, v in images.items()}
+    scores["class_fidelity"] = {k: block_spread((app.classify(classifier(), v)[0] == labels).astype(np.float64),
+                                                args.num_blocks) for k, v in images.items()}
+    scores["domain_fd"] = fd_blocks(classifier(), truth, images, args.num_blocks)
+    rows = [truth, grey, images["latent_search"]] + ([images["replacement"]] if "replacement" in images else [])
+    return images["latent_search"], scores, rows, labels, None
+
+
 def reals_rate(classifier, refs_or_low, labels=None):
     """Rate of real images classified with confidence >= 0.9 (as their own label when `labels` is given)."""
     pred, conf = app.classify(classifier, refs_or_low)
@@ -425,8 +472,9 @@ def run(args):
             cache["model"] = load_or_train(args.classifier_data, progress=False)
         return cache["model"]
 
-    # inpainting: a predicted label must come from the observation, never from the complete image
-    seen = inpaint_observation(args, generator, low, refs)[2] if args.task == "inpaint" else None
+    # inpainting, colourisation: a predicted label must come from the observation, never from the complete image
+    seen = {"inpaint": lambda: inpaint_observation(args, generator, low, refs)[2],
+            "colorize": lambda: colorize_observation(generator, low, refs)[1]}.get(args.task, lambda: None)()
     labels, origin = choose_labels(args, teacher, source, indices, low, classifier, seen)
     images, scores, rows, out_labels, ids = TASK_RUNNERS[args.task](args, teacher, generator, low, refs, labels,
                                                                     classifier, encoder)
@@ -442,10 +490,13 @@ def run(args):
     return scores
 
 
-TASK_RUNNERS = {"super_resolve": super_resolve, "inpaint": inpaint, "transfer": transfer, "interpolate": interpolate}
+TASK_RUNNERS = {"super_resolve": super_resolve, "inpaint": inpaint, "colorize": colorize, "transfer": transfer,
+                "interpolate": interpolate}
 GRID_ROWS = {"super_resolve": ["inputs (enlarged)", "bicubic", "super-resolved"],
              "inpaint": ["references", "observed (missing black)", "naive fill", "latent search",
                          "teacher replacement (equal wall time, teacher-resolution generators only)"],
+             "colorize": ["references", "grey input (the naive output)", "latent search",
+                          "teacher replacement (equal wall time, teacher-resolution generators only)"],
              "transfer": ["inputs (enlarged)", "decoded with their own label", "decoded with the target label"],
              "interpolate": ["first images (enlarged)", "slerp t = 0 .. 1, one row per t", "second images (enlarged)"]}
 

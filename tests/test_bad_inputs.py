@@ -177,7 +177,7 @@ FLAG_CASES = [
     (make_reference, ["--num_images", "0"], "invalid --num_images 0: must be a number >= 1"),
     (upsample_npz, ["--image_size", "0"], "invalid --image_size 0: must be a number >= 1"),
     (quickstart_report, ["--speed_batch", "0"], "invalid --speed_batch 0: must be a number >= 1"),
-    (domain, ["--epochs", "0"], "invalid --epochs 0: must be a number >= 1"),
+    (domain, ["--epochs", "-1"], "invalid --epochs -1: must be a number >= 0"),
 ]
 
 

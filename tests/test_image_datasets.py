@@ -1,6 +1,9 @@
 """Image sources, the ADM centre crop, shards, pixel-mode conversion, error handling and the resumable stream."""
 
+import os
+import pickle
 import re
+import tarfile
 
 import numpy as np
 import pytest
@@ -198,8 +201,144 @@ def test_source_identity_tells_datasets_apart(tmp_path):
     assert image_datasets.source_identity(open_source(tmp_path / "a.npz"))["digest"] != same["digest"]
 
 
+# ------------------------------------------------------------------ CIFAR-10
+
+
+def _cifar_pixels(n, seed):
+    """(n, 32, 32, 3) uint8 images whose channels differ, so an RGB/CHW mix-up shows."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _official_cifar_archive(path, *, batch_size=2, folder=False):
+    """A tiny archive in the exact cifar-10-python.tar.gz format: cifar-10-batches-py/ with data_batch_1..5,
+    test_batch and batches.meta, each a dict with bytes keys pickled by Python 2 (protocol 2), 'data' uint8 rows of
+    1024 red, 1024 green and 1024 blue values. Returns {split: (images HWC, labels)}."""
+    root = path.parent / "cifar-10-batches-py"
+    root.mkdir()
+    truth = {"train": ([], []), "test": ([], [])}
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        images, labels = _cifar_pixels(batch_size, k), [(k + i) % 10 for i in range(batch_size)]
+        split = truth["test" if name == "test_batch" else "train"]
+        split[0].append(images)
+        split[1].extend(labels)
+        rows = images.transpose(0, 3, 1, 2).reshape(batch_size, 3072)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": rows,
+                 b"filenames": [f"img_{k}_{i}.png".encode() for i in range(batch_size)]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [c.encode() for c in image_datasets.CIFAR10_CLASSES], b"num_cases_per_batch": batch_size,
+            b"num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    if not folder:
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(root, arcname="cifar-10-batches-py")
+    return {s: (np.concatenate(v[0]), np.array(v[1])) for s, v in truth.items()}
+
+
+@pytest.fixture
+def cifar_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(image_datasets, "DATA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(image_datasets, "CIFAR10_SHARED", str(tmp_path / "absent.tar.gz"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_cifar10_official_format(tmp_path, monkeypatch, cifar_cache, folder):
+    """The pickled batches are read in the official order (data_batch_1..5 then test_batch) with CHW rows turned
+    into HWC pixels, converted once to the npz cache, with their own ids, classes and held-out split."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    truth = _official_cifar_archive(archive, folder=folder)
+    monkeypatch.setenv("PAGODA_CIFAR10", str(tmp_path / "cifar-10-batches-py" if folder else archive))
+    train, test = open_source("bundled:cifar10"), open_source("bundled:cifar10_test")
+    np.testing.assert_array_equal(train.images, truth["train"][0])
+    np.testing.assert_array_equal(test.images, truth["test"][0])
+    assert train.labels == truth["train"][1].tolist() and test.labels == truth["test"][1].tolist()
+    assert train.ids[:2] == ["cifar10-train/000000", "cifar10-train/000001"] and test.ids[0] == "cifar10-test/000000"
+    assert train.class_names[0] == "airplane" and train.class_names[9] == "truck" and train.conditional
+    assert image_datasets.heldout_data_dir("bundled:cifar10") == "bundled:cifar10_test"
+    assert len(list(cifar_cache.glob("*.npz"))) == 2  # one cache per split
+    # An item reads as the HWC pixel: red is the first 1024 values of its row.
+    assert tuple(train.load_pil(3).getpixel((5, 7))) == tuple(truth["train"][0][3, 7, 5])
+    digest = image_datasets.source_identity(train)["digest"]
+    assert image_datasets.source_identity(open_source("bundled:cifar10"))["digest"] == digest
+
+
+def test_cifar10_env_folder_holding_the_archive(tmp_path, monkeypatch, cifar_cache):
+    truth = _official_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("PAGODA_CIFAR10", str(tmp_path))  # the folder that holds cifar-10-python.tar.gz
+    np.testing.assert_array_equal(open_source("bundled:cifar10_test").images, truth["test"][0])
+
+
+def test_cifar10_damaged_cache_is_rebuilt(tmp_path, monkeypatch, cifar_cache):
+    truth = _official_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("PAGODA_CIFAR10", str(tmp_path / "cifar-10-python.tar.gz"))
+    open_source("bundled:cifar10")
+    cached, = cifar_cache.glob("*train*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    np.testing.assert_array_equal(open_source("bundled:cifar10").images, truth["train"][0])
+
+
+def test_cifar10_refuses_a_pickle_that_builds_other_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.getcwd, ())
+    with pytest.raises(ValueError, match="unexpected object posix.getcwd|unexpected object nt.getcwd"):
+        image_datasets._cifar_batch(pickle.dumps({b"data": Evil(), b"labels": []}), "batch")
+    rows = np.zeros((2, 3000), np.uint8)
+    with pytest.raises(ValueError, match=r"batch: expected uint8 data \(N, 3072\) and N labels"):
+        image_datasets._cifar_batch(pickle.dumps({b"data": rows, b"labels": [0, 1]}), "batch")
+
+
+def test_cifar10_jpeg_archive_layout(tmp_path, monkeypatch, cifar_cache):
+    """<split>/<class>/<name>.jpg: labels from CIFAR-10's class order, items class by class then by name."""
+    staging = tmp_path / "staging"
+    for split in ("train", "test"):
+        for label, name in enumerate(image_datasets.CIFAR10_CLASSES):
+            (staging / split / name).mkdir(parents=True)
+            for i in range(2 if split == "train" else 1):
+                Image.fromarray(np.full((32, 32, 3), 20 * label + i, np.uint8)).save(
+                    staging / split / name / f"{i:04d}.jpg", quality=95)
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(staging / split, arcname=split)
+    monkeypatch.setenv("PAGODA_CIFAR10", str(archive))
+    train, test = open_source("bundled:cifar10"), open_source("bundled:cifar10_test")
+    assert train.labels == [c for c in range(10) for _ in range(2)] and test.labels == list(range(10))
+    assert train.images.shape == (20, 32, 32, 3)
+    assert np.abs(train.images[:, 0, 0, 0].astype(int) - [20 * c + i for c in range(10) for i in range(2)]).max() <= 1
+
+
+def test_cifar10_missing_names_both_ways(tmp_path, monkeypatch, cifar_cache):
+    monkeypatch.delenv("PAGODA_CIFAR10", raising=False)
+    with pytest.raises(ValueError, match="PAGODA_CIFAR10 is unset and there is none at .*absent.tar.gz: set "
+                                         "PAGODA_CIFAR10 to the official cifar-10-python.tar.gz .* or to the JPEG "
+                                         "archive cifar10-jpeg.tar.gz"):
+        open_source("bundled:cifar10")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PAGODA_CIFAR10", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="PAGODA_CIFAR10=.*empty holds neither"):
+        open_source("bundled:cifar10_test")
+
+
+SHARED_CIFAR10 = os.path.normpath(image_datasets.CIFAR10_SHARED)
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR10), reason=f"the CIFAR-10 JPEG copy is not at {SHARED_CIFAR10}")
+def test_cifar10_shared_jpeg_copy(monkeypatch):
+    """The machine's JPEG copy (SOURCE.md): the official split and class counts, and its published channel means."""
+    monkeypatch.delenv("PAGODA_CIFAR10", raising=False)
+    train, test = open_source("bundled:cifar10"), open_source("bundled:cifar10_test")
+    assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
+    assert np.bincount(train.labels).tolist() == [5000] * 10 and np.bincount(test.labels).tolist() == [1000] * 10
+    means = train.images[::10].reshape(-1, 3).mean(axis=0) / 255
+    np.testing.assert_allclose(means, [0.4913, 0.4821, 0.4465], atol=3e-3)
+    assert image_datasets.source_identity(train)["digest"] != image_datasets.source_identity(test)["digest"]
+
+
 def test_unknown_bundled_and_missing_paths(tmp_path):
-    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:fashion, bundled:fashion_test, bundled:mnist, "):
+    with pytest.raises(ValueError, match="unknown bundled dataset 'cifar'; available: bundled:cifar10, bundled:"
+                                         "cifar10_test, bundled:fashion, bundled:fashion_test, bundled:mnist, "):
         open_source("bundled:cifar")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_source(tmp_path / "nowhere")

@@ -153,4 +153,6 @@ def export_lineage(origin):
     lineage = {"teacher_sha256": origin["teacher_sha256"]} if origin["teacher_sha256"] else {}
     if origin["null_class"] is not None:
         lineage["null_class"] = origin["null_class"]
+    if origin.get("dataset"):  # the teacher's training data, so that stage 3 refuses latents of another domain
+        lineage["dataset"] = origin["dataset"]
     return lineage or None

@@ -21,7 +21,7 @@ from ..image_datasets import check_labels
 from ..image_util import psnr
 from ..losses import adaptive_weight, weight_grad_norm
 from ..model_io import load_generator_or_teacher_backbone, real_classes
-from ..pair_datasets import PairDataset, check_latent_teacher
+from ..pair_datasets import PairDataset, check_latent_domain, check_latent_teacher
 from ..train_util import Objective, OptimSpec
 from . import common, gan
 
@@ -105,6 +105,8 @@ PRESETS = {
                             separate_update=True, adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
                             recon_discriminator=True),
 }
+# CIFAR-10 (commands/quickstart_cifar10.sh) starts from the digits' settings; its table measures them on photos.
+PRESETS["cifar16"], PRESETS["cifar16to32"] = dict(PRESETS["mnist16"]), dict(PRESETS["mnist16to32"])
 
 CONSTRAINTS = {}  # relations between flags: none
 
@@ -231,7 +233,7 @@ def build_generator(init_from, *, device, grow_factor=1, channel_mult_high=(), r
         raise ValueError("--init_from is required: a teacher export (stage 2) or a generator export (stage 3)")
     backbone, side = load_generator_or_teacher_backbone(init_from)
     origin = {"teacher_sha256": backbone.content_sha256 if side["kind"] == "denoiser" else side.get("teacher_sha256"),
-              "null_class": side.get("null_class")}
+              "null_class": side.get("null_class"), "dataset": side.get("dataset")}
     backbone = backbone.to(device)
     if grow_factor > 1:
         backbone, new_keys, fit = grow_generator(
@@ -260,6 +262,7 @@ def check_pairs(pairs, backbone, origin, *, latent_dir, init_from):
     if pairs.manifest["image_size"] != backbone.config["image_size"]:
         raise ValueError(f"latents in {latent_dir} are {pairs.manifest['image_size']} px but the generator takes "
                          f"{backbone.config['image_size']} px latents")
+    check_latent_domain(origin.get("dataset"), pairs.images.source, latent_dir=latent_dir, model=init_from)
     check_latent_teacher(pairs.manifest, origin["teacher_sha256"], latent_dir=latent_dir, model=init_from)
     num_classes = real_classes(backbone.config["num_classes"], origin["null_class"])
     if num_classes:
