@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pagoda import remote
 
 from .inception import load_inception
 from .metrics import FeatureStats, inception_score, kid, load_reference_stats, precision_recall
@@ -293,7 +292,8 @@ def _positive_int(text):
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ref_batch", help="reference batch npz (ADM format, may carry mu/sigma/mu_s/sigma_s); a "
-                        "local path, or gs://, az:// or Azure blob https:// (fetched once into ~/.cache/pagoda)")
+                        "local path (`python -m pagoda.evaluate` also takes gs://, az:// and Azure blob https://, "
+                        "fetched once into ~/.cache/pagoda)")
     parser.add_argument("sample_batch", help="sample batch npz, or a folder of npz files; local or remote as "
                         "ref_batch")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
@@ -306,17 +306,30 @@ def create_argparser():
     return parser
 
 
-def main(argv=None):
+REMOTE_SCHEMES = ("gs://", "az://", "https://", "http://")
+
+
+def _local_only(path, *, flag):
+    """This module reads local files only, so that evaluations/ needs nothing from pagoda; pagoda.evaluate hands
+    main() a `localize` that fetches remote paths."""
+    if isinstance(path, str) and path.startswith(REMOTE_SCHEMES):
+        raise ValueError(f"{flag} {path} is remote: run `python -m pagoda.evaluate` (the same command line), which "
+                         "fetches it, or pass a local copy")
+    return path
+
+
+def main(argv=None, *, localize=_local_only):
+    """The command line; `localize(path, flag=...)` turns each input path into a local one."""
     args = create_argparser().parse_args(argv)
     try:
-        remote.refuse_remote_output(args.json, flag="json")
-        # gs://, az:// and Azure blob https:// batches (or a folder of them) are read from their cached copies
-        args.ref_batch, args.sample_batch = (remote.localize(p, flag=f) for p, f in
+        if args.json and args.json.startswith(REMOTE_SCHEMES):
+            raise ValueError(f"--json {args.json}: outputs go to a local file")
+        args.ref_batch, args.sample_batch = (localize(p, flag=f) for p, f in
                                              ((args.ref_batch, "ref_batch"), (args.sample_batch, "sample_batch")))
-        args.inception = remote.localize(args.inception, flag="inception")
+        args.inception = localize(args.inception, flag="inception") if args.inception else None
         result = evaluate(args.ref_batch, args.sample_batch, inception=args.inception, batch=args.batch,
                           device=args.device, cache_dir=args.cache_dir or None, precision=args.precision)
-    except (ValueError, FileNotFoundError, remote.RemoteError) as exc:  # bad inputs: the message, exit 1, no score
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # bad inputs: the message, exit 1, no score
         raise SystemExit(f"error: {exc}") from exc
     print(format_report(result))
     if args.json:

@@ -81,9 +81,10 @@ def main(argv=None):
         results[run_dir] = summarise(path)
         print(describe(run_dir, results[run_dir]))
     if args.json:
-        from pagoda.checkpoint import atomic_write_text
-
-        atomic_write_text(json.dumps(results, indent=1), args.json)
+        temporary = f"{args.json}.tmp{os.getpid()}"
+        with open(temporary, "w") as f:  # evaluations/ stands alone: its own atomic write
+            f.write(json.dumps(results, indent=1))
+        os.replace(temporary, args.json)
     return results
 
 

@@ -264,18 +264,22 @@ def test_stage2_from_remote_teacher_latents_and_data(store, tmp_path):
 
 
 def test_evaluator_reads_remote_batches(store, monkeypatch):
-    """The evaluator's reference batch and sample folder by URL reach evaluate() as their local copies."""
+    """pagoda.evaluate hands the evaluator the local copies of batches given by URL; the evaluator alone (standalone,
+    local files only) refuses a URL with a pointer to it."""
     from evaluations import evaluator
+    from pagoda import evaluate
     for name, data in {"ref/ref.npz": b"r", "samples/a.npz": b"a", "samples/b.npz": b"b"}.items():
         store.put(name, data)
     seen = {}
     monkeypatch.setattr(evaluator, "evaluate", lambda ref, sample, **kw: seen.update(ref=ref, sample=sample, **kw))
     monkeypatch.setattr(evaluator, "format_report", lambda result: "")
-    evaluator.main([store.url("ref/ref.npz"), store.url("samples"), "--cache_dir", ""])
+    evaluate.main([store.url("ref/ref.npz"), store.url("samples"), "--cache_dir", ""])
     assert _read(seen["ref"]) == b"r" and sorted(os.listdir(seen["sample"])) == ["a.npz", "b.npz"]
     assert seen["inception"] is None
-    with pytest.raises(SystemExit, match="--json gs://b/m.json: outputs go to a local folder"):
-        evaluator.main([store.url("ref/ref.npz"), store.url("samples"), "--json", "gs://b/m.json"])
+    with pytest.raises(SystemExit, match="--json gs://b/m.json: outputs go to a local file"):
+        evaluate.main([store.url("ref/ref.npz"), store.url("samples"), "--json", "gs://b/m.json"])
+    with pytest.raises(SystemExit, match=r"ref_batch .* is remote: run `python -m pagoda.evaluate`"):
+        evaluator.main([store.url("ref/ref.npz"), store.url("samples")])
 
 
 @pytest.mark.skipif(not azurite_binary(), reason="Azurite is not installed (npm install azurite; or set PAGODA_AZURITE)")
