@@ -35,12 +35,12 @@ def test_probe_tells_an_untrained_generator_from_reals(setup, tmp_path):
     assert result["feature_network"] == "tiny" and result["image_size"] == 8
     heads = [k for k in result if k.startswith("accuracy_")]
     assert heads == [f"accuracy_tiny_{k}" for k in range(len(result["head_depths"]))]
-    # Separable data: the best head and the overall score get every held-out image right (measured 1.0 and 1.0, the
-    # coarse levels' heads 1.0 / 0.99). The fine levels' BatchNorm heads score at or below chance in eval mode
-    # (0.36 / 0.5), having trained on all-real and all-fake batches.
+    # Separable data: the best head and the overall score get every held-out image right. A fine level's BatchNorm
+    # head scores below chance in eval mode, having trained on all-real and all-fake batches (which of the two fine
+    # heads does depends on the CPU's float rounding).
     assert result["head_depths"] == [1, 1, 1, 1] and result["input_size"] == 32
     assert max(result[h] for h in heads) >= 0.95 and result["accuracy"] > 0.9, result
-    assert result["accuracy_tiny_0"] < 0.6 and result["accuracy_tiny_1"] < 0.6, result
+    assert min(result["accuracy_tiny_0"], result["accuracy_tiny_1"]) < 0.6, result
     assert json.loads((tmp_path / "probe.json").read_text())["results"][0]["accuracy"] == result["accuracy"]
 
 
