@@ -25,6 +25,9 @@ def _cifar10_available():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PAGODA_CIFAR10_QUICKSTART") != "1",
+                    reason="opt-in (PAGODA_CIFAR10_QUICKSTART=1): the CIFAR-10 --fast run trains the colour classifier "
+                           "and has not been timed on an idle machine yet, so CI does not carry it")
 @pytest.mark.skipif(not _cifar10_available(), reason="no CIFAR-10 data: set PAGODA_CIFAR10 or put "
                                                       "shared/data/cifar10/cifar10-jpeg.tar.gz beside the repository")
 def test_fast_cifar10_quickstart_report_structure(tmp_path):
