@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# No preset: it runs the dataset's stage recipes, each of which passes its own preset.
 # PaGoDA's cost claim at 32 px (issue 32), on one dataset's own recipes, every training run timed:
 #   (a) a 16 px teacher -> latents -> stage 2 at 16 px -> grown to 32 px (the quickstart's pipeline);
 #   (b) a teacher trained at 32 px -> its latents -> its own stage-2 generator at 32 px;

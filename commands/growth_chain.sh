@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# No preset: a chain of the dataset's stage recipes, each of which passes its own preset.
 # Progressive growth on data (issue 32): a teacher at 8 px, its one-step generator at 8 px, grown 8 -> 16 -> 32 one
 # 2x step at a time, against a single 4x step (8 -> 32) and bicubic up-sampling, in one method table.
 #   teacher8 -> latents8 -> stage2 (8 px) -> grow16 (8 -> 16) -> grow32 (16 -> 32)
