@@ -120,8 +120,12 @@ def test_the_ranks_of_one_mpi_job_share_the_lock_and_a_second_job_is_refused(tmp
     cmd = [mpiexec(), "-n", "2", sys.executable, HOLDER, str(tmp_path)]
     first = subprocess.Popen(cmd + ["30"], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
-        held = sorted(first.stdout.readline() for _ in range(2))
-        assert held == ["rank 0 holds\n", "rank 1 holds\n"]
+        seen = ""
+        while not ("rank 0 holds" in seen and "rank 1 holds" in seen):  # the ranks' lines may arrive interleaved
+            line = first.stdout.readline()
+            assert line, f"the job ended before both ranks held the lock: {seen!r}"
+            seen += line
+        assert seen.count("holds") == 2 and "refused" not in seen, seen
         second = subprocess.run(cmd + ["0"], capture_output=True, text=True, env=ENV, timeout=120)
         assert second.stdout.count("refused: the folder") == 2, second.stdout + second.stderr
     finally:

@@ -7,16 +7,23 @@ import time
 from pagoda import dist_util, run_lock
 
 
+def say(line):
+    # One write per line: mpiexec forwards each write of a rank on its own, so a separate newline can land after
+    # another rank's text.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main():
     folder, seconds = sys.argv[1], float(sys.argv[2])
     dist_util.setup_dist()
     try:
         with run_lock.hold(folder):
             dist_util.barrier()
-            print(f"rank {dist_util.get_rank()} holds", flush=True)
+            say(f"rank {dist_util.get_rank()} holds")
             time.sleep(seconds)
     except run_lock.FolderLockedError as exc:
-        print(f"rank {dist_util.get_rank()} refused: {exc}", flush=True)
+        say(f"rank {dist_util.get_rank()} refused: {exc}")
     dist_util.cleanup()
 
 
