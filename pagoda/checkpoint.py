@@ -92,6 +92,15 @@ def atomic_write_text(text, path):
     _atomic_write(path, ".txt", lambda f: f.write(text.encode()))
 
 
+def read_json_record(path):
+    """The JSON record at `path`, or None when it is missing or damaged (the caller then redoes what it vouched for)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def torch_load(path):
     """The one way pagoda reads tensors from disk."""
     if not os.path.exists(path):

@@ -164,7 +164,7 @@ class _Fetch:
         not one of a folder's many."""
         dest = os.path.join(self.root, "data", relative)
         record_path = os.path.join(self.root, "records", relative + ".json")
-        record = _read_record(record_path)
+        record = checkpoint.read_json_record(record_path)
         if (record and record["url"] == url and record["version"] == stat.version and record["size"] == stat.size
                 and _intact(dest, record, rehash=whole)):
             if pinned and record["sha256"] != pinned:
@@ -239,23 +239,15 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def _read_record(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _offline_copy(root, url, pinned):
     """The path a previous complete fetch of `url` resolved to, if its files are all still intact."""
-    resolved = _read_record(os.path.join(root, "resolved.json"))
+    resolved = checkpoint.read_json_record(os.path.join(root, "resolved.json"))
     if not resolved or resolved["url"] != url:
         return None
     records_dir = os.path.join(root, "records")
     for folder, _, names in os.walk(records_dir):
         for name in names:
-            record = _read_record(os.path.join(folder, name))
+            record = checkpoint.read_json_record(os.path.join(folder, name))
             relative = os.path.relpath(os.path.join(folder, name), records_dir)[:-len(".json")]
             if not record or not _intact(os.path.join(root, "data", relative), record,
                                          rehash=resolved["kind"] == "file"):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, logger
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, read_json_record
 from .faults import kill_point
 from .image_util import save_grid, to_uint8
 from .model_io import load_generator, load_teacher, real_classes
@@ -162,7 +162,7 @@ def claim_parts(out_dir, identity):
     holds the samples of a model at another path.
     """
     record = os.path.join(out_dir, "parts", "identity.json")
-    previous = _read_json(record)  # None without a record, or with a damaged one: the parts cannot be trusted
+    previous = read_json_record(record)  # None without a record, or with a damaged one: the parts cannot be trusted
     other = _other_model(out_dir, previous, identity)
     if other is not None:
         raise FileExistsError(f"{out_dir} holds the samples of another model ({other}); sample "
@@ -180,14 +180,6 @@ def claim_parts(out_dir, identity):
     os.makedirs(os.path.dirname(record), exist_ok=True)
     atomic_write_text(json.dumps(identity, indent=1, sort_keys=True), record)
     return len(stale)
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _same_model(found, identity):
@@ -210,7 +202,7 @@ def _same_parts(previous, identity):
 def _other_model(out_dir, previous, identity):
     """The path of another model whose samples `out_dir` holds (by the parts' record, or by the finished
     samples' sampling.json), or None."""
-    stats = _read_json(os.path.join(out_dir, "sampling.json"))
+    stats = read_json_record(os.path.join(out_dir, "sampling.json"))
     for found in (previous, stats):
         if isinstance(found, dict) and not _same_model(found, identity):
             return found["model"]

@@ -5,6 +5,7 @@ argparse namespace goes further into pagoda/. A misspelled flag is an error (no 
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from . import checkpoint, dist_util, logger, remote
+from . import checkpoint, dist_util, logger, remote, run_lock
 
 
 def str2bool(v):
@@ -282,6 +283,16 @@ def parse_cli(groups, argv=None, *, description, constraints=None, presets=None,
     if missing:
         parser.error(f"required: {'; '.join(missing)}")
     return parser, args
+
+
+@contextlib.contextmanager
+def locked_job(folder, what, log_formats=("csv",)):
+    """How every writing job starts: its processes joined (MPI or torchrun), `folder` locked against other jobs
+    (run_lock), then the log opened in it, so a refused job writes nothing. Yields the device."""
+    device = dist_util.setup_dist()
+    with run_lock.hold(folder, what=what):
+        logger.configure(folder, formats=log_formats)
+        yield device
 
 
 def resolved_config(args):

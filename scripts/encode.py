@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from pagoda import dist_util, logger, run_lock, script_util
+from pagoda import dist_util, logger, script_util
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
 from pagoda.checkpoint import atomic_write_text
 from pagoda import guided_pairs
@@ -128,14 +128,12 @@ def encoder_sigmas(args, device):
 def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, constraints=CONSTRAINTS, presets=PRESETS,
                                     required={"teacher": "a teacher export or the released edm_imagenet64_ema.pt"})
-    device = dist_util.setup_dist()
-    with run_lock.hold(args.out_dir, what="latent folder"):
+    with script_util.locked_job(args.out_dir, "latent folder") as device:
         run(args, device)
 
 
 def run(args, device):
     """The job in its locked folder: load the teacher, encode (or decode guided pairs), report --compile."""
-    logger.configure(args.out_dir)
     teacher = load_teacher(args.teacher, device=device)
     meter = compile_forward(teacher.backbone, "teacher", device=device) if args.compile else None
     if args.direction == "decode":

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from pagoda import checkpoint, dist_util, logger, run_lock, script_util
+from pagoda import checkpoint, dist_util, logger, script_util
 from pagoda.amp import PRECISION_CHOICES, MixedPrecision, resolve_precision
 from pagoda.compile_util import compile_forward
 from pagoda.sample_util import (assemble, claim_parts, model_identity, run_sampling, sampler_classes,
@@ -81,13 +81,11 @@ def sampling_identity(args):
 def main(argv=None):
     _, args = script_util.parse_cli(GROUPS, argv, description=__doc__, presets=PRESETS,
                                     required={"model": "an export .pt, or a released checkpoint"})
-    device = dist_util.setup_dist()
-    with run_lock.hold(args.out_dir, what="sample folder"):
+    with script_util.locked_job(args.out_dir, "sample folder") as device:
         sample_main(args, device)
 
 
 def sample_main(args, device):
-    logger.configure(args.out_dir)
     sampler = build_sampler(args, device)
     network = getattr(sampler, "generator", None) or sampler.denoiser
     meter = compile_forward(network.backbone, "sampler network", device=device) if args.compile else None

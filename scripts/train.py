@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from pagoda import dist_util, logger, methods, random_util, run_lock, script_util
+from pagoda import dist_util, logger, methods, random_util, script_util
 from pagoda.amp import resolve_precision
 from pagoda.methods import common
 from pagoda.train_util import TrainLoop
@@ -49,8 +49,7 @@ def main(argv=None, *, method=None):
         parser.error(f"--method {args.method} given to the {name} entry point")
     script_util.handle_dry_run(args)
     script_util.resolve_paths(args)
-    device = dist_util.setup_dist()
-    with run_lock.hold(args.run_dir, what="run directory"):
+    with script_util.locked_job(args.run_dir, "run directory", log_formats=args.log_format) as device:
         train(args, spec, parser, device)
     dist_util.cleanup()
 
@@ -59,7 +58,6 @@ def train(args, spec, parser, device):
     """Build, check, then record: config.json is written only after the settings (check_config), the data and the
     model (build, and TrainLoop's resume) have passed their checks, so a refused command leaves the run as it was."""
     random_util.seed_all(args.seed, "run", dist_util.get_rank())
-    logger.configure(args.run_dir, formats=args.log_format)
     args.precision = resolve_precision(args.precision, device, log=logger.log)
     run = spec.build(script_util.args_to_dict(args, vars(args)), device)
     classes = {**parser.resume_classes, "method": "fixed", **common.RECORD_CLASSES}

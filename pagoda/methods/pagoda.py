@@ -45,12 +45,12 @@ GROUPS = {
                             "base width); empty: 1 each", _c.each(_c.as_number(_c.greater_than(0))), resume="fixed"),
         refit_head=F(False, "stage 3: re-fit the grown generator's output head so that it starts as the previous "
                      "generator up-sampled; shapes only the initial weights of a fresh run"),
-        use_checkpoint=F(False, "gradient checkpointing in the generator: activations recomputed in the backward "
-                         "pass, less memory for more compute, same results", resume="free"),
         sigma_max=F(80.0, "the teacher's largest noise level: prior latents are N(0, sigma_max^2) and G reads "
                     "z / sigma_max", _c.greater_than(0)),
         sigma_data=F(0.5, "the teacher's data standard deviation (EDM preconditioning of G's input)",
                      _c.greater_than(0)),
+        use_checkpoint=F(False, "gradient checkpointing in the generator: activations recomputed in the backward "
+                         "pass, less memory for more compute, same results", resume="free"),
     ),
     "discriminator": gan.DISCRIMINATOR_FLAGS,
     "loss": dict(
