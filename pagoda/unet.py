@@ -174,11 +174,22 @@ def attention_bmm(qkv, num_heads):
     return torch.bmm(v, weight.transpose(1, 2)).reshape(n, width // 3, tokens)
 
 
-ATTENTION_KERNELS = {"sdpa": attention_sdpa, "math": attention_math, "bmm": attention_bmm}
-# The kernel per device type (docs/speed.md, bench/official.py): on CPU the fused SDPA kernel beats the official
-# bmm + softmax at every shape the configs use, and on CUDA SDPA takes its flash / memory-efficient kernels. Device
-# types not listed (mps, xpu, ...) take the plain formula, which every backend runs.
-ATTENTION_BY_DEVICE = {"cpu": "sdpa", "cuda": "sdpa"}
+# On CPU the fused SDPA kernel has a fixed cost per call that the plain formula does not pay: up to this many tokens
+# (8 x 8 px) two bmm calls are faster, forward and backward; beyond it the fused kernel wins (docs/speed.md).
+SHORT_TOKENS = 64
+
+
+def attention_by_length(qkv, num_heads):
+    """attention_bmm for sequences of at most SHORT_TOKENS tokens, attention_sdpa for longer ones."""
+    return (attention_bmm if qkv.shape[-1] <= SHORT_TOKENS else attention_sdpa)(qkv, num_heads)
+
+
+ATTENTION_KERNELS = {"sdpa": attention_sdpa, "math": attention_math, "bmm": attention_bmm,
+                     "by_length": attention_by_length}
+# The kernel per device type (docs/speed.md, bench/official.py): on CPU the plain formula for short sequences and
+# the fused SDPA kernel for long ones; on CUDA SDPA takes its flash / memory-efficient kernels. Device types not
+# listed (mps, xpu, ...) take the plain formula, which every backend runs.
+ATTENTION_BY_DEVICE = {"cpu": "by_length", "cuda": "sdpa"}
 _announced = set()
 
 

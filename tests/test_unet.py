@@ -338,4 +338,13 @@ def test_attention_choice_per_device_is_logged_once(monkeypatch, capsys):
     assert unet.attention_kernel("cpu") is unet.attention_kernel("cpu")
     assert unet.attention_kernel("mps") is unet.attention_bmm  # device types without a measurement: the formula
     assert capsys.readouterr().out.splitlines() == [
-        "attention on cpu: sdpa (pagoda.unet.ATTENTION_BY_DEVICE)", "attention on mps: bmm (pagoda.unet.ATTENTION_BY_DEVICE)"]
+        "attention on cpu: by_length (pagoda.unet.ATTENTION_BY_DEVICE)",
+        "attention on mps: bmm (pagoda.unet.ATTENTION_BY_DEVICE)"]
+
+
+def test_by_length_takes_the_plain_formula_up_to_8x8_tokens_and_sdpa_beyond(monkeypatch):
+    monkeypatch.setattr(unet, "attention_bmm", lambda qkv, heads: "bmm")
+    monkeypatch.setattr(unet, "attention_sdpa", lambda qkv, heads: "sdpa")
+    assert unet.SHORT_TOKENS == 64
+    assert [unet.attention_by_length(torch.zeros(1, 6, t), 1) for t in (16, 64, 65, 1024)] == [
+        "bmm", "bmm", "sdpa", "sdpa"]
