@@ -29,3 +29,14 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 @pytest.fixture
 def compat_dir():
     return COMPAT
+
+
+# pytest-xdist (`--dist loadfile`, commands/test.sh) hands whole files to its workers in collection order. These
+# files each take minutes; collected first, they run beside the rest instead of alone at the end.
+LONGEST_FIRST = ("test_quickstart.py", "test_compile.py", "test_bench.py", "test_recipes.py", "test_domain.py",
+                 "test_probe_discriminator.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
