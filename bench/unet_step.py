@@ -79,7 +79,6 @@ def bench_config(name, args, device):
     for phase, seconds, mem in (("train_step", train_s, train_mem), ("forward", fwd_s, fwd_mem)):
         print(f"{name:<11} {phase:<10} params={params / 1e6:7.2f}M batch={batch:<3} "
               f"{batch / seconds:9.2f} img/s {seconds * 1e3:9.1f} ms/iter peak_mem={mem:9.1f} MiB", flush=True)
-    del model
 
 
 def main():

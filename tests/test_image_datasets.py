@@ -429,7 +429,7 @@ def test_shards_are_disjoint_and_cover(mnist, num_shards):
 
 
 def test_pixel_modes_become_rgb(tmp_path):
-    grey = _save(tmp_path / "grey.png", np.full((4, 4), 100, np.uint8), mode="L")
+    _save(tmp_path / "grey.png", np.full((4, 4), 100, np.uint8), mode="L")
     palette_img = Image.new("P", (4, 4), 1)
     palette_img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
     palette_img.save(tmp_path / "pal.png")
