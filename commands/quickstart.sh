@@ -10,16 +10,7 @@
 # No preset: it runs the stage recipes (each with its preset) at its budgets, then the table and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FAST=0
-for arg in "$@"; do
-  case "$arg" in
-    --fast) FAST=1 ;;
-    *) echo "usage: bash commands/quickstart.sh [--fast]" >&2; exit 2 ;;
-  esac
-done
-bash commands/setup_env.sh
-export PYTHON=.venv/bin/python OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-PRECISION=${PRECISION:-auto}
+source commands/_quickstart.sh "$@"
 
 if [ "$FAST" = 1 ]; then
   RUN=${RUN_DIR:-runs/quickstart_fast}

@@ -12,16 +12,7 @@
 # Rerunning resumes every stage instead of starting over. PRECISION as in commands/quickstart.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FAST=0
-for arg in "$@"; do
-  case "$arg" in
-    --fast) FAST=1 ;;
-    *) echo "usage: bash commands/quickstart_cifar10.sh [--fast]" >&2; exit 2 ;;
-  esac
-done
-[ -x .venv/bin/python ] || bash commands/setup_env.sh
-export PYTHON=${PYTHON:-.venv/bin/python} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-PRECISION=${PRECISION:-auto}
+source commands/_quickstart.sh "$@"
 
 if [ "$FAST" = 1 ]; then
   # DOMAIN_EPOCHS=1: the classifier's one epoch instead of six (cached apart from the full one).
