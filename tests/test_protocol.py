@@ -18,11 +18,20 @@ def test_seed_blocks_are_consecutive_disjoint_ranges():
 def test_reference_split_is_a_seeded_disjoint_half_split():
     ref, floor = protocol.reference_split(11, seed=0)
     assert len(ref) == len(floor) == 5 and not set(ref) & set(floor)
-    assert ref == sorted(ref) and floor == sorted(floor) and set(ref) | set(floor) <= set(range(11))
+    assert ref == sorted(ref) and set(ref) | set(floor) <= set(range(11))
+    assert floor != sorted(floor)  # consecutive floor blocks are random draws, whatever the source's order
     assert (ref, floor) == protocol.reference_split(11, seed=0)
     assert ref != protocol.reference_split(11, seed=1)[0]
     with pytest.raises(ValueError, match="at least 4 images"):
         protocol.reference_split(3)
+
+
+def test_floor_blocks_of_a_class_sorted_source_cover_every_class():
+    labels = [i // 200 for i in range(2000)]  # 10 classes of 200, listed class by class
+    _, floor = protocol.reference_split(len(labels), seed=0)
+    for block in protocol.floor_blocks(len(floor), 300, 3):
+        counts = np.bincount([labels[floor[i]] for i in block], minlength=10)
+        assert counts.min() >= 15, counts  # about 30 of each class, never a block of a few classes
 
 
 @pytest.mark.parametrize("num_floor, n, seeds, expected", [
