@@ -9,6 +9,11 @@ output, concatenated, then TD-LayerNorm -> linear -> pixel shuffle x2 -> TD-Laye
 embedding. Every branch has its own head; the network's output is the finest branch's, the coarser ones only feed
 the multi-scale loss (`losses.MultiScaleEDMLoss`).
 
+Growth (PaGoDA's stage 3 with DiMR's cascade as the template, `grow`): a grown branch has no input embedding (a
+one-step generator has no noisy input at the new resolution); its tokens are the cascade of the branch before it,
+plus a position embedding, and its zero-initialised head predicts a residual over that branch's prediction
+up-sampled bicubically, so a freshly grown network is exactly its parent up-sampled.
+
 Time enters only through the norms. A time-dependent parameter interpolates between two learned tensors,
 value = s p0 + (1 - s) p1 with s = sigmoid((1 + w) tau + b) per entry; p0 = p1 at initialisation, so every norm
 starts time-independent. DiMR's tau is its discrete step mapped to (-1, 1], larger when noisier; here
@@ -154,13 +159,15 @@ def _block_count(num_blocks):
 
 class Branch(nn.Module):
     """One resolution: patch embedding of the full input at stride `patch`, position embedding, the cascade from the
-    coarser branch added, U-ViT blocks with long skips, and a head predicting at the branch's grid."""
+    coarser branch added, U-ViT blocks with long skips, and a head predicting at the branch's grid. A grown branch
+    (`patch` 0) embeds no input: it starts from the cascade, and its head (zero-initialised by `grow`) adds to the
+    previous branch's prediction up-sampled."""
 
     def __init__(self, *, kind, width, mlp_width, num_blocks, patch, grid, in_channels, num_classes, make_param,
                  heads=0):
         super().__init__()
         self.kind, self.grid, self.width = kind, grid, width
-        self.patch = nn.Conv2d(in_channels, width, patch, stride=patch)
+        self.patch = nn.Conv2d(in_channels, width, patch, stride=patch) if patch else None
         self.pos = nn.Parameter(torch.zeros(1, grid * grid, width))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.class_embed = nn.Embedding(num_classes, width) if kind == "transformer" and num_classes else None
@@ -196,8 +203,11 @@ class Branch(nn.Module):
         return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.width)
 
     def forward(self, x_in, time, y, cascade=None, *, features=False):
-        """(prediction (B, C, grid, grid), the cascade features (B, grid, grid, (L + 1) D) when `features`)."""
-        h = self.patch(x_in).permute(0, 2, 3, 1) + self.pos.view(1, self.grid, self.grid, self.width)
+        """(prediction (B, C, grid, grid), the cascade features (B, grid, grid, (L + 1) D) when `features`).
+        A grown branch's `x_in` is the previous branch's prediction, which its head's output is added to."""
+        h = self.pos.view(1, self.grid, self.grid, self.width)
+        if self.patch is not None:
+            h = h + self.patch(x_in).permute(0, 2, 3, 1)
         if cascade is not None:
             h = h + cascade
         x = self._to_tokens(h, y)
@@ -212,6 +222,8 @@ class Branch(nn.Module):
             x = blk(skip(torch.cat([x, skips.pop()], dim=-1)), time)
             outputs.append(x)
         out = self.head(self.head_norm(self._to_grid(x), time).permute(0, 3, 1, 2))
+        if self.patch is None:
+            out = out + F.interpolate(x_in, size=out.shape[-2:], mode="bicubic", align_corners=False)
         return out, (torch.cat([self._to_grid(o) for o in outputs], dim=-1) if features else None)
 
 
@@ -247,9 +259,9 @@ class DiMR(nn.Module):
                  time_embed_dim=128, output_size=0, out_channels=0):
         super().__init__()
         branches = [dict(b) for b in branches]
-        self._check(image_size, branches, time_conditioning, output_size, out_channels, in_channels)
+        grids = self._check(image_size, branches, time_conditioning, output_size, out_channels, in_channels)
         self.config = dict(image_size=image_size, in_channels=in_channels, out_channels=in_channels,
-                           output_size=image_size, num_classes=num_classes, branches=branches,
+                           output_size=grids[-1], num_classes=num_classes, branches=branches,
                            time_conditioning=time_conditioning, time_embed_dim=time_embed_dim)
         if time_conditioning == "td":
             self.time_embed = None
@@ -260,8 +272,8 @@ class DiMR(nn.Module):
             def make_param(shape, init):
                 return EmbeddingParameter(shape, init, emb_channels=4 * time_embed_dim)
         self.branches = nn.ModuleList(
-            Branch(**b, grid=image_size // b["patch"], in_channels=in_channels, num_classes=num_classes,
-                   make_param=make_param) for b in branches)
+            Branch(**b, grid=grid, in_channels=in_channels, num_classes=num_classes, make_param=make_param)
+            for b, grid in zip(branches, grids))
         self.cascades = nn.ModuleList(
             Cascade((lo.depth + 1) * lo.width, hi.width, make_param)
             for lo, hi in zip(self.branches[:-1], self.branches[1:]))
@@ -272,19 +284,26 @@ class DiMR(nn.Module):
 
     @staticmethod
     def _check(image_size, branches, time_conditioning, output_size, out_channels, in_channels):
+        """Every branch's grid, or a ValueError naming what is wrong with the layout."""
         if time_conditioning not in TIME_CONDITIONING:
             raise ValueError(f"time_conditioning must be one of {TIME_CONDITIONING}, got {time_conditioning!r}")
-        if output_size not in (0, image_size) or out_channels not in (0, in_channels):
-            raise ValueError("a DiMR backbone predicts at its input's size and channels")
         if not branches or branches[0]["kind"] != "transformer" or any(
                 b["kind"] != "convnext" for b in branches[1:]):
             raise ValueError("DiMR needs one transformer branch first, then convnext branches")
-        grids = [image_size / b["patch"] for b in branches]
+        embedded = [b for b in branches if b["patch"]]
+        if branches[:len(embedded)] != embedded:
+            raise ValueError("grown branches (patch 0) come after every branch that embeds the input")
+        grids = [image_size / b["patch"] for b in embedded]
         if any(g != int(g) for g in grids) or any(hi != 2 * lo for lo, hi in zip(grids, grids[1:])):
             raise ValueError(f"branch grids {grids} (image_size {image_size} / patch) must be whole and double "
                              f"from each branch to the next")
-        if branches[-1]["patch"] != 1:
-            raise ValueError(f"the finest branch predicts the output: its patch must be 1, got {branches[-1]['patch']}")
+        if embedded[-1]["patch"] != 1:
+            raise ValueError(f"the finest branch predicts the output: its patch must be 1, got {embedded[-1]['patch']}")
+        grids = [int(g) for g in grids] + [image_size * 2 ** (k + 1) for k in range(len(branches) - len(embedded))]
+        if output_size not in (0, grids[-1]) or out_channels not in (0, in_channels):
+            raise ValueError(f"this DiMR backbone predicts at {grids[-1]} px with {in_channels} channels, not "
+                             f"{output_size} px / {out_channels} channels")
+        return grids
 
     def time(self, sigma):
         c_noise = tau_of_sigma(sigma)
@@ -300,7 +319,8 @@ class DiMR(nn.Module):
         cascade, outputs = None, []
         last = len(self.branches) - 1
         for k, branch in enumerate(self.branches):
-            out, features = branch(x, time, y, cascade, features=k < last)
+            out, features = branch(x if branch.patch is not None else outputs[-1], time, y, cascade,
+                                   features=k < last)
             outputs.append(out)
             if k < last:
                 cascade = self.cascades[k](features, time)
@@ -309,11 +329,26 @@ class DiMR(nn.Module):
     def forward(self, x, sigma, y=None):
         return self.forward_branches(x, sigma, y)[-1]
 
-    def last_resblock_conv(self):
+    def adaptive_weight_layer(self):
         """The layer PaGoDA's adaptive GAN weight reads gradients at (the UNet's method of the same name): the
         output projection of the finest branch's last block."""
         finest = self.branches[-1]
         return (finest.out_blocks[-1] if len(finest.out_blocks) else finest.mid_block).mlp.w2
+
+    def freeze_for_growth(self, activate_from):
+        """Train only branches[activate_from:] (with the cascades into them): a grown generator's finest parent
+        branch and the grown ones at activate_from = the parent's branch count - 1. Returns (trainable, frozen)
+        parameter counts."""
+        if not 0 <= activate_from < len(self.branches):
+            raise ValueError(f"activate_from must be in [0, {len(self.branches) - 1}] for this DiMR network (the "
+                             f"index of the first branch that trains), got {activate_from}")
+        self.requires_grad_(False)
+        for k in range(activate_from, len(self.branches)):
+            self.branches[k].requires_grad_(True)
+            if k:
+                self.cascades[k - 1].requires_grad_(True)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters()) - trainable
 
 
 def _init_weights(module):
@@ -353,6 +388,33 @@ def dimr_config(name, **overrides):
     if name not in CONFIGS:
         raise ValueError(f"unknown DiMR layout {name!r}; choose from {', '.join(sorted(CONFIGS))}")
     return {**CONFIGS[name], **overrides}
+
+
+def grown_branch(finest, *, width=None, num_blocks=None):
+    """A grown branch's layout: a ConvNeXt branch without input embedding, by default two thirds of the parent's
+    finest width (a multiple of 8; p32_3r's 48 -> 32) and 4 blocks setting (5 blocks)."""
+    width = width or max(8, round(finest["width"] * 2 / 3 / 8) * 8)
+    return dict(_convnext(width, num_blocks or 4, 0))
+
+
+def grow(backbone, *, factor=2, width=None, num_blocks=None):
+    """The backbone with one grown branch per doubling of its output (factor a power of two), every existing
+    weight copied; the grown heads start at zero, so the result is the parent's output up-sampled bicubically
+    once per branch. Returns (grown backbone, the names of its new tensors)."""
+    if factor < 2 or factor & (factor - 1):
+        raise ValueError(f"growth factor must be a power of two >= 2, got {factor}")
+    cfg = dict(backbone.config, output_size=0)
+    for _ in range(int(math.log2(factor))):
+        cfg["branches"] = cfg["branches"] + [grown_branch(cfg["branches"][-1], width=width, num_blocks=num_blocks)]
+    grown = DiMR(**cfg)
+    old = backbone.state_dict()
+    missing, unexpected = grown.load_state_dict(old, strict=False)
+    if unexpected:
+        raise ValueError(f"cannot grow: {unexpected[:3]} of the previous network have no place in the grown one")
+    for branch in grown.branches[len(backbone.branches):]:
+        nn.init.zeros_(branch.head.weight)
+        nn.init.zeros_(branch.head.bias)
+    return grown.to(next(backbone.parameters()).device), sorted(set(grown.state_dict()) - set(old))
 
 
 def multiscale_weights(num_branches):

@@ -15,7 +15,9 @@ import math
 import torch
 from torch import nn
 
+from . import dimr
 from .checkpoint import GENERATOR_OUTPUTS
+from .dimr import DiMR
 from .image_util import psnr
 from .random_util import seeded
 from .unet import UNetModel
@@ -198,6 +200,13 @@ def grow_generator(parent, *, factor=2, channel_mult_high=None, refit_head=False
     very network a run started from.
     Returns (grown, new_keys, (psnr_before, psnr_after) of the fit or None)."""
     device = next(parent.parameters()).device
+    if isinstance(parent, DiMR):
+        if channel_mult_high:
+            raise ValueError("channel_mult_high sets the UNet's grown levels; a DiMR generator grows ConvNeXt "
+                             "branches (pagoda.dimr.grow)")
+        with seeded(seed, "grown_levels"):
+            grown, new_keys = dimr.grow(parent, factor=factor)
+        return grown, new_keys, None  # starts as the parent up-sampled bicubically: nothing to re-fit
     with seeded(seed, "grown_levels"):
         grown, new_keys = grow(parent, factor=factor, channel_mult_high=channel_mult_high)
     grown = grown.to(device)
@@ -281,10 +290,13 @@ def _head_normal_equations(grown, batches, targets, kw, rows=16384):
 
 
 def freeze_for_growth(backbone, *, activate_from):
-    """Train only output_blocks[activate_from:] and the output head (official default: from index 9).
+    """Train only output_blocks[activate_from:] and the output head (official default: from index 9); a DiMR
+    backbone: branches[activate_from:] (DiMR.freeze_for_growth).
 
     Returns (trainable, frozen) parameter counts.
     """
+    if isinstance(backbone, DiMR):
+        return backbone.freeze_for_growth(activate_from)
     num_out = len(backbone.output_blocks)
     if not 0 <= activate_from < num_out:
         raise ValueError(f"activate_from must be in [0, {num_out - 1}] for this network, got {activate_from}")

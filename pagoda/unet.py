@@ -391,7 +391,7 @@ class UNetModel(nn.Module):
         """Number k of grown 2x output levels (output_size = image_size * 2**k)."""
         return self._high_res_levels
 
-    def last_resblock_conv(self):
+    def adaptive_weight_layer(self):
         """Zero-initialised output conv of the last ResBlock, the layer PaGoDA's adaptive GAN weight uses."""
         return self.output_blocks[-1][0].out_layers[3]
 

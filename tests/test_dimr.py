@@ -1,5 +1,6 @@
-"""DiMR: the published sizes, branch shapes, the TD norms, the multi-scale loss, and a DiMR teacher through the
-scripts (export -> sample.py / encode.py with no architecture flags; a resume with the UNet refused)."""
+"""DiMR: the published sizes, branch shapes, the TD norms, the multi-scale loss, growth by a cascade-fed branch, and
+a DiMR teacher through the scripts (export -> sample.py / encode.py with no architecture flags; a resume with the
+UNet refused; stage 2 and one growth step on it)."""
 
 import math
 import os
@@ -13,9 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from pagoda import dimr
 from pagoda.dimr import DiMR, TDLayerNorm, TDParameter, TDRMSNorm, dimr_config
 from pagoda.losses import EDMLoss, MultiScaleEDMLoss
+from pagoda.model_io import load_backbone
 from pagoda.precond import Denoiser
 from pagoda.script_util import ConfigChangeError
-from tests.helpers.tiny_runs import _main, encode_run, teacher_run, tiny_dataset
+from tests.helpers.tiny_runs import _main, encode_run, stage2_run, teacher_run, tiny_dataset
 
 
 def _count(name):
@@ -180,3 +182,65 @@ def test_a_dimr_teacher_exports_samples_encodes_and_refuses_the_unet_on_resume(t
     assert os.path.exists(os.path.join(latents, "manifest.json"))
     with pytest.raises(ConfigChangeError, match=r"--arch: 'dimr' -> 'unet'"):
         teacher_run(tmp_path / "teacher", data, "--arch", "unet", "--precision", "fp32", "--total_steps", "3")
+    # PaGoDA on the DiMR teacher: stage 2 from its copy, then one growth step with a cascade-fed branch
+    generator = stage2_run(tmp_path / "stage2", teacher, latents, "--precision", "fp32")
+    grown = stage2_run(tmp_path / "stage3", generator, latents, "--grow_factor", "2", "--image_size", "16",
+                       "--activate_from", "1", "--precision", "fp32")
+    for path, size in ((generator, 8), (grown, 16)):
+        backbone, side = load_backbone(path, expect_kind="generator")  # strict load, no architecture flags
+        assert isinstance(backbone, DiMR) and side["output_size"] == size
+    assert [b["patch"] for b in side["dimr"]["branches"]] == [2, 1, 0]
+    _main(sample, ["--model", grown, "--num_samples", "4", "--batch_size", "4", "--out_dir",
+                   str(tmp_path / "grown_samples"), "--precision", "fp32"])
+    with np.load(tmp_path / "grown_samples" / "samples_4x16x16x3.npz") as f:
+        assert f["arr_0"].shape == (4, 16, 16, 3)
+
+
+def _tiny_dimr(num_classes=3):
+    torch.manual_seed(0)
+    return DiMR(**dimr_config("p16_2r", image_size=8, num_classes=num_classes))
+
+
+def dimr_seed():
+    from pagoda.random_util import seeded
+    return seeded(0, "grown_levels")
+
+
+def test_a_grown_dimr_starts_as_its_parent_upsampled_bicubically():
+    parent = _tiny_dimr()
+    with dimr_seed():
+        grown, new_keys = dimr.grow(parent, factor=4)
+    x, sigma, y = torch.randn(2, 3, 8, 8), torch.tensor([80.0, 0.5]), torch.tensor([0, 2])
+    with torch.no_grad():
+        outputs = grown.forward_branches(x, sigma, y)
+        expected = parent(x, sigma, y)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 16, 16), (2, 3, 32, 32)]
+    for k in (2, 3):
+        expected = F.interpolate(expected, scale_factor=2, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(outputs[k], expected, rtol=0, atol=1e-6)
+    assert grown.config["output_size"] == 32 and [b["patch"] for b in grown.config["branches"]] == [2, 1, 0, 0]
+    assert [b["width"] for b in grown.config["branches"][2:]] == [32, 24]  # 2/3 of the finer one, multiples of 8
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in new_keys} == {
+        "branches.2", "branches.3", "cascades.1", "cascades.2"}
+    rebuilt = DiMR(**grown.config)  # what an export's sidecar builds
+    rebuilt.load_state_dict(grown.state_dict(), strict=True)
+
+
+def test_a_grown_dimr_trains_from_the_named_branch_and_refuses_unet_settings():
+    from pagoda.generator import freeze_for_growth, grow_generator
+    grown, _, fit = grow_generator(_tiny_dimr(), factor=2, refit_head=True)
+    assert fit is None  # a zero head on the bicubic skip needs no re-fit
+    trainable, frozen = freeze_for_growth(grown, activate_from=1)
+    expected = sum(p.numel() for m in (grown.branches[1], grown.branches[2], grown.cascades[0], grown.cascades[1])
+                   for p in m.parameters())
+    assert (trainable, frozen) == (expected, sum(p.numel() for p in grown.parameters()) - expected)
+    assert not any(p.requires_grad for p in grown.branches[0].parameters())
+    with pytest.raises(ValueError, match=r"activate_from must be in \[0, 2\] for this DiMR network"):
+        freeze_for_growth(grown, activate_from=4)
+    with pytest.raises(ValueError, match="channel_mult_high sets the UNet's grown levels"):
+        grow_generator(_tiny_dimr(), factor=2, channel_mult_high=[1.0])
+    with pytest.raises(ValueError, match=r"grown branches \(patch 0\) come after every branch"):
+        DiMR(image_size=8, in_channels=3, branches=[
+            dict(kind="transformer", width=8, mlp_width=16, num_blocks=1, patch=2, heads=2),
+            dict(kind="convnext", width=8, mlp_width=16, num_blocks=1, patch=0),
+            dict(kind="convnext", width=8, mlp_width=16, num_blocks=1, patch=1)])

@@ -147,7 +147,7 @@ def test_separate_update_takes_two_generator_steps(tmp_path):
 def test_the_separate_gan_update_is_weighed_against_the_reconstruction_update_before_it():
     """lambda = clip(||dL_rec/dW|| / (||dL_adv/dW|| + 1e-4)) with ||dL_rec/dW|| from the "generator:rec" phase."""
     obj = _objective(_backbone(), separate_update=True, discriminator_weight=0.2)
-    nets, batch, last = {"generator": obj.generator}, next(_data()(0)), obj.generator.last_resblock_conv().weight
+    nets, batch, last = {"generator": obj.generator}, next(_data()(0)), obj.generator.adaptive_weight_layer().weight
     rec = obj.losses("generator:rec", nets, batch, step=0, generator=torch.Generator().manual_seed(0))["loss"]
     gan_terms = obj.losses("generator:gan", nets, batch, step=0, generator=torch.Generator().manual_seed(1))
     lam = gan_terms["adaptive_weight"][0]

@@ -82,8 +82,8 @@ def test_imagenet64_layout_matches_released_checkpoint(compat_dir, output_size, 
     assert model.high_res_levels == {64: 0, 128: 1, 256: 2}[output_size]
     # The adaptive GAN weight's layer: output_blocks[15 / 18 / 21][0].out_layers[3] (docs/method.md 3.4).
     last = {64: 15, 128: 18, 256: 21}[output_size]
-    assert model.last_resblock_conv() is model.output_blocks[last][0].out_layers[3]
-    assert tuple(model.last_resblock_conv().weight.shape) == (192, 192, 3, 3)
+    assert model.adaptive_weight_layer() is model.output_blocks[last][0].out_layers[3]
+    assert tuple(model.adaptive_weight_layer().weight.shape) == (192, 192, 3, 3)
 
 
 def test_imagenet64_config_is_the_model_config():

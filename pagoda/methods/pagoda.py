@@ -40,7 +40,8 @@ GROUPS = {
         grow_factor=F(1, "stage 3: grow the generator's output to this multiple of its input resolution (1: stage "
                       "2, no growth)", _c.one_of(1, 2, 4, 8), resume="fixed"),
         activate_from=F(-1, "train only output_blocks[activate_from:] and the output head (official stage 3: 9); "
-                        "-1: train every layer", _c.at_least(-1), resume="fixed"),
+                        "a DiMR generator: only branches[activate_from:] (1 on a grown 2-branch P16-2R: its 16 px "
+                        "branch and the grown one); -1: train every layer", _c.at_least(-1), resume="fixed"),
         channel_mult_high=F((), "comma list of channel multipliers of the grown levels, one per doubling (of the "
                             "base width); empty: 1 each", _c.each(_c.as_number(_c.greater_than(0))), resume="fixed"),
         refit_head=F(False, "stage 3: re-fit the grown generator's output head so that it starts as the previous "
@@ -105,8 +106,11 @@ PRESETS = {
                             separate_update=True, adaptive_weight=False, global_batch_size=512, use_checkpoint=True,
                             recon_discriminator=True),
 }
-# CIFAR-10 (commands/quickstart_cifar10.sh) starts from the digits' settings; its table measures them on photos.
-PRESETS["cifar16"], PRESETS["cifar16to32"] = dict(PRESETS["mnist16"]), dict(PRESETS["mnist16to32"])
+# CIFAR-10 (commands/quickstart_cifar10.sh): the digits' stage 2; growth with stage 2's discriminator (lite0 at 64
+# px, GroupNorm heads), whose ImageNet features read photos, at the growth weight of the digits.
+PRESETS["cifar16"] = dict(PRESETS["mnist16"])
+PRESETS["cifar16to32"] = dict(PRESETS["mnist16to32"], feature_networks=("tf_efficientnet_lite0",),
+                              feature_resolution=64, d_norm="group", total_steps=600)
 
 CONSTRAINTS = {}  # relations between flags: none
 
@@ -174,7 +178,7 @@ class PaGoDAObjective(Objective):
         want_rec, want_gan = phase != "generator:gan", phase != "generator:rec"
         latents = ([z] if want_rec else []) + ([self._prior(z, generator)] if want_gan else [])
         out = self._g(net, torch.cat(latents), None if y is None else torch.cat([y] * len(latents))).split(len(z))
-        last, n = self.generator.last_resblock_conv().weight, len(z)
+        last, n = self.generator.adaptive_weight_layer().weight, len(z)
         terms, loss, rec = {}, 0.0, None
         if want_rec:
             rec = self.reconstruction(out[0], x, generator=generator)
@@ -252,8 +256,7 @@ def build_generator(init_from, *, device, grow_factor=1, channel_mult_high=(), r
     backbone.requires_grad_(True).train()
     if activate_from >= 0:
         trainable, frozen = freeze_for_growth(backbone, activate_from=activate_from)
-        logger.log(f"training output_blocks[{activate_from}:] + out: {trainable:,} trainable, "
-                   f"{frozen:,} frozen parameters")
+        logger.log(f"training from block {activate_from} on: {trainable:,} trainable, {frozen:,} frozen parameters")
     return backbone, origin
 
 
