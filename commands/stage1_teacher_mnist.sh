@@ -13,6 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/_launch.sh"
 RUN_DIR=${RUN_DIR:-runs/mnist/teacher}
 # IMAGE_SIZE (16): the teacher's resolution (8 for the progressive-growth chain, commands/growth_chain.sh).
+# PRESET (mnist16): mnist16_dimr trains the DiMR P16-2R teacher instead (commands/dimr_mnist.sh).
 
-launch scripts/train.py --method diffusion --preset mnist16 --run_dir "$RUN_DIR" ${DATA_DIR:+--data_dir $DATA_DIR} \
+launch scripts/train.py --method diffusion --preset ${PRESET:-mnist16} --run_dir "$RUN_DIR" ${DATA_DIR:+--data_dir $DATA_DIR} \
   ${IMAGE_SIZE:+--image_size $IMAGE_SIZE} ${STEPS:+--total_steps $STEPS} "$@"
