@@ -110,7 +110,7 @@ GENERATOR_DEFAULTS = {k: v for group in pagoda_method.GROUPS.values()
 
 
 def reconstruction_rows(run_dir, exports, num_pairs=256):
-    """PSNR of G(z_data) against the image paired with z_data (the first `num_pairs` encoded digits), for the
+    """PSNR of G(z_data) against the image paired with z_data (the first `num_pairs` encoded images), for the
     stage-2 and stage-3 generators at initialisation (teacher copy / grown stage-2 network) and after training,
     plus, at stage 3's size, the stage-2 reconstructions up-sampled bicubically."""
     rows = []
@@ -193,7 +193,7 @@ def _fmt(v, digits=2):
 
 def reconstruction_markdown(recon, verify):
     lines = ["", "Reconstruction PSNR (dB) of G(z_data) against the real image paired with z_data "
-             f"({recon[0]['num_pairs']} encoded digits; higher is better):", "",
+             f"({recon[0]['num_pairs']} encoded images; higher is better):", "",
              "| generator | resolution | at initialisation | trained | stage 2 + bicubic |", "|---|---|---|---|---|"]
     for r in recon:
         name = f"{r['stage'].replace('stage', 'stage ')} (init: {r['init']})"
@@ -224,16 +224,19 @@ def results_table(rows, floors):
 
 def markdown(rows, floors, times, run_dir, compare, recon=(), verify=None, speed=None):
     inc, p = rows[0]["inception"], compare["protocol"]
+    held_out = p["heldout_dir"]
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
              f"FID / KID: ADM protocol, PyTorch FID Inception ({inc['inception_weights']}), the first "
-             f"{inc['num_sample_images']} samples of each model vs {inc['num_ref_images']} held-out MNIST test digits "
-             "at the model's resolution (one seed, so no spread: the domain columns carry it). FID from so few samples is biased "
-             "upwards: compare rows with each other and with the floor, not with published numbers.",
-             f"Domain columns: the method table's protocol (scripts/compare.py; compare/compare.md): the bundled digits' "
-             f"own classifier (held-out accuracy {p['classifier']['heldout_accuracy']:.4f}), {rows[0]['domain_n']} "
-             f"samples per seed, mean +- std over {p['num_seeds']} seeds, against {p['num_reference']} held-out "
-             "digits; class fidelity is the fraction of samples classified as the class they were asked for. The "
-             "floor rows score real held-out digits (disjoint from the reference) the same way.", ""]
+             f"{inc['num_sample_images']} samples of each model vs {inc['num_ref_images']} held-out images of "
+             f"{held_out} at the model's resolution (one seed, so no spread: the domain columns carry it). FID from "
+             "so few samples is biased upwards: compare rows with each other and with the floor, not with published "
+             "numbers.",
+             f"Domain columns: the method table's protocol (scripts/compare.py; compare/compare.md): the classifier "
+             f"of {p['data_dir']} (pagoda/domain.py; held-out accuracy {p['classifier']['heldout_accuracy']:.4f}), "
+             f"{rows[0]['domain_n']} samples per seed, mean +- std over {p['num_seeds']} seeds, against "
+             f"{p['num_reference']} held-out images of {held_out}; class fidelity is the fraction of samples "
+             "classified as the class they were asked for. The floor rows score real held-out images (disjoint from "
+             "the reference) the same way.", ""]
     lines += results_table(rows, floors)
     speedup = _ratio(rows[1]["images_per_s"], rows[0]["images_per_s"])
     if recon:
