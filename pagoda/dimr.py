@@ -390,14 +390,13 @@ def dimr_config(name, **overrides):
     return {**CONFIGS[name], **overrides}
 
 
-def grown_branch(finest, *, width=None, num_blocks=None):
-    """A grown branch's layout: a ConvNeXt branch without input embedding, by default two thirds of the parent's
-    finest width (a multiple of 8; p32_3r's 48 -> 32) and 4 blocks setting (5 blocks)."""
-    width = width or max(8, round(finest["width"] * 2 / 3 / 8) * 8)
-    return dict(_convnext(width, num_blocks or 4, 0))
+def grown_branch(finest):
+    """A grown branch's layout: a ConvNeXt branch without input embedding, two thirds of the parent's finest width
+    (a multiple of 8; p32_3r's 48 -> 32) and the blocks setting 4 (5 blocks)."""
+    return _convnext(max(8, round(finest["width"] * 2 / 3 / 8) * 8), 4, 0)
 
 
-def grow(backbone, *, factor=2, width=None, num_blocks=None):
+def grow(backbone, *, factor=2):
     """The backbone with one grown branch per doubling of its output (factor a power of two), every existing
     weight copied; the grown heads start at zero, so the result is the parent's output up-sampled bicubically
     once per branch. Returns (grown backbone, the names of its new tensors)."""
@@ -405,10 +404,10 @@ def grow(backbone, *, factor=2, width=None, num_blocks=None):
         raise ValueError(f"growth factor must be a power of two >= 2, got {factor}")
     cfg = dict(backbone.config, output_size=0)
     for _ in range(int(math.log2(factor))):
-        cfg["branches"] = cfg["branches"] + [grown_branch(cfg["branches"][-1], width=width, num_blocks=num_blocks)]
+        cfg["branches"] = cfg["branches"] + [grown_branch(cfg["branches"][-1])]
     grown = DiMR(**cfg)
     old = backbone.state_dict()
-    missing, unexpected = grown.load_state_dict(old, strict=False)
+    _, unexpected = grown.load_state_dict(old, strict=False)
     if unexpected:
         raise ValueError(f"cannot grow: {unexpected[:3]} of the previous network have no place in the grown one")
     for branch in grown.branches[len(backbone.branches):]:
