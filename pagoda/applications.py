@@ -306,6 +306,15 @@ def with_luminance(x, grey):
     return x + (grey - luminance(x))
 
 
+def fresh_chroma(z, *, sigma_max, seeds):
+    """The latents z with their chroma (the differences between channels) replaced by that of fresh prior noise
+    N(0, sigma_max^2 I), image i drawn from seeds[i], and their luminance kept. A colourisation search started from
+    the PF-ODE latent of the grey image itself starts at a grey solution that already fits the observation; from
+    here G sees the grey image's structure with colour it has to choose."""
+    eps = StackedRandomGenerator(z.device, list(seeds)).randn(z.shape, dtype=z.dtype) * sigma_max
+    return with_luminance(eps, luminance(z))
+
+
 def masked_psnr(a, b, region):
     """Per-image PSNR (dB) of images in [-1, 1] over the pixels where `region` is 1."""
     mse = (((a - b) ** 2) * region).sum((1, 2, 3)) / (region.sum((1, 2, 3)) * a.shape[1]).clamp_min(1)

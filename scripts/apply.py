@@ -87,6 +87,9 @@ GROUPS = {
         search_lr=F(1.0, "inpaint: learning rate of the latent search", _c.greater_than(0)),
         prior_weight=F(1e-3, "inpaint: weight of the Gaussian prior term on z in the latent search (keeps z typical)",
                        _c.at_least(0)),
+        colorize_start=F("fresh_chroma", "colorize: the latent search's start: fresh_chroma (the encoded grey image's "
+                         "latent with the chroma of fresh prior noise, seeded per image) or encoded (that latent "
+                         "as it is, which already decodes to the grey image)", _c.one_of("fresh_chroma", "encoded")),
         replacement_steps=F(0, "inpaint: Heun steps of the teacher's replacement baseline; 0: as many as fit in the "
                             "latent search's wall time", _c.at_least(0)),
     ),
@@ -308,12 +311,15 @@ def colorize(args, teacher, generator, low, refs, labels, classifier, encoder=No
     x_true, x_grey = from_uint8(truth), from_uint8(grey)
     y_obs = x_grey[:, :1]
     z0 = encode_all(args, teacher, app.adm_resize(grey, t_size), labels, encoder)
+    if args.colorize_start == "fresh_chroma":  # a seed stream apart from the encoder's (seed * 1_000_003 + i)
+        z0 = app.fresh_chroma(z0, sigma_max=generator.sigma_max,
+                              seeds=[args.seed * 1_000_003 + 500_009 + i for i in range(len(z0))])
     raw, seconds = app.search_batches(generator, z0, labels, y_obs, torch.ones_like(y_obs),
                                       batch_size=args.batch_size, steps=args.search_steps, lr=args.search_lr,
                                       prior_weight=args.prior_weight, observe=app.luminance)
     results = {"latent_search": app.with_luminance(raw, y_obs).clamp(-1, 1), "grey": x_grey}
     scores = {"consistency_psnr_db": block_spread(psnr(app.luminance(raw), y_obs).numpy(), args.num_blocks),
-              "search_seconds": seconds}
+              "search_seconds": seconds, "search_start": args.colorize_start}
     if size == t_size:
         steps = args.replacement_steps or app.replacement_steps_for(teacher, x_grey, labels,
                                                                     batch_size=args.batch_size, seconds=seconds)

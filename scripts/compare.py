@@ -15,7 +15,8 @@ and steps do not apply to its row.
 Protocol (evaluations/protocol.py): the domain classifier of `--data_dir` (pagoda/domain.py, trained once
 and cached) gives FD, KID, precision/recall and class fidelity; reals are the held-out split, cut into a reference
 half and a floor half; seed k is the block of samples [k n, (k+1) n) with balanced labels; every score is mean +-
-std over the seeds beside the real-vs-real floor at the same n, and a difference inside the spread is a tie.
+std over the seeds beside the real-vs-real floor at the same n, and a difference inside the spread is a tie. A
+bicubic row also gets the floor of up-sampling: held-out reals at its base size up-sampled the same way.
 Samples are kept under OUT_DIR/samples (resumable, shared by rows that sample the same export the same way);
 writes compare.md, compare.json and compare.png (domain FD against NFE and against sampling time).
 """
@@ -175,6 +176,12 @@ class Reals:
                                  for part, idx in (("reference", self.reference), ("floor", self.floor))}
         return self._cache[size]
 
+    def upsampled_floor_features(self, base, size):
+        """Features, logits, labels of the floor half cropped at `base` px and up-sampled bicubically to `size`."""
+        images = resize_bicubic(cropped_images(self.source, base, self.floor), size)
+        feats, logits = domain_features(self.model, images)
+        return feats, logits, np.asarray(self.source.labels)[self.floor]
+
 
 def score_blocks(reals, size, feats, logits, labels, blocks, args):
     """Per-block domain scores against the reference half."""
@@ -188,6 +195,7 @@ def evaluate_row(row, reals, args):
     total = row.n * args.num_seeds
     images, labels, record = draw_samples(row, total, args)
     sampled = time.time() - start
+    base = images.shape[1]
     if row.upsample:
         t = time.time()
         images = resize_bicubic(images, row.upsample)
@@ -195,7 +203,7 @@ def evaluate_row(row, reals, args):
     size = images.shape[1]
     feats, logits = domain_features(reals.model, images)
     per_seed = score_blocks(reals, size, feats, logits, labels, protocol.seed_blocks(row.n, args.num_seeds), args)
-    return {**dataclasses.asdict(row), **record, "resolution": size, "per_seed": per_seed,
+    return {**dataclasses.asdict(row), **record, "resolution": size, "base_resolution": base, "per_seed": per_seed,
             "scores": protocol.aggregate(per_seed), "sample_seconds": sampled, "wall_seconds": time.time() - start}
 
 
@@ -207,6 +215,17 @@ def floor_scores(reals, size, n, args):
     per_seed = score_blocks(reals, size, feats, logits, labels, blocks, args)
     return {"resolution": size, "n": len(blocks[0]), "num_blocks": len(blocks), "per_seed": per_seed,
             "scores": protocol.aggregate(per_seed)}
+
+
+def upsampled_floor_scores(reals, base, size, n, args):
+    """The floor of a bicubic row: held-out reals at the row's `base` px up-sampled to `size`, against the `size`
+    px reference, in the floor's blocks. It is what up-sampling costs with perfect content: the best any
+    `base` px generator plus bicubic can score."""
+    feats, logits, labels = reals.upsampled_floor_features(base, size)
+    blocks = protocol.floor_blocks(len(feats), n, args.num_seeds)
+    per_seed = score_blocks(reals, size, feats, logits, labels, blocks, args)
+    return {"resolution": size, "upsampled_from": base, "n": len(blocks[0]), "num_blocks": len(blocks),
+            "per_seed": per_seed, "scores": protocol.aggregate(per_seed)}
 
 
 def verdicts(rows, anchor):
@@ -242,11 +261,15 @@ def markdown(result):
         cells = [_cell(r["scores"], key, d) for key, _, d, _ in METRICS]
         lines.append(f"| {r['label']} | {r['resolution']} px | {r['nfe']} | {r['n']} | " + " | ".join(cells) +
                      f" | {r['images_per_s']:.1f} | {r['vs_anchor']} | {r['wall_seconds']:.0f} |")
-    for f in result["floors"]:
+    for f in result["floors"] + result.get("upsampled_floors", []):
         cells = [_cell(f["scores"], key, d) for key, _, d, _ in METRICS]
-        lines.append(f"| real vs real (floor, {f['num_blocks']} block{'s' * (f['num_blocks'] > 1)}) | "
+        what = f"real {f['upsampled_from']} px + bicubic" if f.get("upsampled_from") else "real vs real"
+        lines.append(f"| {what} (floor, {f['num_blocks']} block{'s' * (f['num_blocks'] > 1)}) | "
                      f"{f['resolution']} px | - | {f['n']} | " + " | ".join(cells) + " | - | - | - |")
     lines += ["", "Class fidelity of the floor rows is the classifier's accuracy on real held-out images."]
+    if result.get("upsampled_floors"):
+        lines += ["A 'real N px + bicubic' floor scores held-out reals cut to N px and up-sampled bicubically: what "
+                  "the up-sampling alone costs, the best a bicubic row from N px can reach."]
     if result.get("gap"):
         g = result["gap"]
         lines += ["", f"Resolution check: the largest domain-FD spread over rows is {g['max_std']:.3f}, "
@@ -301,11 +324,13 @@ def main(argv=None):
         logger.log(f"row {row.label!r}: {row.n} x {args.num_seeds} samples from {row.path}")
         results.append(evaluate_row(row, reals, args))
     floors = [floor_scores(reals, size, n, args) for size, n in sorted({(r["resolution"], r["n"]) for r in results})]
+    upsampled = sorted({(r["base_resolution"], r["resolution"], r["n"]) for r in results if r["upsample"]})
+    upsampled_floors = [upsampled_floor_scores(reals, base, size, n, args) for base, size, n in upsampled]
     anchor = verdicts(results, args.anchor or results[0]["label"])
     result = {"protocol": {**script_util.resolved_config(args), "heldout_dir": heldout,
                            "num_reference": len(reals.reference), "num_floor": len(reals.floor),
                            "classifier": classifier_summary(model), "git_commit": script_util.git_commit()},
-              "rows": results, "floors": floors, "anchor": anchor,
+              "rows": results, "floors": floors, "upsampled_floors": upsampled_floors, "anchor": anchor,
               "gap": resolution_gap(results, anchor, args.gap_row), "wall_seconds": time.time() - start}
     text = markdown(result)
     checkpoint.atomic_write_text(text, os.path.join(args.out_dir, "compare.md"))

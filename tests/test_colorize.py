@@ -12,6 +12,7 @@ from PIL import Image
 from pagoda import applications as app
 from pagoda.image_util import from_uint8, psnr
 from pagoda.model_io import load_generator, load_teacher
+from pagoda.random_util import StackedRandomGenerator
 from tests.helpers.exports import tiny_export
 from tests.test_applications import GROWN, TEACHER, _apply, held_out_digits, ode_latents
 
@@ -35,6 +36,17 @@ def test_with_luminance_imposes_the_grey_and_keeps_the_chroma():
     torch.testing.assert_close(y[:, 0] - y[:, 1], x[:, 0] - x[:, 1], atol=1e-6, rtol=0)
     torch.testing.assert_close(y[:, 2] - y[:, 1], x[:, 2] - x[:, 1], atol=1e-6, rtol=0)
     torch.testing.assert_close(app.with_luminance(y, grey), y, atol=1e-6, rtol=0)  # a projection
+
+
+def test_fresh_chroma_keeps_the_latents_luminance_and_takes_the_noises_chroma():
+    z = torch.randn(5, 3, 4, 4) * 80
+    out = app.fresh_chroma(z, sigma_max=80.0, seeds=range(10, 15))
+    torch.testing.assert_close(app.luminance(out), app.luminance(z), atol=1e-4, rtol=0)
+    eps = StackedRandomGenerator("cpu", list(range(10, 15))).randn(z.shape, dtype=z.dtype) * 80
+    torch.testing.assert_close(out[:, 0] - out[:, 1], eps[:, 0] - eps[:, 1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[:, 2] - out[:, 1], eps[:, 2] - eps[:, 1], atol=1e-4, rtol=0)
+    # image i depends on seed i only: a batch split changes nothing
+    torch.testing.assert_close(app.fresh_chroma(z[3:], sigma_max=80.0, seeds=range(13, 15)), out[3:])
 
 
 def test_luminance_search_fits_the_grey_better_than_its_start_on_the_fixtures():
@@ -66,6 +78,7 @@ def test_script_colorizes_against_the_grey_and_the_teacher_replacement(tmp_path)
     assert out.returncode == 0, out.stderr
     scores = json.load(open(tmp_path / "o" / "scores.json"))
     assert scores["task"] == "colorize" and scores["replacement_steps"] >= 2
+    assert scores["search_start"] == "fresh_chroma"
     for key in ("psnr_db", "class_fidelity", "domain_fd"):
         assert {"latent_search", "grey", "replacement"} <= set(scores[key]), key
     assert scores["grid_rows"][:2] == ["references", "grey input (the naive output)"]

@@ -86,6 +86,23 @@ def test_floors_score_disjoint_real_blocks(table):
         assert 0 <= f["scores"]["fd"]["mean"] and f["scores"]["class_fidelity"]["mean"] > 0.9
 
 
+def test_a_bicubic_row_gets_the_floor_of_upsampled_reals(table):
+    """Held-out floor reals cropped at 8 px and up-sampled bicubically to 16, scored in the floor's blocks."""
+    (floor,) = table["result"]["upsampled_floors"]
+    assert (floor["upsampled_from"], floor["resolution"], floor["n"], floor["num_blocks"]) == (8, 16, 20, 3)
+    assert table["result"]["rows"][2]["base_resolution"] == 8
+    model = load_domain_classifier(table["result"]["protocol"]["classifier"]["path"])
+    source = open_source(table["held"])
+    _, floor_idx = protocol.reference_split(len(source), seed=0)
+    images = resize_bicubic(cropped_images(source, 8, floor_idx), 16)
+    feats, logits = domain_features(model, images)
+    block = slice(40, 60)
+    expected = domain_scores(_reference(table["held"], model, 16), feats[block], logits[block],
+                             np.asarray(source.labels)[floor_idx][block], kid_subsets=10, seed=0)
+    assert floor["per_seed"][2]["fd"] == pytest.approx(expected["fd"], rel=1e-9)
+    assert "| real 8 px + bicubic (floor, 3 blocks) | 16 px | - | 20 |" in (table["tmp"] / "out" / "compare.md").read_text()
+
+
 def test_outputs_markdown_json_and_figure(table):
     out = table["tmp"] / "out"
     text = (out / "compare.md").read_text()
