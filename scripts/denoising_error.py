@@ -28,7 +28,8 @@ GROUPS = {"error": dict(
     data_dir=F("", "held-out labelled images (a bundled name such as bundled:mnist_test, a folder or an npz); "
                "required"),
     num_images=F(256, "images scored (the first ones of --data_dir)", _c.at_least(1)),
-    sigmas=F((0.02, 0.1, 0.3, 1.0, 3.0, 10.0), "noise levels", _c.each(_c.greater_than(0))),
+    sigmas=F((0.02, 0.1, 0.3, 1.0, 3.0, 10.0), "noise levels sigma at which each teacher is scored",
+             _c.each(_c.greater_than(0))),
     batch_size=F(128, "images per forward", _c.at_least(1)),
     seed=F(0, "image i's noise comes from seed + i", _c.at_least(0)),
     out=F("", "also write the table as JSON to this file; '': print only"),
