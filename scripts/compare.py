@@ -261,13 +261,13 @@ def markdown(result):
         cells = [_cell(r["scores"], key, d) for key, _, d, _ in METRICS]
         lines.append(f"| {r['label']} | {r['resolution']} px | {r['nfe']} | {r['n']} | " + " | ".join(cells) +
                      f" | {r['images_per_s']:.1f} | {r['vs_anchor']} | {r['wall_seconds']:.0f} |")
-    for f in result["floors"] + result.get("upsampled_floors", []):
+    for f in result["floors"] + result["upsampled_floors"]:
         cells = [_cell(f["scores"], key, d) for key, _, d, _ in METRICS]
         what = f"real {f['upsampled_from']} px + bicubic" if f.get("upsampled_from") else "real vs real"
         lines.append(f"| {what} (floor, {f['num_blocks']} block{'s' * (f['num_blocks'] > 1)}) | "
                      f"{f['resolution']} px | - | {f['n']} | " + " | ".join(cells) + " | - | - | - |")
     lines += ["", "Class fidelity of the floor rows is the classifier's accuracy on real held-out images."]
-    if result.get("upsampled_floors"):
+    if result["upsampled_floors"]:
         lines += ["A 'real N px + bicubic' floor scores held-out reals cut to N px and up-sampled bicubically: what "
                   "the up-sampling alone costs, the best a bicubic row from N px can reach."]
     if result.get("gap"):

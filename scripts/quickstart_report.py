@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from evaluations import gan_health, protocol
 from evaluations.evaluator import evaluate
+from evaluations.inception import load_inception
 from pagoda import script_util
 from pagoda.generator import reconstruction_psnr
 from pagoda.methods import pagoda as pagoda_method
@@ -96,7 +97,7 @@ def measure_rows(run_dir, compare, inception, num_inception, seeds=1):
     table measured."""
     rows = []
     for r in compare["rows"]:
-        if seeds > compare["protocol"]["num_seeds"] or num_inception > r["n"] and seeds > 1:
+        if seeds > compare["protocol"]["num_seeds"] or (seeds > 1 and num_inception > r["n"]):
             raise ValueError(f"{seeds} Inception seeds of {num_inception} samples: the method table has "
                              f"{compare['protocol']['num_seeds']} seeds of {r['n']} samples per row")
         images, labels = row_images(r)
@@ -125,9 +126,8 @@ def floor_rows(run_dir, compare, inception, num_inception, seeds=1):
             raise ValueError(f"{path} holds {len(images)} images; {seeds} floor blocks of {num_inception} need "
                              f"{seeds * num_inception}: delete it and rerun the recipe, which rebuilds it")
         per_seed = [_inception(run_dir, f"ref{size}.npz", _cached_npz(
-            os.path.join(run_dir, "inception", f"floor{size}_seed{k}.npz"),
-            images[k * num_inception:(k + 1) * num_inception], labels[k * num_inception:(k + 1) * num_inception]),
-            inception) for k in range(seeds)]
+            os.path.join(run_dir, "inception", f"floor{size}_seed{k}.npz"), images[block], labels[block]), inception)
+            for k, block in enumerate(protocol.seed_blocks(num_inception, seeds))]
         floors.append({"model": "real vs real (floor)", "nfe": None, "resolution": size, "images_per_s": None,
                        "inception": _over_seeds(per_seed),
                        "domain": {k: domain["scores"][k] for k in DOMAIN_KEYS}, "domain_n": domain["n"]})
@@ -374,8 +374,9 @@ def main(argv=None):
     start = time.time()
     compare = read_compare(args.run_dir)
     by_label = {r["label"]: r for r in compare["rows"]}
-    rows = measure_rows(args.run_dir, compare, args.inception or None, args.num_inception, args.inception_seeds)
-    floors = floor_rows(args.run_dir, compare, args.inception or None, args.num_inception, args.inception_seeds)
+    inception = load_inception(args.inception or None)  # once, not once per scored batch
+    rows = measure_rows(args.run_dir, compare, inception, args.num_inception, args.inception_seeds)
+    floors = floor_rows(args.run_dir, compare, inception, args.num_inception, args.inception_seeds)
     exports = {"stage2": by_label[STAGE2]["path"], "stage3": by_label[STAGE3]["path"]}
     recon, verify = reconstruction_rows(args.run_dir, exports), encoder_round_trip(args.run_dir)
     speed = side_by_side_speed(by_label[TEACHER], by_label[STAGE2], batch=args.speed_batch)
